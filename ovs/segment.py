@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = MethodSpec(args.method, args.checkpoint, args.model, pretrained, args.device)
     try:
         method = load_method(spec)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, NotImplementedError) as e:
         parser.error(str(e))
     classifier = build_classifier(method, classes, has_bg, protocol, "", args.bg_threshold)
     display = [c[0] for c in classes]

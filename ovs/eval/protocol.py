@@ -22,6 +22,11 @@ embeddings of a name are averaged and re-normalised.
 Sharding: :func:`evaluate_shard` runs any subset of indices and returns a summable
 :class:`EvalShard`; :func:`evaluate` = all indices, merged, plus metrics.
 
+Known deviation: SCLIP averages *logits* over windows and applies its softmax once at the end;
+a :class:`SegMethod` returns probabilities, so windows average probabilities here. SCLIP's
+per-dataset ``logit_scale`` (40–65) and ``area_thd`` are method settings, not protocol ones
+(``MethodSpec.logit_scale``; area filtering is not implemented).
+
 Published presets (:data:`PROTOCOLS`): ``mask_free`` (short side 448, window 448 / stride
 224, bg threshold VOC 0.95 / Context 0.35 / COCO-Object 0.95, single template "a photo of a
 {}.", renamed class names) and ``training_free`` (SCLIP: short side 336, window 224 / stride
