@@ -111,7 +111,7 @@ def test_one_image_everywhere_tagged_with_the_project_version():
 RAYCLUSTER_SPEC = {
     "headGroupSpec", "workerGroupSpecs", "rayVersion", "enableInTreeAutoscaling",
     "autoscalerOptions", "headServiceAnnotations", "suspend", "gcsFaultToleranceOptions",
-    "managedBy",
+    "managedBy", "authOptions",
 }  # fmt: skip
 HEAD_GROUP = {"serviceType", "headService", "enableIngress", "rayStartParams", "template"}
 WORKER_GROUP = {
@@ -178,6 +178,7 @@ def test_raycluster_has_head_cpu_and_gpu_groups_on_the_shared_volume():
     spec = doc["spec"]
     _check_ray_cluster_spec(spec, "raycluster.yaml")
     assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"  # no tasks on the head
+    assert spec["authOptions"] == {"mode": "token"}  # Ray 2.52+ token auth, KubeRay >= 1.5.1
 
     pvcs = {d["metadata"]["name"]: d for d in _load("k8s/storage.yaml")}
     assert pvcs["ovs-shared"]["spec"]["accessModes"] == ["ReadWriteMany"]
@@ -294,6 +295,10 @@ def test_cluster_launcher_config_passes_rays_own_validation():
     assert any("infra/mlflow/server.sh" in c for c in raw["head_start_ray_commands"])
     # the checkout mount skips what the job upload skips
     assert raw["rsync_exclude"] == _one("ray/runtime_env.yaml")["excludes"]
+    # token auth on every node (a worker's `ray start` does not turn it on by itself), with the
+    # submitting user's token file
+    assert "--env RAY_AUTH_MODE=token" in raw["docker"]["run_options"]
+    assert raw["file_mounts"]["/home/ray/.ray/auth_token"] == "~/.ray/auth_token"
 
 
 def test_runtime_env_is_valid_and_leaves_tracking_uri_to_the_nodes():
@@ -506,6 +511,8 @@ def test_server_sh_serves_on_loopback_with_host_checks_and_artifacts(tmp_path):
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
+        from mlflow.tracking import MlflowClient  # imported while the server starts
+
         deadline = time.monotonic() + 90  # ~10 s on an idle machine
         while True:
             assert proc.poll() is None, (tmp_path / "server.log").read_text()
@@ -524,8 +531,6 @@ def test_server_sh_serves_on_loopback_with_host_checks_and_artifacts(tmp_path):
         assert _get(port, api, host=f"worker.test:{port}")[0] == 200  # --allowed-hosts
         assert _get(port, api, host="evil.example")[0] == 403  # DNS-rebinding guard on
         assert _get(port, "/health", host="evil.example")[0] == 200  # probes need no Host
-
-        from mlflow.tracking import MlflowClient
 
         client = MlflowClient(f"http://127.0.0.1:{port}")
         exp = client.create_experiment("infra-test")
