@@ -114,7 +114,8 @@ def contrastive_loss(
     """Symmetric InfoNCE, L_I->T + L_T->I, negatives from all workers.
 
     ``image_emb, text_emb [B,E]`` L2-normalised, row i of each is a pair; ``logit_scale``
-    scalar tensor (1/sigma). Returns this worker's scalar loss (mean over its B rows in both
+    scalar tensor (1/sigma). Every worker must pass the same B (drop the last partial batch).
+    Returns this worker's scalar loss (mean over its B rows in both
     directions); the mean over workers equals the loss of the concatenated global batch.
     """
     all_img = gather_with_grad(image_emb)

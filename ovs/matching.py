@@ -24,7 +24,7 @@ def label_maps_to_masks(
 
     ``labels [B,H,W]`` integer ids (0..K-1; any value >= K, e.g. 255, belongs to no mask) ->
     ``masks [B,K,h,w]`` float {0,1} and ``valid [B,K]`` bool (mask non-empty). ``size`` resizes
-    the label maps first (nearest), e.g. to the prediction resolution. ``num_masks`` defaults to
+    the label maps first (pixel-centre nearest, ``nearest-exact``), e.g. to the prediction resolution. ``num_masks`` defaults to
     ``max id + 1`` over the batch (ignoring 255).
     """
     if size is not None and tuple(labels.shape[-2:]) != tuple(size):

@@ -242,3 +242,17 @@ def test_tiny_sseg_overfits_fixed_batch():
         gt = F.interpolate(labels[b][None, None].float(), size=masks.shape[-2:])[0, 0].long()
         acc.append((pred == gt).float().mean().item())
     assert sum(acc) / len(acc) > 0.75 and min(acc) > 0.5, acc
+
+
+def test_train_step_bench_prints_json_last(capsys):
+    import json
+
+    from ovs.bench.train_step import main
+
+    assert main(["--config", "tiny", "--batch", "2", "--steps", "1", "--warmup", "0"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["config"] == "tiny" and result["device"] == "cpu"
+    assert result["img_per_s"] > 0 and result["gemm_flops_per_s"] > 1e8
+    # FLOPs scale with the batch: ~7 GFLOP for 16 images -> ~0.9 GFLOP for 2
+    assert 0.3e9 < result["flops_per_step"] < 3e9
+    assert 0 < result["achieved_flops_per_s"] < 10 * result["gemm_flops_per_s"]

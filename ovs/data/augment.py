@@ -2,7 +2,8 @@
 
 Random resized crop (torchvision's sampling: area fraction in ``scale``, log-uniform aspect
 ratio in ``ratio``, 10 tries then a centre crop) resized to ``size x size`` — bilinear
-(antialiased) for the image, nearest for the labels — then a horizontal flip with probability
+(antialiased) for the image, pixel-centre nearest (``nearest-exact``, the same
+sampling grid as bilinear) for the labels — then a horizontal flip with probability
 ``hflip``. Randomness comes only from the ``numpy.random.Generator`` passed in.
 """
 

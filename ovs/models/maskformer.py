@@ -14,6 +14,7 @@ paper preset). ``memory_levels=3`` makes the decoder layers visit strides 32, 16
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import timm
 import torch
@@ -98,7 +99,7 @@ class Backbone(nn.Module):
         kwargs: dict[str, bool | int | float | str | list[int]] | None = None,
     ) -> None:
         super().__init__()
-        extra = dict(kwargs or {})
+        extra: dict[str, Any] = dict(kwargs or {})
         if checkpoint is not None:
             # timm's own loader: maps classifier-model keys onto the features_only wrapper.
             extra["pretrained_cfg_overlay"] = {"file": str(checkpoint)}
@@ -108,8 +109,9 @@ class Backbone(nn.Module):
             pretrained=pretrained or checkpoint is not None,
             **extra,
         )
-        reductions = list(self.net.feature_info.reduction())
-        channels = list(self.net.feature_info.channels())
+        info: Any = self.net.feature_info
+        reductions = list(info.reduction())
+        channels = list(info.channels())
         missing = [s for s in _STRIDES if s not in reductions]
         if missing:
             raise ValueError(f"backbone {name} has no features at strides {missing}: {reductions}")

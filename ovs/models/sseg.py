@@ -66,6 +66,9 @@ class SSeg(nn.Module):
     * ``logit_scale() -> scalar`` = 1/sigma, clamped to ``[1, max_logit_scale]``
     """
 
+    pixel_mean: torch.Tensor
+    pixel_std: torch.Tensor
+
     def __init__(self, cfg: SSegConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -105,7 +108,8 @@ class SSeg(nn.Module):
 
     @torch.no_grad()
     def text_embeddings(self, texts: list[str]) -> torch.Tensor:
-        """``[T,E]`` L2-normalised embeddings of ``texts`` (float32)."""
+        """``[T,E]`` L2-normalised embeddings of ``texts`` (float32). Call ``model.eval()`` first
+        (the paper config has dropout)."""
         out = [
             self.encode_text(self.tokenize(texts[i : i + self.cfg.text_batch_size])).float()
             for i in range(0, len(texts), self.cfg.text_batch_size)

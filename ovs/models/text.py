@@ -12,6 +12,7 @@ import functools
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ovs.models.layers import Attention
@@ -57,12 +58,13 @@ class Block(nn.Module):
         self.attn = Attention(width, heads)
         self.ln_2 = nn.LayerNorm(width)
         hidden = int(width * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
+        self.fc1 = nn.Linear(width, hidden)
+        self.fc2 = nn.Linear(hidden, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.ln_1(x)
         x = x + self.attn(h, h, h, is_causal=True)
-        return x + self.mlp(self.ln_2(x))
+        return x + self.fc2(F.gelu(self.fc1(self.ln_2(x))))
 
 
 class TextTransformer(nn.Module):
@@ -76,7 +78,7 @@ class TextTransformer(nn.Module):
         self.cfg = cfg
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width)
         self.positional_embedding = nn.Parameter(torch.empty(cfg.context_length, cfg.width))
-        self.blocks = nn.ModuleList(
+        self.blocks: list[Block] = nn.ModuleList(  # type: ignore[assignment]
             Block(cfg.width, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.layers)
         )
         self.ln_final = nn.LayerNorm(cfg.width)
@@ -94,8 +96,8 @@ class TextTransformer(nn.Module):
             for lin in (blk.attn.q_proj, blk.attn.k_proj, blk.attn.v_proj):
                 nn.init.normal_(lin.weight, std=attn_std)
             nn.init.normal_(blk.attn.out_proj.weight, std=proj_std)
-            nn.init.normal_(blk.mlp[0].weight, std=fc_std)
-            nn.init.normal_(blk.mlp[2].weight, std=proj_std)
+            nn.init.normal_(blk.fc1.weight, std=fc_std)
+            nn.init.normal_(blk.fc2.weight, std=proj_std)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         b, length = tokens.shape
