@@ -289,7 +289,9 @@ def _miou(conf: np.ndarray) -> float:
     return float((tp[present] / union[present]).mean()) if present.any() else float("nan")
 
 
-def oracle_labels(pseudo: np.ndarray, gt: np.ndarray, num_classes: int, ignore: int = 255) -> np.ndarray:
+def oracle_labels(
+    pseudo: np.ndarray, gt: np.ndarray, num_classes: int, ignore: int = 255
+) -> np.ndarray:
     """Give each pseudo segment its majority ground-truth label.
 
     pseudo [h, w] (any resolution; upsampled nearest to gt's), gt [H, W] uint8 -> [H, W] uint8.
