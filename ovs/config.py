@@ -24,6 +24,8 @@ from typing import Any
 import yaml
 
 from ovs.data.world import WorldConfig
+from ovs.pseudo_masks import PseudoMaskConfig
+from ovs.training import TrainConfig
 
 
 class ConfigError(ValueError):
@@ -68,6 +70,8 @@ class Config:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     world: WorldConfig = field(default_factory=WorldConfig)
+    pseudo_masks: PseudoMaskConfig = field(default_factory=PseudoMaskConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     @property
     def workdir_path(self) -> Path:
