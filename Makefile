@@ -1,0 +1,45 @@
+# The README names two commands: `make run` and `make test`. Everything else is a helper.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test install lint format bench cluster-test clean
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## make run: the full pipeline on the embedded default config (synthetic world, tiny models)
+run: $(STAMP)
+	$(BIN)/python pipelines/full.py --config conf/default.yaml $(ARGS)
+
+## make test: ruff (lint + format check), mypy on the typed core, the whole pytest suite
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
+bench: $(STAMP)
+	$(BIN)/python -m ovs.bench entities
+	$(BIN)/python -m ovs.bench pseudo_masks
+	$(BIN)/python -m ovs.bench train_step
+	$(BIN)/python -m ovs.bench evaluate
+
+cluster-test: $(STAMP)
+	$(BIN)/python -m pytest -q tests/test_cluster.py
+
+clean:
+	rm -rf runs mlflow.db mlartifacts

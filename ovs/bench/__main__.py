@@ -1,0 +1,25 @@
+"""``python -m ovs.bench NAME [args]``: run one benchmark (explicit table, no registry)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS = {
+    "entities": "ovs.bench.entities",
+    "pseudo_masks": "ovs.bench.pseudo_masks",
+    "train_step": "ovs.bench.train_step",
+    "evaluate": "ovs.bench.evaluate",
+}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in BENCHMARKS:
+        print(f"usage: python -m ovs.bench {{{','.join(BENCHMARKS)}}} [args]", file=sys.stderr)
+        return 2
+    module = importlib.import_module(BENCHMARKS[argv[0]])
+    return module.main(argv[1:]) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

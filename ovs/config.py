@@ -1,0 +1,243 @@
+"""Typed configuration: YAML files validated into dataclasses, plus ``key.sub=value`` overrides.
+
+Every key has a type and a default (the dataclass field). Loading fails with a
+:class:`ConfigError` that names the offending key and file for unknown keys, wrong types and
+missing files; nothing is written before the config is valid. The resolved config (defaults +
+file + overrides) is what stages hash and what MLflow logs.
+
+Accepted field types: ``bool``, ``int``, ``float`` (ints accepted; YAML 1.1's ``1e-4``
+strings accepted), ``str``, ``list[T]``, ``tuple[T, ...]``, ``dict[str, T]``, ``T | None`` and
+nested dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ovs.data.world import WorldConfig
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not match the schema."""
+
+
+@dataclass
+class PipelineConfig:
+    """Which stages ``pipelines/full.py`` runs, in order."""
+
+    stages: list[str] = field(
+        default_factory=lambda: [
+            "world",
+            "download",
+            "entities",
+            "pseudo_masks",
+            "train",
+            "evaluate",
+            "self_train",
+            "pairs",
+        ]
+    )
+
+
+@dataclass
+class RayConfig:
+    """How entry points reach Ray. Empty ``address``: join ``RAY_ADDRESS`` if set (``ray job
+    submit`` sets it), else start a local Ray for this process."""
+
+    address: str = ""
+    num_cpus: int | None = None  # local Ray only; None = all cores
+    object_store_memory_mb: int | None = 1024  # local Ray only
+
+
+@dataclass
+class Config:
+    """The whole experiment. ``workdir`` empty means ``./runs/<experiment>``."""
+
+    experiment: str = "default"
+    workdir: str = ""
+    seed: int = 0
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    world: WorldConfig = field(default_factory=WorldConfig)
+
+    @property
+    def workdir_path(self) -> Path:
+        return Path(self.workdir) if self.workdir else Path("runs") / self.experiment
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against type ``tp`` and return it converted (lists→tuples etc.)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"{where}: expected a mapping for section {tp.__name__}, got {value!r}"
+            )
+        return _build(tp, value, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif origin in (list, tuple):
+        if isinstance(value, (list, tuple)):
+            if origin is tuple and args and args[-1] is not Ellipsis:
+                if len(value) != len(args):
+                    raise ConfigError(f"{where}: expected {len(args)} items, got {value!r}")
+                return tuple(
+                    _coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args))
+                )
+            item = args[0] if args else Any
+            out = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+            return tuple(out) if origin is tuple else out
+    elif origin is dict:
+        if isinstance(value, dict):
+            kt, vt = args if args else (str, Any)
+            return {
+                _coerce(k, kt, f"{where}.<key>"): _coerce(v, vt, f"{where}.{k}")
+                for k, v in value.items()
+            }
+    elif tp is Any:
+        return value
+    else:
+        raise ConfigError(f"{where}: unsupported field type {_type_name(tp)}")
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _build(cls: type, data: dict, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        prefix = f"{where}." if where and not where.endswith(":") else where
+        raise ConfigError(
+            f"{prefix}{unknown[0]}: unknown key (valid keys of {cls.__name__}: {', '.join(sorted(names))})"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{where}.{name}" if where and not where.endswith(":") else f"{where}{name}"
+        kwargs[name] = _coerce(value, hints[name], key)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: {p} is not a section")
+    node[parts[-1]] = value
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """``["train.lr=1e-3", "workdir=/x"]`` → nested dict (values parsed as YAML scalars)."""
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value (e.g. train.steps=10)")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw != "" else "")
+    return tree
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load ``path`` (YAML; may be None for pure defaults), apply overrides, validate."""
+    data: dict = {}
+    where = "defaults:"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: top level must be a mapping")
+        where = f"{p}:"
+    try:
+        cfg = _build(Config, data, where)
+    except ConfigError:
+        raise
+    if overrides:
+        merged = _merge(to_dict(cfg), parse_overrides(overrides))
+        cfg = _build(Config, merged, "override:")
+    return cfg
+
+
+def to_dict(obj: Any) -> dict:
+    """A dataclass config as plain JSON-able dicts/lists."""
+    return json.loads(json.dumps(dataclasses.asdict(obj), default=str))
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (lists kept as JSON strings), for MLflow params."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, (list, tuple)) else v
+    return out
+
+
+def digest(obj: Any, length: int = 12) -> str:
+    """Stable short hash of a JSON-able object."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]

@@ -1,0 +1,1 @@
+"""Thin entry points: each ``pipelines/<stage>.py`` runs one stage, ``full.py`` all of them."""

@@ -1,0 +1,289 @@
+"""The pipeline driver shared by every entry point in ``pipelines/``.
+
+``main()`` parses ``[--config FILE] [--force] [key.sub=value ...]``, validates the config
+before anything is written, checks that the workdir is writable and MLflow reachable, joins or
+starts Ray, opens one MLflow parent run and runs the requested stages in dependency order, each
+in a nested run. Stages whose manifest exists are skipped (recorded as such, linked to the run
+that made them) unless ``--force``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from ovs.config import Config, ConfigError, flatten, load_config, to_dict, to_yaml
+from ovs.stage import Progress, Stage, StageContext, order, read_manifest, resolve, write_manifest
+from ovs.tracking import (
+    TAG_OUTPUT,
+    TAG_SOURCE_RUN,
+    TAG_STAGE,
+    TAG_STATUS,
+    MlflowTracker,
+    default_tracking_uri,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO_ROOT / "conf" / "default.yaml"
+log = logging.getLogger("ovs")
+
+
+class PipelineError(RuntimeError):
+    """A precondition failed before any stage work started (printed as one line)."""
+
+
+def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument(
+        "--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s)"
+    )
+    p.add_argument(
+        "--force", action="store_true", help="recompute stages even if their output exists"
+    )
+    p.add_argument(
+        "overrides", nargs="*", help="key.sub=value config overrides, e.g. train.steps=10"
+    )
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- preflight
+
+
+def check_workdir(cfg: Config) -> Path:
+    workdir = cfg.workdir_path.resolve()
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / f".write-probe-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise PipelineError(f"workdir {workdir} is not writable: {e.strerror or e}") from None
+    return workdir
+
+
+def connect_mlflow(experiment: str):
+    """Return ``(client, experiment_id, uri)``; one clear error if the server is unreachable."""
+    from mlflow.tracking import MlflowClient
+
+    uri = default_tracking_uri(REPO_ROOT)
+    saved = {
+        k: os.environ.get(k)
+        for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+    }
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"
+    try:
+        if uri.startswith("sqlite:///"):
+            db_dir = Path(uri[len("sqlite:///") :]).parent
+            if not db_dir.is_dir() or not os.access(db_dir, os.W_OK):
+                raise PipelineError(
+                    f"MLflow tracking URI {uri}: directory {db_dir} is not writable"
+                )
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name(experiment)
+        exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    except PipelineError:
+        raise
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PipelineError(f"MLflow tracking server {uri} is unreachable: {first}") from None
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return client, exp_id, uri
+
+
+def init_ray(cfg: Config) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        log.info("joining Ray cluster at %s", address)
+        ray.init(address=address, log_to_driver=True)
+        return
+    pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    store = cfg.ray.object_store_memory_mb
+    ray.init(
+        num_cpus=cfg.ray.num_cpus,
+        object_store_memory=store * 2**20 if store else None,
+        include_dashboard=False,
+        runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+        log_to_driver=True,
+    )
+    log.info("started a local Ray: %s", ray.cluster_resources())
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def _skip(client, exp_id, parent_id, stage: Stage, out_dir: Path, manifest: dict) -> MlflowTracker:
+    run = client.create_run(
+        exp_id,
+        run_name=f"{stage.name} (skipped)",
+        tags={
+            "mlflow.parentRunId": parent_id,
+            TAG_STAGE: stage.name,
+            TAG_STATUS: "skipped",
+            TAG_SOURCE_RUN: manifest.get("mlflow_run_id", ""),
+            TAG_OUTPUT: str(out_dir),
+            "mlflow.note.content": (
+                f"Skipped: output {out_dir} already exists. Made by run "
+                f"[{manifest.get('mlflow_run_id', '?')}](#/experiments/{manifest.get('mlflow_experiment_id', exp_id)}"
+                f"/runs/{manifest.get('mlflow_run_id', '')})."
+            ),
+        },
+    )
+    tracker = MlflowTracker(client, run.info.run_id)
+    tracker.log_metrics(manifest.get("metrics", {}))
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return tracker
+
+
+def run_stage(
+    stages: dict[str, Stage],
+    name: str,
+    cfg: Config,
+    force: bool,
+    client,
+    exp_id: str,
+    parent_id: str,
+    config_yaml: str,
+) -> dict:
+    """Run (or skip) one stage; returns its manifest."""
+    res = resolve(stages, name, cfg)
+    stage, out_dir = res.stage, res.out_dir
+    manifest = read_manifest(out_dir)
+    if manifest is not None and not force:
+        log.info("[%s] skipped: %s already complete", name, out_dir)
+        _skip(client, exp_id, parent_id, stage, out_dir, manifest)
+        return manifest
+    inputs, manifests = {}, {}
+    for inp, h in res.inputs.items():
+        in_dir = cfg.workdir_path / inp / h
+        m = read_manifest(in_dir)
+        if m is None:
+            raise PipelineError(
+                f"stage {name!r} needs the output of stage {inp!r} ({in_dir}), which does not exist "
+                f"for this config: run pipelines/{inp}.py (or pipelines/full.py) first"
+            )
+        inputs[inp], manifests[inp] = in_dir, m
+    if force and out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run = client.create_run(
+        exp_id,
+        run_name=name,
+        tags={
+            "mlflow.parentRunId": parent_id,
+            TAG_STAGE: name,
+            TAG_STATUS: "running",
+            TAG_OUTPUT: str(out_dir),
+        },
+    )
+    tracker = MlflowTracker(client, run.info.run_id)
+    section = getattr(cfg, name, None)
+    for sec in (name, *stage.sections):
+        value = getattr(cfg, sec, None)
+        if value is not None and hasattr(value, "__dataclass_fields__"):
+            tracker.log_params(flatten(to_dict(value), f"{sec}."))
+    tracker.log_text(config_yaml, "config.yaml")
+    ctx = StageContext(name, cfg, out_dir, inputs, manifests, tracker, Progress(name))
+    log.info("[%s] running -> %s", name, out_dir)
+    started = time.time()
+    try:
+        result = stage.run(ctx) or {}
+    except BaseException:
+        tracker.set_tags({TAG_STATUS: "failed"})
+        tracker.log_text(traceback.format_exc(), "error.txt")
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
+    finished = time.time()
+    manifest = {
+        "stage": name,
+        "hash": res.hash,
+        "inputs": res.inputs,
+        "counts": result.get("counts", {}),
+        "metrics": result.get("metrics", {}),
+        "timings": {"started": started, "finished": finished, "seconds": finished - started},
+        "config": to_dict(section) if hasattr(section, "__dataclass_fields__") else None,
+        "mlflow_run_id": run.info.run_id,
+        "mlflow_experiment_id": exp_id,
+    }
+    tracker.log_metrics({**manifest["metrics"], "stage_seconds": finished - started})
+    tracker.log_metrics({f"count.{k}": v for k, v in manifest["counts"].items()})
+    write_manifest(out_dir, manifest)
+    tracker.log_artifact(out_dir / "_SUCCESS.json")
+    tracker.set_tags({TAG_STATUS: "ran"})
+    client.set_terminated(run.info.run_id, "FINISHED")
+    log.info("[%s] done in %.1fs: %s", name, finished - started, manifest["counts"])
+    return manifest
+
+
+def main(only: str | None = None, argv: list[str] | None = None) -> int:
+    """Entry point: ``only`` = a single stage name, or None for ``cfg.pipeline.stages``."""
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stdout,
+        force=True,
+    )
+    from pipelines.graph import STAGES  # the stage table; importing it registers nothing
+
+    args = parse_args(argv, f"Run the ovs {'stage ' + only if only else 'pipeline'}.")
+    try:
+        cfg = load_config(args.config, args.overrides)
+        names = [only] if only else order(STAGES, list(cfg.pipeline.stages), cfg)
+        for n in names:
+            resolve(STAGES, n, cfg)  # validates stage names before anything is written
+        workdir = check_workdir(cfg)
+        client, exp_id, uri = connect_mlflow(cfg.experiment)
+    except (ConfigError, PipelineError, KeyError, ValueError) as e:
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+    init_ray(cfg)
+    config_yaml = to_yaml(cfg)
+    parent = client.create_run(
+        exp_id,
+        run_name=f"{only or 'pipeline'}-{time.strftime('%Y%m%d-%H%M%S')}",
+        tags={
+            "ovs.kind": "pipeline",
+            "ovs.stages": ",".join(names),
+            "mlflow.source.name": only or "full",
+        },
+    )
+    pid = parent.info.run_id
+    ptracker = MlflowTracker(client, pid)
+    ptracker.log_params(flatten(to_dict(cfg)))
+    ptracker.log_text(config_yaml, "config.yaml")
+    started = time.time()
+    try:
+        for n in names:
+            m = run_stage(STAGES, n, cfg, args.force, client, exp_id, pid, config_yaml)
+            ptracker.log_metrics({f"{n}.{k}": v for k, v in m.get("metrics", {}).items()})
+    except PipelineError as e:
+        client.set_terminated(pid, "FAILED")
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except BaseException:
+        client.set_terminated(pid, "FAILED")
+        raise
+    ptracker.log_metrics({"pipeline_seconds": time.time() - started})
+    client.set_terminated(pid, "FINISHED")
+    print(f"\nDone in {time.time() - started:.1f}s. Stage outputs: {workdir}")
+    print(f"MLflow run {pid} in experiment {cfg.experiment!r} at {uri}")
+    print(
+        f"Open the UI:  .venv/bin/mlflow ui --backend-store-uri {uri}   (then http://127.0.0.1:5000)"
+    )
+    print("Compare runs: .venv/bin/python -m ovs.runs compare --experiment " + cfg.experiment)
+    return 0

@@ -1,0 +1,8 @@
+"""The stage table: every stage the pipeline knows, by name. Adding a stage = one line here."""
+
+from __future__ import annotations
+
+from ovs.stage import Stage
+from pipelines import world
+
+STAGES: dict[str, Stage] = {s.name: s for s in (world.STAGE,)}

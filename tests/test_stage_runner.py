@@ -1,0 +1,162 @@
+"""The stage runner on real MLflow (sqlite) with small stages defined here."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ovs.config import load_config
+from ovs.stage import MANIFEST, Stage, order, read_manifest, resolve
+from pipelines.common import PipelineError, connect_mlflow, run_stage
+
+REPO = Path(__file__).resolve().parents[1]
+calls: list[str] = []
+
+
+def _produce(ctx):
+    calls.append(ctx.name)
+    n = ctx.cfg.world.num_train
+    for i in range(n):
+        (ctx.out_dir / f"part-{i}.txt").write_text(str(i))
+    ctx.tracker.log_metrics({"made": n})
+    return {"counts": {"parts": n}, "metrics": {"made": float(n)}}
+
+
+def _consume(ctx):
+    calls.append(ctx.name)
+    parts = sorted(ctx.inputs["a"].glob("part-*.txt"))
+    return {"counts": {"seen": len(parts)}}
+
+
+def _boom(ctx):
+    (ctx.out_dir / "half.txt").write_text("partial")
+    raise RuntimeError("killed mid-way")
+
+
+STAGES = {
+    "a": Stage("a", run=_produce, sections=("world",)),
+    "b": Stage("b", run=_consume, inputs=("a",)),
+    "c": Stage("c", run=_boom, inputs=("a",)),
+}
+
+
+@pytest.fixture
+def env(tmp_path, mlflow_uri):
+    cfg = load_config(None, [f"workdir={tmp_path / 'w'}", "world.num_train=3"])
+    client, exp_id, _ = connect_mlflow("unit")
+    parent = client.create_run(exp_id, run_name="p").info.run_id
+    calls.clear()
+    return cfg, client, exp_id, parent
+
+
+def test_hash_covers_config_and_inputs():
+    c1 = load_config(None, ["world.num_train=3"])
+    c2 = load_config(None, ["world.num_train=4"])
+    assert resolve(STAGES, "a", c1).hash != resolve(STAGES, "a", c2).hash
+    assert resolve(STAGES, "b", c1).hash != resolve(STAGES, "b", c2).hash  # via input hash
+    assert (
+        resolve(STAGES, "b", c1).hash
+        == resolve(STAGES, "b", load_config(None, ["world.num_train=3"])).hash
+    )
+    assert order(STAGES, ["b", "a"], c1) == ["a", "b"]
+
+
+def test_run_skip_force_and_mlflow(env):
+    cfg, client, exp_id, parent = env
+    m = run_stage(STAGES, "a", cfg, False, client, exp_id, parent, "")
+    assert m["counts"] == {"parts": 3} and calls == ["a"]
+    out = resolve(STAGES, "a", cfg).out_dir
+    assert read_manifest(out)["mlflow_run_id"] == m["mlflow_run_id"]
+    run_stage(STAGES, "b", cfg, False, client, exp_id, parent, "")
+    run_stage(STAGES, "a", cfg, False, client, exp_id, parent, "")  # skipped
+    assert calls == ["a", "b"]
+    runs = client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+    status = sorted((r.data.tags["ovs.stage"], r.data.tags["ovs.status"]) for r in runs)
+    assert status == [("a", "ran"), ("a", "skipped"), ("b", "ran")]
+    skipped = next(r for r in runs if r.data.tags["ovs.status"] == "skipped")
+    assert skipped.data.tags["ovs.source_run_id"] == m["mlflow_run_id"]
+    made = next(r for r in runs if r.info.run_id == m["mlflow_run_id"])
+    assert made.data.metrics["made"] == 3 and made.data.params["world.num_train"] == "3"
+    run_stage(STAGES, "a", cfg, True, client, exp_id, parent, "")  # --force recomputes
+    assert calls == ["a", "b", "a"]
+
+
+def test_partial_output_never_counts(env):
+    cfg, client, exp_id, parent = env
+    run_stage(STAGES, "a", cfg, False, client, exp_id, parent, "")
+    with pytest.raises(RuntimeError, match="killed"):
+        run_stage(STAGES, "c", cfg, False, client, exp_id, parent, "")
+    out = resolve(STAGES, "c", cfg).out_dir
+    assert (out / "half.txt").exists() and not (out / MANIFEST).exists()
+    runs = client.search_runs([exp_id], filter_string="tags.`ovs.stage` = 'c'")
+    assert runs[0].info.status == "FAILED" and runs[0].data.tags["ovs.status"] == "failed"
+
+
+def test_missing_upstream_is_a_clear_error(env):
+    cfg, client, exp_id, parent = env
+    with pytest.raises(PipelineError, match=r"needs the output of stage 'a'.*run pipelines/a.py"):
+        run_stage(STAGES, "b", cfg, False, client, exp_id, parent, "")
+
+
+def _cli(args, tmp_path, **kw):
+    env = {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'ml.db'}",
+        "PATH": "/usr/bin:/bin",
+        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+        **kw,
+    }
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_bad_config_one_error_nothing_written(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("world:\n  nm_train: 3\n")
+    wd = tmp_path / "w"
+    r = _cli(["pipelines/full.py", "--config", str(bad), f"workdir={wd}"], tmp_path)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    assert "world.nm_train: unknown key" in r.stderr and str(bad) in r.stderr
+    r = _cli(["pipelines/full.py", f"workdir={wd}", "world.num_train=lots"], tmp_path)
+    assert r.returncode == 2 and "world.num_train: expected int" in r.stderr
+    r = _cli(["pipelines/full.py", "--config", str(tmp_path / "nope.yaml")], tmp_path)
+    assert r.returncode == 2 and "config file not found" in r.stderr
+    assert not wd.exists() and not (tmp_path / "ml.db").exists()
+
+
+def test_unwritable_workdir_and_unreachable_mlflow(tmp_path):
+    if os.geteuid() != 0:  # root ignores permission bits
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        r = _cli(["pipelines/world.py", f"workdir={ro / 'sub'}"], tmp_path)
+        assert r.returncode == 2 and "is not writable" in r.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = _cli(["pipelines/world.py", f"workdir={blocker / 'sub'}"], tmp_path)
+    assert r.returncode == 2 and "is not writable" in r.stderr
+    r = _cli(
+        ["pipelines/world.py", f"workdir={tmp_path / 'w'}"],
+        tmp_path,
+        MLFLOW_TRACKING_URI="http://127.0.0.1:9",
+    )
+    assert r.returncode == 2 and "unreachable" in r.stderr and r.stderr.strip().count("\n") == 0
+
+
+def test_world_stage_cli_runs_then_skips(tmp_path):
+    args = [
+        "pipelines/world.py",
+        f"workdir={tmp_path / 'w'}",
+        "world.num_train=8",
+        "world.num_eval=4",
+        "ray.num_cpus=1",
+    ]
+    r1 = _cli(args, tmp_path)
+    assert r1.returncode == 0, r1.stderr[-2000:]
+    r2 = _cli(args, tmp_path)
+    assert r2.returncode == 0 and "skipped" in r2.stdout
+    (manifest,) = (tmp_path / "w" / "world").glob(f"*/{MANIFEST}")
+    assert json.loads(manifest.read_text())["counts"]["train_images"] == 8
