@@ -142,7 +142,9 @@ def test_pos_chunker_agrees_with_parser(nlp_parser, nlp_pos) -> None:
     b = extract(nlp_pos, caps, EntitiesConfig(noun_chunks="pos"))
     same = sum(x["chunk_heads"] == y["chunk_heads"] for x, y in zip(a, b, strict=True))
     assert same >= 6
-    assert b[1]["noun_chunks"][0] == "The old brick building" and b[1]["chunk_heads"][0] == "building"
+    assert (
+        b[1]["noun_chunks"][0] == "The old brick building" and b[1]["chunk_heads"][0] == "building"
+    )
     for x, y in zip(a, b, strict=True):  # everything but the chunks is identical
         assert (x["nouns"], x["verbs"], x["entities"]) == (y["nouns"], y["verbs"], y["entities"])
     (none,) = extract(nlp_pos, caps[:1], EntitiesConfig(noun_chunks="none"))
@@ -161,3 +163,34 @@ def test_ray_adapter_batch() -> None:
     assert out.column("status").to_pylist() == ["ok", "missing", "ok"]
     assert out.column("entities").to_pylist() == [["dog", "sofa"], [], []]
     assert out.column("keep").to_pylist() == [True, False, False]
+
+
+@pytest.mark.parametrize("mode", ["pos", "parser"])
+def test_fast_attribute_ruler_is_identical(mode: str) -> None:
+    from ovs.bench.entities import make_captions
+
+    caps = make_captions(150, seed=5) + [
+        "Its dog isn't here, it's there.  Don't go!",
+        "I can't believe y'all gonna do that",
+        "There is a cat; it gets what it wants and she got it",
+        "Let's go,   nothin' to see",
+        "Who has the book which I gave you?",
+        "A\n\nB",
+        "",
+    ]
+    stock = load_pipeline("en_core_web_sm", mode, fast_ruler=False)
+    fast = load_pipeline("en_core_web_sm", mode)
+    assert type(fast.get_pipe("attribute_ruler")).__name__ == "FastAttributeRuler"
+    assert type(stock.get_pipe("attribute_ruler")).__name__ == "AttributeRuler"
+    n = 0
+    for a, b in zip(stock.pipe(caps), fast.pipe(caps), strict=True):
+        for s, t in zip(a, b, strict=True):
+            assert (s.pos_, str(s.morph), s.lemma_, s.tag_, s.dep_) == (
+                t.pos_,
+                str(t.morph),
+                t.lemma_,
+                t.tag_,
+                t.dep_,
+            ), (a.text, s.i)
+            n += 1
+    assert n > 1500

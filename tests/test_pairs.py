@@ -96,7 +96,9 @@ def test_pairs_sampling_is_uniform_over_holders() -> None:
 
 
 def test_edge_cases() -> None:
-    empty = pa.table({"key": pa.array([], pa.string()), "entities": pa.array([], pa.list_(pa.string()))})
+    empty = pa.table(
+        {"key": pa.array([], pa.string()), "entities": pa.array([], pa.list_(pa.string()))}
+    )
     assert build_pairs(empty, 3).num_rows == 0 and entity_frequency(empty).num_rows == 0
     dropped = pa.table({"key": ["a", "b"], "entities": [["dog"], ["dog"]], "keep": [True, False]})
     assert build_pairs(dropped, 3).to_pylist() == [

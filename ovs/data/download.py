@@ -201,10 +201,10 @@ def summarize(out_dir: str | os.PathLike, top_k: int = 10) -> dict:
         if meta.exists():
             t = pq.read_table(meta, columns=["status", "error_message"]).to_pydict()
             errors.update(
-                str(m) for s, m in zip(t["status"], t["error_message"], strict=True) if s != "success"
+                str(m)
+                for s, m in zip(t["status"], t["error_message"], strict=True)
+                if s != "success"
             )
         else:
-            errors.update(
-                {m: n for m, n in stats.get("status_dict", {}).items() if m != "success"}
-            )
+            errors.update({m: n for m, n in stats.get("status_dict", {}).items() if m != "success"})
     return {**counts, "top_errors": dict(errors.most_common(top_k))}

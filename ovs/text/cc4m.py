@@ -185,10 +185,7 @@ def _sentence_spans(text: str) -> list[str]:
         word = head.split()[-1] if head.split() else ""
         stem = word.rstrip(".?!")
         if word.endswith(".") and (
-            word.endswith("..")
-            or len(stem) <= 1
-            or "." in stem
-            or stem.lower() in _ABBREVIATIONS
+            word.endswith("..") or len(stem) <= 1 or "." in stem or stem.lower() in _ABBREVIATIONS
         ):
             continue
         sentences.append(text[start : m.end()])
