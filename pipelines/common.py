@@ -87,7 +87,15 @@ def connect_mlflow(experiment: str):
                 )
         client = MlflowClient(uri)
         exp = client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+        if exp is not None:
+            exp_id = exp.experiment_id
+        else:  # keep artifacts next to a sqlite DB instead of in whatever the cwd is
+            artifacts = (
+                (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").as_uri()
+                if uri.startswith("sqlite:///")
+                else None
+            )
+            exp_id = client.create_experiment(experiment, artifact_location=artifacts)
     except PipelineError:
         raise
     except Exception as e:

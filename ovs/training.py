@@ -1,0 +1,164 @@
+"""S-Seg training pieces that do not depend on Ray: config, optimiser, schedule, batches.
+
+The distributed loop itself (Ray Train workers, DDP, checkpoints, MLflow logging from rank 0)
+is in ``pipelines/train.py``; everything here is single-process and unit-tested.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ovs.data.augment import AugmentConfig, augment_pair
+from ovs.data.train_data import JoinStats, Sample, iter_samples
+from ovs.models.sseg import SSeg, SSegConfig
+from ovs.objective import SSegLossConfig
+
+
+@dataclass
+class TrainConfig:
+    """The ``train`` stage. Defaults: the tiny CPU recipe for the synthetic world (~6-8 min on 2
+    cores). Paper (Table 5; ``conf/cc12m.yaml``): AdamW lr 5e-4, wd 0.05, betas (0.9, 0.999),
+    global batch 4096, cosine decay, 2 warm-up epochs of 30, random resized crops at 224, bf16.
+    """
+
+    model: SSegConfig = field(default_factory=SSegConfig)
+    loss: SSegLossConfig = field(default_factory=SSegLossConfig)
+    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(scale=(0.35, 1.0)))
+    num_workers: int = 1  # Ray Train workers (DDP ranks)
+    cpus_per_worker: int = 2
+    use_gpu: bool = False
+    batch_size: int = 32  # per worker
+    steps: int = 1500
+    warmup_steps: int = 100
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.01  # cosine decays to lr * min_lr_ratio
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    amp_dtype: str = "bfloat16"  # autocast dtype on GPU ("" = fp32); CPU always runs fp32
+    log_every: int = 20
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 2
+    max_failures: int = 2  # worker-group restarts (Ray Train FailureConfig)
+    require_cc4m: bool = False  # train only on captions that pass the CC4M entity filter
+    cache_in_memory: bool = True  # small datasets: decode once, sample from RAM
+    shuffle_buffer: int = 2048  # streaming mode (cache_in_memory false)
+    eval_protocol: str = "tiny"  # protocol for the post-training zero-shot evaluation
+    eval_limit: int | None = None  # evaluate on the first N eval images (None = all)
+    time_limit_s: float = 600.0  # stop early (and checkpoint) after this much training time
+    inject_failure_at_step: int = -1  # tests: worker raises once at this step (failure drill)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases, norms, embeddings and the temperature (CLIP/DETR practice)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or "embed" in name or "logit_scale" in name or "query" in name:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to 1, then cosine decay to ``min_lr_ratio`` at ``cfg.steps``."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / max(cfg.warmup_steps, 1)
+    t = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
+    t = min(max(t, 0.0), 1.0)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_model(cfg: TrainConfig, seed: int) -> SSeg:
+    torch.manual_seed(seed)
+    return SSeg(cfg.model)
+
+
+def make_batch(
+    samples: list[Sample], cfg: TrainConfig, model_cfg: SSegConfig, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Augment and stack: ``(images [B,3,S,S] float in [0,1], labels [B,S,S] int64, texts)``."""
+    images, labels = [], []
+    for s in samples:
+        img = torch.from_numpy(s.image).permute(2, 0, 1)
+        lab = torch.from_numpy(s.mask.astype(np.int64))
+        img, lab = augment_pair(img, lab, cfg.augment, rng)
+        images.append(img)
+        labels.append(lab)
+    return torch.stack(images), torch.stack(labels), [s.text for s in samples]
+
+
+class SampleSource:
+    """Endless batches of joined samples for one rank.
+
+    In-memory mode decodes the rank's shards once and draws batches from a per-epoch
+    permutation; streaming mode reads shards in a per-epoch shuffled order through a shuffle
+    buffer (constant memory at any dataset size). Both are deterministic given the seed.
+    """
+
+    def __init__(self, shards: list[Path], masks_dir: Path, texts_dir: Path, image_size: int,
+                 cfg: TrainConfig, seed: int):
+        self.shards, self.masks_dir, self.texts_dir = shards, masks_dir, texts_dir
+        self.image_size, self.cfg = image_size, cfg
+        self.rng = np.random.default_rng(seed)
+        self.stats = JoinStats()
+        self.cache: list[Sample] | None = None
+        if cfg.cache_in_memory:
+            self.cache = list(iter_samples(shards, masks_dir, texts_dir, image_size, self.stats,
+                                           cfg.require_cc4m))
+            if not self.cache:
+                raise RuntimeError(
+                    f"no usable training samples in {len(shards)} shard(s): {self.stats.as_dict()}"
+                )
+
+    def _stream(self) -> Iterator[Sample]:
+        while True:
+            order = self.rng.permutation(len(self.shards))
+            any_sample = False
+            for i in order:
+                for s in iter_samples([self.shards[i]], self.masks_dir, self.texts_dir,
+                                      self.image_size, self.stats, self.cfg.require_cc4m):
+                    any_sample = True
+                    yield s
+            if not any_sample:
+                raise RuntimeError(f"no usable training samples: {self.stats.as_dict()}")
+
+    def batches(self, batch_size: int) -> Iterator[list[Sample]]:
+        if self.cache is not None:
+            while True:
+                perm = self.rng.permutation(len(self.cache))
+                for i in range(0, len(perm) - batch_size + 1, batch_size):
+                    yield [self.cache[j] for j in perm[i : i + batch_size]]
+                if len(perm) < batch_size:
+                    yield [self.cache[j] for j in perm]
+        buffer: list[Sample] = []
+        fill = max(batch_size, self.cfg.shuffle_buffer)
+        for s in self._stream():
+            buffer.append(s)
+            if len(buffer) < fill:
+                continue
+            batch = []
+            for _ in range(batch_size):  # draw without replacement: swap-remove
+                j = int(self.rng.integers(len(buffer)))
+                buffer[j], buffer[-1] = buffer[-1], buffer[j]
+                batch.append(buffer.pop())
+            yield batch

@@ -1,0 +1,277 @@
+"""Stage ``train``: S-Seg with Ray Train (DDP), then zero-shot evaluation on the world eval split.
+
+    python pipelines/train.py [--config conf/default.yaml] [--force] [train.steps=300 ...]
+
+Each Ray Train worker reads its share of the download shards joined with their pseudo-masks and
+entity texts, trains with AdamW + warm-up/cosine, and reports metrics (and, from rank 0,
+checkpoints) through ``ray.train.report``. A worker failure restarts the worker group from the
+last checkpoint (``FailureConfig``); a whole-job rerun of the stage resumes from the last
+checkpoint stored under the stage's output directory. Rank 0 logs losses, learning rate and
+throughput to the stage's MLflow run. The driver then evaluates the initial and the final model
+zero-shot with only class names and logs ``miou``, ``miou_at_init`` and ``oracle_miou``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+
+from ovs.stage import Stage, StageContext
+from ovs.training import TrainConfig
+
+STATE = "state.pt"  # full training state inside a Ray checkpoint
+MODEL = "model.pt"  # inference checkpoint (ovs.models.sseg.save_checkpoint format)
+
+
+def _save_state(directory: Path, model, opt, sched, step: int, rng_state: dict) -> None:
+    from ovs.models.sseg import save_checkpoint
+
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
+                "sched": sched.state_dict(), "step": step, "rng": rng_state}, directory / STATE)
+    save_checkpoint(model, directory / MODEL, {"step": step})
+
+
+def train_loop(config: dict) -> None:
+    """One Ray Train worker. ``config``: cfg, seed, shards, masks_dir, texts_dir, mlflow."""
+    import ray.train
+    import ray.train.torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    from ovs.data.train_data import shards_for_rank
+    from ovs.models.text import tokenize
+    from ovs.objective import SSegObjective
+    from ovs.training import SampleSource, build_model, build_optimizer, lr_factor, make_batch
+
+    cfg: TrainConfig = config["cfg"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, cfg.cpus_per_worker))
+    device = ray.train.torch.get_device()
+    model = build_model(cfg, config["seed"])  # identical init on every rank
+    opt = build_optimizer(model, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    start = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / STATE, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        start = state["step"]
+    objective = SSegObjective(model, cfg.loss).to(device)
+    ddp = world > 1
+    net = DistributedDataParallel(objective) if ddp else objective
+    shards = shards_for_rank(config["shards"], rank, world)
+    source = SampleSource(shards, Path(config["masks_dir"]), Path(config["texts_dir"]),
+                          config["decode_size"], cfg, seed=config["seed"] * 1000 + rank * 7 + start)
+    batches = source.batches(cfg.batch_size)
+    rng = np.random.default_rng([config["seed"], rank, start])
+    tracker = None
+    if rank == 0 and config.get("mlflow"):
+        from mlflow.tracking import MlflowClient
+
+        from ovs.tracking import MlflowTracker
+
+        tracker = MlflowTracker(MlflowClient(config["mlflow"]["uri"]), config["mlflow"]["run_id"])
+    use_amp = device.type == "cuda" and cfg.amp_dtype
+    amp_dtype = getattr(torch, cfg.amp_dtype) if use_amp else torch.float32
+    marker = Path(config["out_dir"]) / ".injected_failure"
+    t_start = time.monotonic()
+    window: dict[str, float] = {}
+    window_t, window_imgs = time.monotonic(), 0
+    step = start
+    while step < cfg.steps:
+        samples = next(batches)
+        images, labels, texts = make_batch(samples, cfg, cfg.model, rng)
+        tokens = tokenize(texts, cfg.model.text.context_length)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=bool(use_amp)):
+            out = net(images.to(device), labels.to(device), tokens.to(device))
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        grad_norm = (
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if cfg.grad_clip > 0 else torch.tensor(0.0)
+        )
+        opt.step()
+        sched.step()
+        step += 1
+        if step == cfg.inject_failure_at_step and rank == world - 1 and not marker.exists():
+            marker.touch()
+            raise RuntimeError(f"injected worker failure at step {step} (failure drill)")
+        for k, v in out.items():
+            window[k] = window.get(k, 0.0) + float(v)
+        window["grad_norm"] = window.get("grad_norm", 0.0) + float(grad_norm)
+        window["_n"] = window.get("_n", 0.0) + 1
+        window_imgs += images.shape[0]
+        out_of_time = time.monotonic() - t_start > cfg.time_limit_s
+        if ddp:  # every rank must agree to stop, or DDP deadlocks
+            flag = torch.tensor(float(out_of_time), device=device)
+            torch.distributed.all_reduce(flag)
+            out_of_time = bool(flag.item() > 0)
+        last = step >= cfg.steps or out_of_time
+        if step % cfg.log_every == 0 or last:
+            n = window.pop("_n")
+            metrics = {f"train/{k}": v / n for k, v in window.items()}
+            dt = time.monotonic() - window_t
+            metrics.update({"train/lr": sched.get_last_lr()[0], "step": step,
+                            "train/img_per_s": window_imgs * world / max(dt, 1e-9)})
+            if tracker is not None:
+                tracker.log_metrics(metrics, step=step)
+            window, window_t, window_imgs = {}, time.monotonic(), 0
+        else:
+            metrics = None
+        if step % cfg.checkpoint_every == 0 or last:
+            metrics = metrics or {"step": step}
+            metrics["train/join_" + "used"] = source.stats.counts.get("used", 0)
+            if rank == 0:
+                with tempfile.TemporaryDirectory() as d:
+                    _save_state(Path(d), model, opt, sched, step, {})
+                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+            else:
+                ray.train.report(metrics)
+        if out_of_time:
+            break
+
+
+def _latest_checkpoint(storage: Path) -> Path | None:
+    found = sorted(storage.glob("*/checkpoint_*"), key=lambda p: p.stat().st_mtime)
+    found = [p for p in found if (p / MODEL).is_file()]
+    return found[-1] if found else None
+
+
+def fit(ctx: StageContext) -> Path:
+    """Run Ray Train; returns the final inference checkpoint path under the stage output."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    cfg: TrainConfig = ctx.section
+    storage = (ctx.out_dir / "ray_train").resolve()
+    tracker = ctx.tracker
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={
+            "cfg": cfg, "seed": ctx.cfg.seed, "shards": str(ctx.inputs["download"]),
+            "masks_dir": str(ctx.inputs["pseudo_masks"] / "masks"),
+            "texts_dir": str(ctx.inputs["entities"] / "entities"),
+            "decode_size": ctx.cfg.world.image_size if "world" in ctx.cfg.pipeline.stages
+            else cfg.model.input_size,
+            "out_dir": str(ctx.out_dir),
+            "mlflow": {"uri": tracker.client.tracking_uri, "run_id": tracker.run_id},
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+            resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
+        ),
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        run_config=ray.train.RunConfig(
+            name="sseg", storage_path=str(storage),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+        ),
+    )
+    result = trainer.fit()
+    ckpt_dir = None
+    if result.checkpoint is not None:
+        with result.checkpoint.as_directory() as d:
+            ckpt_dir = Path(d)
+            final = ctx.out_dir / "model" / "latest.pt"
+            final.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(ckpt_dir / MODEL, final.with_suffix(".tmp"))
+            os.replace(final.with_suffix(".tmp"), final)
+            return final
+    latest = _latest_checkpoint(storage)
+    if latest is None:
+        raise RuntimeError(f"training produced no checkpoint under {storage}")
+    final = ctx.out_dir / "model" / "latest.pt"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(latest / MODEL, final)
+    return final
+
+
+def zero_shot(ctx: StageContext, checkpoint: Path, tag: str) -> dict:
+    """Evaluate a checkpoint on the world eval split with only class names."""
+    from ovs.eval.datasets import synthetic_world
+    from ovs.eval.protocol import evaluate, get_protocol
+    from ovs.models.sseg import load_checkpoint
+
+    cfg: TrainConfig = ctx.section
+    model = load_checkpoint(checkpoint).eval()
+    dataset = synthetic_world(ctx.inputs["world"], "eval")
+    n = len(dataset) if cfg.eval_limit is None else min(cfg.eval_limit, len(dataset))
+    with torch.inference_mode():
+        res = evaluate(model, dataset, get_protocol(cfg.eval_protocol), range(n))
+    return res
+
+
+def log_pictures(ctx: StageContext, checkpoint: Path, result: dict) -> None:
+    from ovs.eval.datasets import synthetic_world
+    from ovs.eval.protocol import classifier_for, get_protocol, predict_label
+    from ovs.eval.visualize import comparison_grid, iou_bar_chart
+    from ovs.models.sseg import load_checkpoint
+
+    model = load_checkpoint(checkpoint).eval()
+    dataset = synthetic_world(ctx.inputs["world"], "eval")
+    protocol = get_protocol(ctx.section.eval_protocol)
+    classifier = classifier_for(model, dataset, protocol)
+    rows = []
+    with torch.inference_mode():
+        for i in range(min(8, len(dataset))):
+            s = dataset[i]
+            rows.append((s["image"], predict_label(model, s["image"], classifier, protocol), s["label"]))
+    grid = comparison_grid([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+    ctx.tracker.log_image(grid, "overlays.png")
+    ctx.tracker.log_figure(iou_bar_chart(result["per_class_iou"], "S-Seg zero-shot IoU (world)"),
+                           "per_class_iou.png")
+    ctx.tracker.log_table({"class": list(result["per_class_iou"]),
+                           "iou": list(result["per_class_iou"].values())}, "per_class_iou.json")
+
+
+def run(ctx: StageContext) -> dict:
+    from ovs.models.sseg import save_checkpoint
+    from ovs.training import build_model
+
+    cfg: TrainConfig = ctx.section
+    init = ctx.out_dir / "model" / "init.pt"
+    if not init.exists():
+        save_checkpoint(build_model(cfg, ctx.cfg.seed), init, {"step": 0})
+    t0 = time.time()
+    final = fit(ctx)
+    train_seconds = time.time() - t0
+    metrics: dict[str, float] = {"train_seconds": train_seconds}
+    counts: dict[str, int] = {}
+    if "world" in ctx.inputs:
+        at_init = zero_shot(ctx, init, "init")
+        result = zero_shot(ctx, final, "final")
+        metrics.update(miou=result["miou"], miou_at_init=at_init["miou"], pixel_acc=result["acc"])
+        oracle = ctx.manifests.get("pseudo_masks", {}).get("metrics", {}).get("oracle_miou")
+        if oracle is not None:
+            metrics["oracle_miou"] = float(oracle)
+        counts["eval_images"] = int(result["num_images"])
+        log_pictures(ctx, final, result)
+    ctx.tracker.log_metrics(metrics)
+    ctx.tracker.log_artifact(final, "model")
+    return {"counts": counts, "metrics": metrics}
+
+
+def _inputs(cfg) -> tuple[str, ...]:
+    base = ("download", "entities", "pseudo_masks")
+    return ("world", *base) if "world" in cfg.pipeline.stages else base
+
+
+STAGE = Stage("train", run=run, inputs=_inputs, description="train S-Seg with Ray Train")
+
+if __name__ == "__main__":
+    from pipelines.common import main
+
+    sys.exit(main("train"))

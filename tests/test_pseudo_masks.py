@@ -1,0 +1,207 @@
+"""Pseudo-mask generator: decoding, the batch masker, determinism, storage format, oracle mIoU."""
+
+import io
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ovs.data import world
+from ovs.pseudo_masks import (
+    PseudoMaskConfig,
+    PseudoMasker,
+    decode_label_png,
+    decode_resize,
+    encode_label_png,
+    oracle_labels,
+    oracle_miou,
+    pseudo_mask_figure,
+    smooth_labels,
+    upsample_labels,
+)
+
+
+def _jpeg(img: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def _quadrants(size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A handmade image of 4 flat-coloured quadrants + its class map (classes 0..3)."""
+    rng = np.random.default_rng(seed)
+    label = np.zeros((size, size), np.uint8)
+    half = size // 2
+    label[:half, half:], label[half:, :half], label[half:, half:] = 1, 2, 3
+    colours = rng.integers(0, 256, (4, 3))
+    return colours[label].astype(np.uint8), label
+
+
+# ----------------------------------------------------------------------------- decoding / PNG
+
+
+def test_decode_resize_and_corrupt_inputs():
+    img, _ = _quadrants(40)
+    data = _jpeg(img)
+    out = decode_resize(data, 32)
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+    assert decode_resize(data, 40).astype(int).__sub__(img).__abs__().mean() < 4
+    for bad in (None, b"", b"not an image", data[: len(data) // 2], b"\xff\xd8\xff" + b"\0" * 64):
+        assert decode_resize(bad, 32) is None
+
+
+def test_label_png_roundtrip_and_upsampling():
+    label = np.random.default_rng(0).integers(0, 8, (7, 5)).astype(np.uint8)
+    assert np.array_equal(decode_label_png(encode_label_png(label)), label)
+    up = upsample_labels(label, (28, 20))
+    ref = torch.nn.functional.interpolate(
+        torch.from_numpy(label)[None, None].float(), size=(28, 20), mode="nearest-exact"
+    )[0, 0].numpy()
+    assert np.array_equal(up, ref)
+    up_odd = upsample_labels(label, (10, 9))  # non-integer factors
+    ref_odd = torch.nn.functional.interpolate(
+        torch.from_numpy(label)[None, None].float(), size=(10, 9), mode="nearest-exact"
+    )[0, 0].numpy()
+    assert np.array_equal(up_odd, ref_odd)
+
+
+def test_smooth_labels_removes_isolated_pixels():
+    lab = torch.zeros(1, 9, 9, dtype=torch.long)
+    lab[0, 4, 4] = 1  # one stray pixel
+    lab[0, :, 7:] = 2  # a real region
+    out = smooth_labels(lab, 3, 3)
+    assert out[0, 4, 4] == 0 and torch.all(out[0, :, 7:] == 2)
+
+
+# ----------------------------------------------------------------------------- masker
+
+
+def _masker(**kw) -> PseudoMasker:
+    return PseudoMasker(PseudoMaskConfig(**{"image_size": 32, "k": 4, **kw}), device="cpu")
+
+
+def test_masker_pixels_on_quadrants_is_perfect():
+    imgs, labels = zip(*[_quadrants(32, s) for s in range(3)], strict=True)
+    out = _masker()({"key": ["a", "b", "c"], "image": np.stack(imgs)})
+    assert list(out["status"]) == ["ok"] * 3
+    assert list(out["grid_h"]) == [32] * 3 and list(out["k"]) == [4] * 3
+    maps = [decode_label_png(b) for b in out["label_png"]]
+    assert all(m.shape == (32, 32) and m.max() < 4 for m in maps)
+    assert oracle_miou(maps, list(labels), num_classes=4) == pytest.approx(1.0)
+
+
+def test_corrupt_images_are_skipped_and_counted():
+    img, _ = _quadrants(48)
+    good = _jpeg(img)
+    masker = _masker()
+    out = masker({"key": ["0", "1", "2", "3"], "jpg": [good, b"garbage", good[:100], good]})
+    assert list(out["status"]) == ["ok", "decode_error", "decode_error", "ok"]
+    assert out["label_png"][1] == b"" and out["grid_h"][1] == 0
+    assert decode_label_png(out["label_png"][3]).shape == (32, 32)
+    out = masker({"key": ["4", "5", "6"], "image": [img, None, img.astype(np.float32)]})
+    assert list(out["status"]) == ["ok", "bad_image", "bad_image"]
+    assert masker.counts == {"ok": 3, "decode_error": 2, "bad_image": 2}
+    out = masker({"key": ["7"], "jpg": [b"x"]})  # a batch with nothing decodable
+    assert list(out["status"]) == ["decode_error"] and out["grid_h"][0] == 0
+
+
+def test_same_seed_same_label_maps():
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    keys = ["k0", "k1", "k2", "k3"]
+    a = _masker(seed=7)({"key": keys, "image": imgs})
+    b = _masker(seed=7, batch_size=3)({"key": keys, "image": imgs})  # other batching
+    assert list(a["label_png"]) == list(b["label_png"])
+    c = _masker(seed=8)({"key": keys, "image": imgs})
+    assert list(a["label_png"]) != list(c["label_png"])
+    rev = _masker(seed=7)({"key": keys[::-1], "image": imgs[::-1]})  # seed follows the key
+    assert list(rev["label_png"])[::-1] == list(a["label_png"])
+
+
+def test_dino_vits8_masker_224_random_init():
+    cfg = dict(extractor="dino_vits8", random_init=True, image_size=224, k=8)
+    with pytest.raises(ValueError):  # random weights are never silent
+        PseudoMasker(PseudoMaskConfig(**{**cfg, "random_init": False, "pretrained": False}))
+    masker = PseudoMasker(PseudoMaskConfig(**cfg), device="cpu")
+    assert masker.metric == "cosine"
+    imgs = np.stack([_quadrants(64, s)[0] for s in range(2)])  # resized to 224 by the masker
+    out = masker({"key": ["x", "y"], "image": imgs})
+    assert list(out["grid_h"]) == [28, 28] and list(out["grid_w"]) == [28, 28]
+    maps = [decode_label_png(b) for b in out["label_png"]]
+    assert all(m.shape == (28, 28) and m.max() < 8 for m in maps)
+
+
+# ----------------------------------------------------------------------------- oracle mIoU
+
+
+def _oracle_reference(pseudo, gts, num_classes, ignore=255):
+    """Plain loops: majority label per segment, then per-class IoU over the whole set."""
+    inter = [0] * num_classes
+    union = [0] * num_classes
+    for seg, gt in zip(pseudo, gts, strict=True):
+        seg = upsample_labels(seg, gt.shape)
+        mapped = {}
+        for s in set(seg.ravel().tolist()):
+            votes = {}
+            for y, x in itertools.product(range(gt.shape[0]), range(gt.shape[1])):
+                if seg[y, x] == s and gt[y, x] != ignore:
+                    votes[int(gt[y, x])] = votes.get(int(gt[y, x]), 0) + 1
+            # ties -> smallest class id (as argmax)
+            mapped[s] = min(votes, key=lambda c: (-votes[c], c)) if votes else ignore
+        for c in range(num_classes):
+            for y, x in itertools.product(range(gt.shape[0]), range(gt.shape[1])):
+                if gt[y, x] == ignore:
+                    continue
+                p, g = mapped[seg[y, x]] == c, gt[y, x] == c
+                inter[c] += p and g
+                union[c] += p or g
+    ious = [i / u for i, u in zip(inter, union, strict=True) if u > 0]
+    return sum(ious) / len(ious)
+
+
+def test_oracle_miou_matches_loop_reference():
+    rng = np.random.default_rng(0)
+    gts, pseudo = [], []
+    for _ in range(4):
+        gt = rng.integers(0, 5, (12, 12)).astype(np.uint8)
+        gt[rng.random((12, 12)) < 0.1] = 255
+        gts.append(gt)
+        pseudo.append(rng.integers(0, 6, (6, 6)).astype(np.uint8))  # coarser grid, upsampled
+    ours = oracle_miou(pseudo, gts, num_classes=5)
+    assert ours == pytest.approx(_oracle_reference(pseudo, gts, 5))
+    assert 0.0 < ours < 1.0
+
+
+def test_oracle_miou_handmade_cases():
+    _, gt = _quadrants(8)
+    assert oracle_miou([gt.copy()], [gt], 4) == 1.0  # perfect segments
+    one = np.zeros((8, 8), np.uint8)  # one segment -> everything gets the majority (0 wins ties)
+    assert oracle_miou([one], [gt], 4) == pytest.approx((16 / 64) / 4)
+    halves = np.zeros((8, 8), np.uint8)
+    halves[4:] = 1  # top: classes 0/1 -> 0; bottom: 2/3 -> 2
+    assert oracle_miou([halves], [gt], 4) == pytest.approx((0.5 + 0.5) / 4)
+    ignored = gt.copy()
+    ignored[:4, :4] = 255  # a segment that only covers void maps to void
+    assert oracle_labels(gt, ignored, 4)[0, 0] == 255
+    assert oracle_miou([gt], [ignored], 4) == 1.0
+
+
+def test_oracle_on_world_images_beats_random_segments():
+    wcfg = world.WorldConfig(image_size=32)
+    samples = [world.render(wcfg, i, "eval")[:2] for i in range(6)]
+    imgs = np.stack([s[0] for s in samples])
+    gts = [s[1] for s in samples]
+    out = _masker(k=8)({"key": [str(i) for i in range(6)], "image": imgs})
+    maps = [decode_label_png(b) for b in out["label_png"]]
+    ours = oracle_miou(maps, gts, num_classes=16)
+    rng = np.random.default_rng(0)
+    rand = oracle_miou([rng.integers(0, 8, (32, 32)) for _ in gts], gts, num_classes=16)
+    assert ours > 0.6 and ours > rand + 0.3
+
+    fig = pseudo_mask_figure(list(imgs), maps, gts, num_classes=16, max_rows=4)
+    assert len(fig.axes) == 16
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    assert buf.getvalue()[:4] == b"\x89PNG"
