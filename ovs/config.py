@@ -23,7 +23,9 @@ from typing import Any
 
 import yaml
 
+from ovs.data.download import DownloadConfig
 from ovs.data.world import WorldConfig
+from ovs.text.entities import EntitiesConfig
 
 
 class ConfigError(ValueError):
@@ -68,6 +70,8 @@ class Config:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     world: WorldConfig = field(default_factory=WorldConfig)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    entities: EntitiesConfig = field(default_factory=EntitiesConfig)
 
     @property
     def workdir_path(self) -> Path:

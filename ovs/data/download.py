@@ -60,6 +60,7 @@ class DownloadConfig:
     input_format: str = ""  # "" = infer from the file suffix
     url_col: str = "url"
     caption_col: str = "caption"
+    save_additional_columns: list[str] = field(default_factory=list)  # e.g. the world's "id"
     image_size: int = 64
     resize_mode: str = "center_crop"  # no | border | keep_ratio | keep_ratio_largest | center_crop
     resize_only_if_bigger: bool = False
@@ -136,15 +137,15 @@ def _drop_broken_shards(out_dir: Path) -> list[str]:
 
 def download(cfg: DownloadConfig, out_dir: str | os.PathLike) -> dict:
     """Run img2dataset into ``out_dir`` (webdataset layout), then return ``summarize(out_dir)``."""
+    # img2dataset imports albumentations, which checks PyPI for updates on import, here and in
+    # every spawned worker; switch that off (workers inherit the environment).
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     from img2dataset import download as i2d_download
 
     if cfg.distributor not in DISTRIBUTORS:
         raise ValueError(f"distributor must be one of {DISTRIBUTORS}, got {cfg.distributor!r}")
     if cfg.incremental_mode not in INCREMENTAL_MODES:
         raise ValueError(f"incremental_mode must be one of {INCREMENTAL_MODES}")
-    # img2dataset imports albumentations, which checks PyPI for updates on import, in every
-    # spawned worker; switch that off (workers inherit the environment).
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     out = Path(out_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
     _drop_broken_shards(out)
@@ -156,6 +157,7 @@ def download(cfg: DownloadConfig, out_dir: str | os.PathLike) -> dict:
         input_format=fmt,
         url_col=cfg.url_col,
         caption_col=cfg.caption_col or None,
+        save_additional_columns=list(cfg.save_additional_columns) or None,
         image_size=cfg.image_size,
         resize_mode=cfg.resize_mode,
         resize_only_if_bigger=cfg.resize_only_if_bigger,

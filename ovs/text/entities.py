@@ -36,7 +36,6 @@ from ovs.text.cc4m import (
     match_entities,
     treebank_tokenize,
 )
-from ovs.text.fast_ruler import use_fast_attribute_ruler
 
 TEXT_MODES = ("caption", "nouns_verbs")
 CHUNK_MODES = ("parser", "pos", "none")
@@ -64,6 +63,7 @@ class EntitiesConfig:
     pipeline: str = "en_core_web_sm"  # spaCy package name or path
     batch_size: int = 256  # captions per nlp.pipe batch
     n_process: int = 1  # nlp.pipe processes (keep 1 inside Ray actors)
+    num_actors: int = 0  # stage: Ray actors (one spaCy each); 0 = one per available CPU
     text_mode: str = "caption"  # trainer text: "caption" | "nouns_verbs" (S-Seg/GroupViT)
     noun_chunks: str = "pos"  # "pos" (tag patterns, no parser) | "parser" (dep. parse) | "none"
     fast_attribute_ruler: bool = True  # same output, ~2x less ruler time (ovs.text.fast_ruler)
@@ -111,6 +111,8 @@ def load_pipeline(
             errors.append(f"{cand}: {e}")
             continue
         if fast_ruler and not full:
+            from ovs.text.fast_ruler import use_fast_attribute_ruler  # imports spaCy
+
             use_fast_attribute_ruler(nlp)
         return nlp
     raise OSError(f"spaCy pipeline {name!r} not found; tried {candidates}: {errors}")
@@ -161,12 +163,14 @@ def pos_noun_chunks(doc: Any) -> list[tuple[int, int, int]]:
     start, last_nominal = -1, -1
     n = len(doc)
     for i in range(n + 1):
-        tok = doc[i] if i < n else None
-        inside = tok is not None and (
-            tok.pos_ in _CHUNK_BODY
-            or (tok.tag_ == "PRP$")
-            or (tok.tag_ == "HYPH" and start >= 0 and i + 1 < n)
-        )
+        inside = False
+        if i < n:
+            tok = doc[i]
+            inside = (
+                tok.pos_ in _CHUNK_BODY
+                or tok.tag_ == "PRP$"
+                or (tok.tag_ == "HYPH" and start >= 0 and i + 1 < n)
+            )
         if inside:
             if start < 0:
                 start = i

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import itertools
 import re
-from typing import Any
+from typing import Any, cast
 
+import numpy as np
 from spacy.attrs import DEP, IS_SPACE, LEMMA, LOWER, MORPH, POS, TAG
 from spacy.parts_of_speech import IDS as POS_IDS
 from spacy.pipeline import AttributeRuler
@@ -90,13 +91,13 @@ class _Gate:
             ok = True
             for attr, want in needs:
                 if attr == "REGEX":
-                    ok = any(want.search(w) for w in sets["WORDS"])  # type: ignore[union-attr]
+                    ok = any(cast(re.Pattern, want).search(w) for w in sets["WORDS"])
                 elif attr == "IS_SPACE":
                     ok = sets["IS_SPACE"]
                 elif attr == "ANNOTATED":
-                    ok = any(sets[want])  # type: ignore[index]
+                    ok = any(sets[cast(str, want)])
                 else:
-                    ok = not want.isdisjoint(sets[attr])  # type: ignore[union-attr]
+                    ok = not cast(frozenset, want).isdisjoint(sets[attr])
                 if not ok:
                     break
             if ok:
@@ -164,13 +165,17 @@ class FastAttributeRuler:
         lowers = doc.to_array(LOWER).tolist()
         events = []  # (rule id, token index, values) for fast hits
         for i, (t, w) in enumerate(zip(tags, lowers)):
-            for table, key in ((self.by_tag, t), (self.by_lower, w), (self.by_both, (t, w))):
-                for rid, vals in table.get(key, ()):
-                    events.append((rid, i, vals))
+            hits = (
+                self.by_tag.get(t, ()),
+                self.by_lower.get(w, ()),
+                self.by_both.get((t, w), ()),
+            )
+            for rid, vals in itertools.chain(*hits):
+                events.append((rid, i, vals))
         slow = self._slow_matches(doc, lowers, tags)  # (global rule id, start, end)
         events.sort(key=lambda x: x[0])
         slow.sort(key=lambda x: x[0])
-        arr = doc.to_array(_COLS)
+        arr = np.asarray(doc.to_array(_COLS), dtype=np.uint64)
         k = 0
         for rid, i, vals in events:
             while k < len(slow) and slow[k][0] < rid:  # earlier slow rule: apply it first
@@ -179,7 +184,7 @@ class FastAttributeRuler:
             for c, v in enumerate(vals):
                 if v is not None:
                     arr[i, c] = v
-        doc.from_array(_COLS, arr)
+        doc.from_array(_COLS, arr)  # type: ignore[arg-type]
         if k < len(slow):
             for ev in slow[k:]:
                 self._apply_slow(doc, None, ev)
@@ -187,12 +192,12 @@ class FastAttributeRuler:
 
     def _apply_slow(self, doc: Doc, arr: Any, event: tuple[int, int, int]) -> Any:
         rid, start, end = event
-        if arr is not None:
-            doc.from_array(_COLS, arr)  # flush fast results so far, in order
+        if arr is not None:  # flush the fast results so far: rule order is kept
+            doc.from_array(_COLS, arr)  # type: ignore[arg-type]
         local = self.slow_ids.index(rid)
         span = Span(doc, start, end)
         set_token_attrs(span[self.slow.indices[local]], self.slow.attrs[local])
-        return doc.to_array(_COLS) if arr is not None else None
+        return np.asarray(doc.to_array(_COLS), dtype=np.uint64) if arr is not None else None
 
 
 def _make(nlp: Any, name: str, rules: list[dict]) -> FastAttributeRuler:
