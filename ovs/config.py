@@ -23,8 +23,10 @@ from typing import Any
 
 import yaml
 
+from ovs.data.download import DownloadConfig
 from ovs.data.world import WorldConfig
 from ovs.pseudo_masks import PseudoMaskConfig
+from ovs.text.entities import EntitiesConfig
 from ovs.training import TrainConfig
 
 
@@ -72,6 +74,8 @@ class Config:
     world: WorldConfig = field(default_factory=WorldConfig)
     pseudo_masks: PseudoMaskConfig = field(default_factory=PseudoMaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    entities: EntitiesConfig = field(default_factory=EntitiesConfig)
 
     @property
     def workdir_path(self) -> Path:

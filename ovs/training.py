@@ -66,7 +66,10 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
             no_decay.append(p)
         else:
             decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -115,16 +118,24 @@ class SampleSource:
     buffer (constant memory at any dataset size). Both are deterministic given the seed.
     """
 
-    def __init__(self, shards: list[Path], masks_dir: Path, texts_dir: Path, image_size: int,
-                 cfg: TrainConfig, seed: int):
+    def __init__(
+        self,
+        shards: list[Path],
+        masks_dir: Path,
+        texts_dir: Path,
+        image_size: int,
+        cfg: TrainConfig,
+        seed: int,
+    ):
         self.shards, self.masks_dir, self.texts_dir = shards, masks_dir, texts_dir
         self.image_size, self.cfg = image_size, cfg
         self.rng = np.random.default_rng(seed)
         self.stats = JoinStats()
         self.cache: list[Sample] | None = None
         if cfg.cache_in_memory:
-            self.cache = list(iter_samples(shards, masks_dir, texts_dir, image_size, self.stats,
-                                           cfg.require_cc4m))
+            self.cache = list(
+                iter_samples(shards, masks_dir, texts_dir, image_size, self.stats, cfg.require_cc4m)
+            )
             if not self.cache:
                 raise RuntimeError(
                     f"no usable training samples in {len(shards)} shard(s): {self.stats.as_dict()}"
@@ -135,8 +146,14 @@ class SampleSource:
             order = self.rng.permutation(len(self.shards))
             any_sample = False
             for i in order:
-                for s in iter_samples([self.shards[i]], self.masks_dir, self.texts_dir,
-                                      self.image_size, self.stats, self.cfg.require_cc4m):
+                for s in iter_samples(
+                    [self.shards[i]],
+                    self.masks_dir,
+                    self.texts_dir,
+                    self.image_size,
+                    self.stats,
+                    self.cfg.require_cc4m,
+                ):
                     any_sample = True
                     yield s
             if not any_sample:

@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from ovs.stage import Stage
-from pipelines import world
+from pipelines import download, entities, world
 
-STAGES: dict[str, Stage] = {s.name: s for s in (world.STAGE,)}
+STAGES: dict[str, Stage] = {s.name: s for s in (world.STAGE, download.STAGE, entities.STAGE)}

@@ -36,8 +36,16 @@ MODEL = "model.pt"  # inference checkpoint (ovs.models.sseg.save_checkpoint form
 def _save_state(directory: Path, model, opt, sched, step: int, rng_state: dict) -> None:
     from ovs.models.sseg import save_checkpoint
 
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
-                "sched": sched.state_dict(), "step": step, "rng": rng_state}, directory / STATE)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "opt": opt.state_dict(),
+            "sched": sched.state_dict(),
+            "step": step,
+            "rng": rng_state,
+        },
+        directory / STATE,
+    )
     save_checkpoint(model, directory / MODEL, {"step": step})
 
 
@@ -73,8 +81,14 @@ def train_loop(config: dict) -> None:
     ddp = world > 1
     net = DistributedDataParallel(objective) if ddp else objective
     shards = shards_for_rank(config["shards"], rank, world)
-    source = SampleSource(shards, Path(config["masks_dir"]), Path(config["texts_dir"]),
-                          config["decode_size"], cfg, seed=config["seed"] * 1000 + rank * 7 + start)
+    source = SampleSource(
+        shards,
+        Path(config["masks_dir"]),
+        Path(config["texts_dir"]),
+        config["decode_size"],
+        cfg,
+        seed=config["seed"] * 1000 + rank * 7 + start,
+    )
     batches = source.batches(cfg.batch_size)
     rng = np.random.default_rng([config["seed"], rank, start])
     tracker = None
@@ -101,7 +115,8 @@ def train_loop(config: dict) -> None:
         out["loss"].backward()
         grad_norm = (
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            if cfg.grad_clip > 0 else torch.tensor(0.0)
+            if cfg.grad_clip > 0
+            else torch.tensor(0.0)
         )
         opt.step()
         sched.step()
@@ -124,8 +139,13 @@ def train_loop(config: dict) -> None:
             n = window.pop("_n")
             metrics = {f"train/{k}": v / n for k, v in window.items()}
             dt = time.monotonic() - window_t
-            metrics.update({"train/lr": sched.get_last_lr()[0], "step": step,
-                            "train/img_per_s": window_imgs * world / max(dt, 1e-9)})
+            metrics.update(
+                {
+                    "train/lr": sched.get_last_lr()[0],
+                    "step": step,
+                    "train/img_per_s": window_imgs * world / max(dt, 1e-9),
+                }
+            )
             if tracker is not None:
                 tracker.log_metrics(metrics, step=step)
             window, window_t, window_imgs = {}, time.monotonic(), 0
@@ -161,21 +181,29 @@ def fit(ctx: StageContext) -> Path:
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={
-            "cfg": cfg, "seed": ctx.cfg.seed, "shards": str(ctx.inputs["download"]),
+            "cfg": cfg,
+            "seed": ctx.cfg.seed,
+            "shards": str(ctx.inputs["download"]),
             "masks_dir": str(ctx.inputs["pseudo_masks"] / "masks"),
             "texts_dir": str(ctx.inputs["entities"] / "entities"),
-            "decode_size": ctx.cfg.world.image_size if "world" in ctx.cfg.pipeline.stages
+            "decode_size": ctx.cfg.world.image_size
+            if "world" in ctx.cfg.pipeline.stages
             else cfg.model.input_size,
             "out_dir": str(ctx.out_dir),
             "mlflow": {"uri": tracker.client.tracking_uri, "run_id": tracker.run_id},
         },
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-            resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
+            num_workers=cfg.num_workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker={
+                "CPU": cfg.cpus_per_worker,
+                **({"GPU": 1} if cfg.use_gpu else {}),
+            },
         ),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         run_config=ray.train.RunConfig(
-            name="sseg", storage_path=str(storage),
+            name="sseg",
+            storage_path=str(storage),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
         ),
@@ -228,13 +256,18 @@ def log_pictures(ctx: StageContext, checkpoint: Path, result: dict) -> None:
     with torch.inference_mode():
         for i in range(min(8, len(dataset))):
             s = dataset[i]
-            rows.append((s["image"], predict_label(model, s["image"], classifier, protocol), s["label"]))
+            rows.append(
+                (s["image"], predict_label(model, s["image"], classifier, protocol), s["label"])
+            )
     grid = comparison_grid([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
     ctx.tracker.log_image(grid, "overlays.png")
-    ctx.tracker.log_figure(iou_bar_chart(result["per_class_iou"], "S-Seg zero-shot IoU (world)"),
-                           "per_class_iou.png")
-    ctx.tracker.log_table({"class": list(result["per_class_iou"]),
-                           "iou": list(result["per_class_iou"].values())}, "per_class_iou.json")
+    ctx.tracker.log_figure(
+        iou_bar_chart(result["per_class_iou"], "S-Seg zero-shot IoU (world)"), "per_class_iou.png"
+    )
+    ctx.tracker.log_table(
+        {"class": list(result["per_class_iou"]), "iou": list(result["per_class_iou"].values())},
+        "per_class_iou.json",
+    )
 
 
 def run(ctx: StageContext) -> dict:

@@ -1,0 +1,124 @@
+"""Cross-image pairs and entity frequencies against plain-Python references."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from ovs.text.pairs import PAIRS_SCHEMA, build_index, build_pairs, entity_frequency
+
+CLASSES = ["dog", "cat", "people", "car", "tv", "sofa", "bus", "kite"]
+
+
+def _table(n: int, seed: int) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    keys = [f"{i:09d}" for i in rng.permutation(n)]
+    ents = []
+    for _ in range(n):
+        k = rng.integers(0, 4)
+        ents.append(list(dict.fromkeys(rng.choice(CLASSES, k, p=_P).tolist())))
+    return pa.table({"key": keys, "entities": ents, "keep": [bool(e) for e in ents]})
+
+
+_P = np.array([30, 20, 20, 10, 8, 6, 5, 1], float) / 100
+
+
+def test_inverted_index_matches_dict_reference() -> None:
+    t = _table(500, 0)
+    idx = build_index(t)
+    keys = idx.keys.to_pylist()
+    assert keys == sorted(r["key"] for r in t.to_pylist() if r["keep"])
+    ref: dict[str, list[str]] = {}
+    for r in sorted(t.to_pylist(), key=lambda r: r["key"]):
+        for e in r["entities"]:
+            ref.setdefault(e, []).append(r["key"])
+    assert list(idx.entities) == sorted(ref)
+    for i, e in enumerate(idx.entities):
+        members = idx.members[idx.offsets[i] : idx.offsets[i + 1]]
+        assert [keys[m] for m in members] == ref[e]
+
+
+def test_entity_frequency() -> None:
+    t = _table(400, 1)
+    ref = Counter(e for r in t.to_pylist() for e in r["entities"])
+    f = entity_frequency(t).to_pylist()
+    assert {r["entity"]: r["count"] for r in f} == dict(ref)
+    assert [r["count"] for r in f] == sorted(ref.values(), reverse=True)
+    dup = pa.table({"key": ["a", "b"], "entities": [["dog", "dog"], ["dog"]]})
+    assert entity_frequency(dup).to_pylist() == [{"entity": "dog", "count": 2}]
+
+
+def test_pairs_are_valid_and_deterministic() -> None:
+    t = _table(600, 2)
+    n = 5
+    pairs = build_pairs(t, n=n, seed=3)
+    assert pairs.schema == PAIRS_SCHEMA
+    ents = {r["key"]: set(r["entities"]) for r in t.to_pylist() if r["keep"]}
+    holders = Counter(e for es in ents.values() for e in es)
+    rows = pairs.to_pylist()
+    assert [r["key"] for r in rows] == sorted(ents)
+    for r in rows:
+        k, partners, shared = r["key"], r["partner_keys"], r["shared_entity"]
+        assert len(partners) == len(shared) <= n
+        assert len(set(partners)) == len(partners) and k not in partners
+        for p, e in zip(partners, shared, strict=True):
+            assert e in ents[k] and e in ents[p]
+        can_pair = any(holders[e] >= 2 for e in ents[k])
+        assert bool(partners) == can_pair
+    # order of rows / shards does not matter, the seed does
+    shuffled = t.take(np.random.default_rng(9).permutation(t.num_rows))
+    assert build_pairs(shuffled, n=n, seed=3).equals(pairs)
+    halves = pa.concat_tables([t.slice(300), t.slice(0, 300)])
+    assert build_pairs(halves, n=n, seed=3).equals(pairs)
+    assert not build_pairs(t, n=n, seed=4).equals(pairs)
+
+
+def test_pairs_sampling_is_uniform_over_holders() -> None:
+    # "a" shares "dog" with b, c, d (and "kite" with nobody): each partner equally likely
+    t = pa.table(
+        {
+            "key": ["a", "b", "c", "d", "e"],
+            "entities": [["dog", "kite"], ["dog"], ["dog"], ["dog"], ["cat"]],
+        }
+    )
+    seen: Counter[str] = Counter()
+    for seed in range(300):
+        row = build_pairs(t, n=1, seed=seed).to_pylist()[0]
+        assert row["shared_entity"] == ["dog"]
+        seen.update(row["partner_keys"])
+    assert set(seen) == {"b", "c", "d"} and min(seen.values()) > 70
+    e_row = build_pairs(t, n=3, seed=0).to_pylist()[4]
+    assert e_row == {"key": "e", "partner_keys": [], "shared_entity": []}
+
+
+def test_edge_cases() -> None:
+    empty = pa.table(
+        {"key": pa.array([], pa.string()), "entities": pa.array([], pa.list_(pa.string()))}
+    )
+    assert build_pairs(empty, 3).num_rows == 0 and entity_frequency(empty).num_rows == 0
+    dropped = pa.table({"key": ["a", "b"], "entities": [["dog"], ["dog"]], "keep": [True, False]})
+    assert build_pairs(dropped, 3).to_pylist() == [
+        {"key": "a", "partner_keys": [], "shared_entity": []}
+    ]
+    with pytest.raises(ValueError, match="duplicate"):
+        build_pairs(pa.table({"key": ["a", "a"], "entities": [["dog"], ["dog"]]}), 2)
+
+
+def test_scales_to_many_rows() -> None:
+    n = 300_000
+    rng = np.random.default_rng(0)
+    counts = rng.integers(1, 4, n)
+    flat = rng.choice(len(CLASSES) * 9, counts.sum())  # 72 classes, like CC4M's 73
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    ents = pa.ListArray.from_arrays(pa.array(offsets), pa.array([f"e{x}" for x in flat]))
+    t = pa.table({"key": pa.array([f"{i:09d}" for i in rng.permutation(n)]), "entities": ents})
+    t0 = time.perf_counter()
+    pairs = build_pairs(t, n=10, seed=0)
+    assert time.perf_counter() - t0 < 20
+    assert pairs.num_rows == n
+    lens = np.diff(pairs.column("partner_keys").combine_chunks().offsets.to_numpy())
+    assert lens.min() >= 1 and lens.mean() > 9
