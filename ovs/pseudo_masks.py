@@ -64,15 +64,18 @@ class PseudoMaskConfig:
     metric: str = "auto"  # "euclidean" | "cosine" | "auto" (cosine for ViTs, euclidean pixels)
     seed: int = 0  # per-image seeds derive from (seed, key)
     smooth: int = 0  # odd mode-filter size on the label grid; 0 = off
-    batch_size: int = 64  # images per forward / per Ray batch
+    batch_size: int = 64  # images per forward
     num_actors: int = 1  # Ray actors
     num_gpus: float = 0.0  # GPUs per actor (0: CPU actors)
+    num_cpus: float = 1.0  # CPUs per actor (also its torch thread count)
     device: str = "auto"  # "auto" (cuda if available) | "cpu" | "cuda" | "cuda:N"
     autocast: str = "bfloat16"  # extractor compute dtype: float32 | bfloat16 | float16
     compile: bool = False  # torch.compile the extractor (helps little on CPU; try on GPU)
     pixel_stride: int = 1  # pixels extractor: average-pool cell size
     pixel_pos_weight: float = 1.0  # pixels extractor: weight of (y, x) against (r, g, b)
     png_compress_level: int = 1  # zlib level of the stored label PNGs
+    oracle_images: int = 200  # world eval images for the oracle mIoU metric (0: off)
+    figure_images: int = 8  # rows of the logged image / pseudo-mask / GT grid
 
 
 # ----------------------------------------------------------------------------- images / PNGs
