@@ -42,7 +42,7 @@ class PixelFeatures(nn.Module):
 
     default_metric = "euclidean"
 
-    def __init__(self, stride: int = 1, pos_weight: float = 1.0) -> None:
+    def __init__(self, stride: int = 1, pos_weight: float = 0.25) -> None:
         super().__init__()
         if stride < 1:
             raise ValueError(f"stride must be >= 1, got {stride}")
@@ -110,10 +110,11 @@ def build_vit(
     checkpoint: str | None = None,
     random_init: bool = False,
     image_size: int = 224,
+    seed: int = 0,
 ) -> ViTFeatures:
     """Build a timm ViT feature extractor; see the module docstring for the weight rules.
 
-    ``image_size`` sets the model's native input size (position embeddings are resampled from
+    ``seed`` seeds random initialisation. ``image_size`` sets the model's native input size (position embeddings are resampled from
     the checkpoint's grid); other sizes still work through timm's dynamic image size.
     """
     import timm
@@ -138,7 +139,10 @@ def build_vit(
                 "or `random_init: true` for random weights (tests/benchmarks only)."
             ) from err
     elif random_init:
-        model = timm.create_model(timm_name, pretrained=False, **kwargs)
+        # Seeded, so that random-weight runs (tests, benchmarks) are reproducible too.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = timm.create_model(timm_name, pretrained=False, **kwargs)
     else:
         raise ValueError(
             f"{timm_name}: pretrained=False without a checkpoint would give random weights; "
@@ -156,8 +160,9 @@ class ExtractorArgs:
     checkpoint: str | None = None
     random_init: bool = False
     image_size: int = 224
+    seed: int = 0  # seeds random initialisation
     pixel_stride: int = 1
-    pixel_pos_weight: float = 1.0
+    pixel_pos_weight: float = 0.25
 
 
 def build_pixels(args: ExtractorArgs) -> PixelFeatures:
@@ -173,6 +178,7 @@ def _vit_builder(timm_name: str) -> Callable[[ExtractorArgs], ViTFeatures]:
             checkpoint=args.checkpoint,
             random_init=args.random_init,
             image_size=args.image_size,
+            seed=args.seed,
         )
 
     build.__doc__ = f"Build the ``{timm_name}`` token extractor."

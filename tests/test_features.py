@@ -91,3 +91,11 @@ def test_checkpoint_loading(tmp_path):
             b, _ = loaded(x)
         assert torch.allclose(a, b, atol=1e-4) if size == 224 else a.shape == b.shape
     assert torch.equal(loaded.model.blocks[3].mlp.fc1.weight, src.model.blocks[3].mlp.fc1.weight)
+
+
+def test_random_init_is_seeded():
+    a = build_extractor("dino_vits16", ExtractorArgs(random_init=True, image_size=32, seed=3))
+    b = build_extractor("dino_vits16", ExtractorArgs(random_init=True, image_size=32, seed=3))
+    c = build_extractor("dino_vits16", ExtractorArgs(random_init=True, image_size=32, seed=4))
+    wa, wb, wc = (e.model.blocks[0].attn.qkv.weight for e in (a, b, c))
+    assert torch.equal(wa, wb) and not torch.equal(wa, wc)

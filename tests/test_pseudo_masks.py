@@ -120,6 +120,16 @@ def test_same_seed_same_label_maps():
     assert list(rev["label_png"])[::-1] == list(a["label_png"])
 
 
+def test_same_seed_same_label_maps_dino():
+    imgs = np.random.default_rng(1).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    cfg = dict(extractor="dino_vits8", random_init=True, seed=5)
+    # Two maskers built separately: same (seeded) random weights, same K-means seeds.
+    a = _masker(**cfg)({"key": ["a", "b", "c"], "image": imgs})
+    b = _masker(**cfg)({"key": ["a", "b", "c"], "image": imgs})
+    assert list(a["grid_h"]) == [4, 4, 4]
+    assert list(a["label_png"]) == list(b["label_png"])
+
+
 def test_dino_vits8_masker_224_random_init():
     cfg = dict(extractor="dino_vits8", random_init=True, image_size=224, k=8)
     with pytest.raises(ValueError):  # random weights are never silent
