@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from ovs.stage import Stage
-from pipelines import download, entities, world
+from pipelines import download, entities, pseudo_masks, train, world
 
-STAGES: dict[str, Stage] = {s.name: s for s in (world.STAGE, download.STAGE, entities.STAGE)}
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (world.STAGE, download.STAGE, entities.STAGE, pseudo_masks.STAGE, train.STAGE)
+}
