@@ -4,7 +4,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -12,15 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.ray_nodes import free_port, stop_nodes, submit_job
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -57,9 +52,7 @@ def ray_head(tmp_path):
     try:
         yield f"http://127.0.0.1:{dash}", env
     finally:
-        subprocess.run(
-            [str(BIN / "ray"), "stop", "--force"], capture_output=True, env=env, timeout=120
-        )
+        stop_nodes(temp)  # not `ray stop`: it would kill every Ray on the machine
         shutil.rmtree(temp, ignore_errors=True)
 
 
@@ -74,7 +67,7 @@ def test_ray_job_submit_full_pipeline(ray_head, tmp_path):
         "excludes": [".venv", ".git", "runs", "mlflow.db", "mlartifacts", "*.egg-info"],
     }
     t0 = time.time()
-    r = subprocess.run(
+    r = submit_job(
         [
             str(BIN / "ray"),
             "job",
@@ -92,10 +85,7 @@ def test_ray_job_submit_full_pipeline(ray_head, tmp_path):
             "conf/smoke.yaml",
             f"workdir={workdir}",
         ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
+        env,
     )
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-4000:]
