@@ -79,7 +79,9 @@ class Config:
 
     @property
     def workdir_path(self) -> Path:
-        return Path(self.workdir) if self.workdir else Path("runs") / self.experiment
+        """Absolute: stage code runs in Ray workers whose working directory is not the driver's."""
+        path = Path(self.workdir).expanduser() if self.workdir else Path("runs") / self.experiment
+        return path.absolute()
 
 
 # ----------------------------------------------------------------------------- validation

@@ -126,3 +126,25 @@ def contrastive_loss(
     logits_i2t = logit_scale * image_emb.float() @ all_txt.float().T  # [B, W*B]
     logits_t2i = logit_scale * text_emb.float() @ all_img.float().T
     return F.cross_entropy(logits_i2t, labels) + F.cross_entropy(logits_t2i, labels)
+
+
+def class_loss(
+    mask_feats: torch.Tensor,
+    class_emb: torch.Tensor,
+    indices: list[tuple[torch.Tensor, torch.Tensor]],
+    logit_scale: torch.Tensor,
+) -> torch.Tensor:
+    """Cross-entropy of matched mask features against class-name embeddings (supervised upper
+    bound only; S-Seg itself has no classes).
+
+    ``mask_feats [B,N,E]`` and ``class_emb [C,E]`` L2-normalised; ``indices`` per image
+    ``(pred_idx, target_idx)`` where the target index is the class id; ``logit_scale`` scalar.
+    Returns the mean CE over all matched pairs (0 when nothing is matched).
+    """
+    rows = [mask_feats[b, p.to(mask_feats.device)] for b, (p, _) in enumerate(indices)]
+    targets = [t.to(mask_feats.device) for _, t in indices]
+    if not rows or sum(len(t) for t in targets) == 0:
+        return mask_feats.sum() * 0.0
+    feats = torch.cat(rows).float()
+    logits = logit_scale * feats @ class_emb.float().T
+    return F.cross_entropy(logits, torch.cat(targets))

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ovs.losses import contrastive_loss, mask_loss
+from ovs.losses import class_loss, contrastive_loss, mask_loss
 from ovs.matching import hungarian_match, label_maps_to_masks
 from ovs.models.sseg import SSeg
 
@@ -32,6 +32,9 @@ class SSegLossConfig:
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     num_pseudo_masks: int = 8  # K; label ids >= K are ignored (paper: 8)
+    # Supervised upper bound only (``train.supervision: gt``): label ids are class ids and each
+    # matched mask feature is classified against the class-name text embeddings (CE). S-Seg: 0.
+    class_weight: float = 0.0
 
 
 def _global_num_masks(n: int, device: torch.device) -> float:
@@ -50,6 +53,10 @@ class SSegObjective(nn.Module):
     resized nearest to the prediction grid), tokens [B,L] caption ids) -> dict`` of scalars:
     ``loss`` (to backprop), ``mask``, ``dice``, ``focal``, ``contrastive``, ``logit_scale``,
     ``matched`` (mean matched masks per image).
+
+    With ``class_tokens [C,L]`` (supervised upper bound: ``labels`` are class ids ``0..C-1``)
+    the loss adds ``class_weight * CE(scale * <mask feature, class text>, class id)`` over the
+    matched pairs, and the output has ``class``.
     """
 
     def __init__(self, model: SSeg, cfg: SSegLossConfig) -> None:
@@ -58,7 +65,11 @@ class SSegObjective(nn.Module):
         self.cfg = cfg
 
     def forward(
-        self, images: torch.Tensor, labels: torch.Tensor, tokens: torch.Tensor
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        tokens: torch.Tensor,
+        class_tokens: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         model, cfg = self.model, self.cfg
         masks, feats = model(images)
@@ -75,7 +86,13 @@ class SSegObjective(nn.Module):
         scale = model.logit_scale()
         cl = contrastive_loss(model.image_embedding(feats), model.encode_text(tokens), scale)
         loss = cfg.mask_weight * ml["loss"] + cfg.contrastive_weight * cl
+        extra = {}
+        if class_tokens is not None:
+            ce = class_loss(feats, model.encode_text(class_tokens), indices, scale)
+            loss = loss + cfg.class_weight * ce
+            extra["class"] = ce.detach()
         return {
+            **extra,
             "loss": loss,
             "mask": ml["loss"].detach(),
             "dice": ml["dice"].detach(),

@@ -48,6 +48,10 @@ class TrainConfig:
     keep_checkpoints: int = 2
     max_failures: int = 2  # worker-group restarts (Ray Train FailureConfig)
     require_cc4m: bool = False  # train only on captions that pass the CC4M entity filter
+    # "pseudo": S-Seg (DINO/K-means pseudo-masks, captions). "gt": supervised upper bound on the
+    # synthetic world (its train-split ground-truth masks, each matched mask feature classified
+    # against the class-name texts; needs the world stage) - same model, same schedule.
+    supervision: str = "pseudo"
     cache_in_memory: bool = True  # small datasets: decode once, sample from RAM
     shuffle_buffer: int = 2048  # streaming mode (cache_in_memory false)
     eval_protocol: str = "tiny"  # protocol for the post-training zero-shot evaluation

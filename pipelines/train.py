@@ -18,6 +18,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -26,6 +27,7 @@ if __package__ in (None, ""):
 import numpy as np
 import torch
 
+from ovs.objective import SSegLossConfig
 from ovs.stage import Stage, StageContext
 from ovs.training import TrainConfig
 
@@ -77,7 +79,10 @@ def train_loop(config: dict) -> None:
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         start = state["step"]
-    objective = SSegObjective(model, cfg.loss).to(device)
+    objective = SSegObjective(model, config["loss"]).to(device)
+    class_tokens = None
+    if config.get("class_texts"):
+        class_tokens = tokenize(config["class_texts"], cfg.model.text.context_length).to(device)
     ddp = world > 1
     net = DistributedDataParallel(objective) if ddp else objective
     shards = shards_for_rank(config["shards"], rank, world)
@@ -110,7 +115,7 @@ def train_loop(config: dict) -> None:
         images, labels, texts = make_batch(samples, cfg, cfg.model, rng)
         tokens = tokenize(texts, cfg.model.text.context_length)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=bool(use_amp)):
-            out = net(images.to(device), labels.to(device), tokens.to(device))
+            out = net(images.to(device), labels.to(device), tokens.to(device), class_tokens)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         grad_norm = (
@@ -170,6 +175,30 @@ def _latest_checkpoint(storage: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def _gt_supervision(ctx: StageContext) -> tuple[Path, SSegLossConfig, list[str]]:
+    """Supervised upper bound: world GT label maps in the pseudo-mask format, one target per
+    class id, and the class names the matched mask features are classified against (the
+    prompt the zero-shot evaluation uses)."""
+    from ovs.data import world
+    from ovs.data.train_data import write_gt_masks
+    from ovs.eval.protocol import get_protocol
+    from ovs.eval.templates import apply_templates, get_templates
+
+    if "world" not in ctx.inputs:
+        raise ValueError("train.supervision=gt needs the world stage (ground-truth masks)")
+    out = ctx.out_dir / "gt_masks"
+    counts = write_gt_masks(ctx.inputs["download"], ctx.inputs["world"] / "train" / "labels", out)
+    ctx.tracker.log_metrics({f"gt_masks.{k}": float(v) for k, v in counts.items()})
+    names = [c[0] for c in world.class_names(ctx.inputs["world"])]
+    template = get_templates(get_protocol(ctx.section.eval_protocol).templates)[0]
+    loss = replace(
+        ctx.section.loss,
+        num_pseudo_masks=len(names),
+        class_weight=ctx.section.loss.class_weight or 1.0,
+    )
+    return out, loss, apply_templates(names, (template,))
+
+
 def fit(ctx: StageContext) -> Path:
     """Run Ray Train; returns the final inference checkpoint path under the stage output."""
     import ray.train
@@ -178,13 +207,20 @@ def fit(ctx: StageContext) -> Path:
     cfg: TrainConfig = ctx.section
     storage = (ctx.out_dir / "ray_train").resolve()
     tracker = ctx.tracker
+    masks_dir, loss, class_texts = ctx.inputs["pseudo_masks"] / "masks", cfg.loss, None
+    if cfg.supervision == "gt":
+        masks_dir, loss, class_texts = _gt_supervision(ctx)
+    elif cfg.supervision != "pseudo":
+        raise ValueError(f"train.supervision must be 'pseudo' or 'gt', got {cfg.supervision!r}")
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={
             "cfg": cfg,
             "seed": ctx.cfg.seed,
             "shards": str(ctx.inputs["download"]),
-            "masks_dir": str(ctx.inputs["pseudo_masks"] / "masks"),
+            "masks_dir": str(masks_dir),
+            "loss": loss,
+            "class_texts": class_texts,
             "texts_dir": str(ctx.inputs["entities"] / "entities"),
             "decode_size": ctx.cfg.world.image_size
             if "world" in ctx.cfg.pipeline.stages

@@ -17,7 +17,7 @@ def test_defaults_and_file(tmp_path):
     cfg = load_config(write(tmp_path, "experiment: x\nworld:\n  num_train: 7\n"))
     assert cfg.experiment == "x" and cfg.world.num_train == 7
     assert cfg.world.image_size == Config().world.image_size
-    assert cfg.workdir_path == Path("runs/x")
+    assert cfg.workdir_path == Path.cwd() / "runs" / "x"
 
 
 def test_unknown_key_names_key_and_file(tmp_path):

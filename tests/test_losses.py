@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ovs.losses import contrastive_loss, dice_loss, mask_loss, sigmoid_focal_loss
+from ovs.losses import class_loss, contrastive_loss, dice_loss, mask_loss, sigmoid_focal_loss
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -184,3 +184,23 @@ def test_gathered_infonce_equals_single_process(tmp_path):
     local = _Towers()
     sum(local(x[s : s + _PER], y[s : s + _PER]) / _WORLD for s in (0, _PER)).backward()
     assert not torch.allclose(local.img.weight.grad, model.img.weight.grad, atol=1e-4)
+
+
+def test_class_loss_matches_loop():
+    g = torch.Generator().manual_seed(3)
+    feats = torch.nn.functional.normalize(torch.randn(2, 5, 4, generator=g), dim=-1)
+    classes = torch.nn.functional.normalize(torch.randn(3, 4, generator=g), dim=-1)
+    indices = [(torch.tensor([0, 3]), torch.tensor([2, 0])), (torch.tensor([4]), torch.tensor([1]))]
+    scale = torch.tensor(7.0)
+    terms = []
+    for b, (preds, tgts) in enumerate(indices):
+        for p, t in zip(preds.tolist(), tgts.tolist()):
+            logits = [float(scale * (feats[b, p] * classes[c]).sum()) for c in range(3)]
+            log_z = math.log(sum(math.exp(v) for v in logits))
+            terms.append(log_z - logits[t])
+    expected = sum(terms) / len(terms)
+    assert class_loss(feats, classes, indices, scale).item() == pytest.approx(expected, rel=1e-5)
+    empty = [(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))] * 2
+    feats.requires_grad_(True)
+    zero = class_loss(feats, classes, empty, scale)
+    assert zero.item() == 0.0 and zero.requires_grad

@@ -249,10 +249,39 @@ def test_train_step_bench_prints_json_last(capsys):
 
     from ovs.bench.train_step import main
 
-    assert main(["--config", "tiny", "--batch", "2", "--steps", "1", "--warmup", "0"]) == 0
+    argv = ["--config", "tiny", "--batch", "2", "--steps", "1", "--warmup", "0"]
+    assert main([*argv, "--scaling", "off"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["config"] == "tiny" and result["device"] == "cpu"
     assert result["img_per_s"] > 0 and result["gemm_flops_per_s"] > 1e8
     # FLOPs scale with the batch: ~7 GFLOP for 16 images -> ~0.9 GFLOP for 2
     assert 0.3e9 < result["flops_per_step"] < 3e9
     assert 0 < result["achieved_flops_per_s"] < 10 * result["gemm_flops_per_s"]
+
+
+def test_objective_class_supervision_adds_weighted_ce():
+    """Supervised upper bound: the same objective plus CE of matched mask features against the
+    class-name texts; the text tower gets gradients from it."""
+    torch.manual_seed(0)
+    images, labels, captions = _toy_batch()
+    m = SSeg(_micro_config()).eval()  # no dropout / BN batch stats: identical forwards
+    tokens = m.tokenize(captions)
+    class_tokens = m.tokenize(["a photo of a zero.", "one", "two", "three"])
+    base = SSegObjective(m, SSegLossConfig(num_pseudo_masks=4))(images, labels, tokens)
+    sup = SSegObjective(m, SSegLossConfig(num_pseudo_masks=4, class_weight=0.5))
+    out = sup(images, labels, tokens, class_tokens)
+    assert "class" not in base and out["class"] > 0
+    assert out["loss"].item() == pytest.approx(base["loss"].item() + 0.5 * out["class"].item())
+    m.zero_grad()
+    (out["loss"] - base["loss"].detach()).backward()
+    assert m.text.token_embedding.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.slow
+def test_train_step_scaling_runs_two_ray_train_workers(ray_local):
+    from ovs.bench.train_step import scaling_efficiency
+
+    out = scaling_efficiency(batch=2, steps=2, warmup=1)
+    assert out["workers1_img_per_s"] > 0 and out["workers2_img_per_s"] > 0
+    expected = out["workers2_img_per_s"] / (2 * out["workers1_img_per_s"])
+    assert out["scaling_efficiency"] == pytest.approx(expected)

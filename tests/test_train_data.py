@@ -5,7 +5,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from ovs.data.train_data import JoinStats, iter_samples, shards_for_rank
+from ovs.data.shards import list_shards
+from ovs.data.train_data import JoinStats, iter_samples, shards_for_rank, write_gt_masks
 from tests.test_shards import make_shard
 
 
@@ -76,3 +77,29 @@ def test_rank_split_is_a_partition(tmp_path):
     parts = [shards_for_rank(tmp_path, r, 2) for r in range(2)]
     names = sorted(p.name for part in parts for p in part)
     assert names == [f"{i:05d}.tar" for i in range(5)] and len(parts[0]) == 3
+
+
+def test_gt_masks_join_like_pseudo_masks(tmp_path):
+    shards, labels, out, texts = (tmp_path / d for d in ("s", "l", "gt", "t"))
+    for d in (shards, labels, texts):
+        d.mkdir()
+    keys = ["000000000", "000000001", "000000002"]
+    make_shard(shards, "00000", [(k, {"jpg": _jpg(10 * i), "txt": k}) for i, k in enumerate(keys)])
+    pq.write_table(
+        pa.table({"key": keys + ["000000003"], "id": ["a", "b", "c", "d"],
+                  "status": ["success"] * 3 + ["failed_to_download"]}),
+        shards / "00000.parquet",
+    )  # fmt: skip
+    lab_a = np.arange(64, dtype=np.uint8).reshape(8, 8) % 16
+    Image.fromarray(lab_a).save(labels / "a.png")
+    Image.fromarray(np.full((8, 8), 3, np.uint8)).save(labels / "b.png")  # "c" has no label
+    counts = write_gt_masks(shards, labels, out)
+    assert counts == {"ok": 2, "no_label": 1}
+    pq.write_table(
+        pa.table({"key": keys, "text": ["x"] * 3, "keep": [True] * 3, "status": ["ok"] * 3}),
+        texts / "00000.parquet",
+    )
+    stats = JoinStats()
+    got = {s.key: s.mask for s in iter_samples(list_shards(shards), out, texts, 8, stats)}
+    assert set(got) == {"000000000", "000000001"} and stats.counts["no_pseudo_mask"] == 1
+    np.testing.assert_array_equal(got["000000000"], lab_a)

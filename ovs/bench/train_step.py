@@ -18,6 +18,7 @@ import contextlib
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -129,6 +130,80 @@ def run(config: str, batch: int, steps: int, warmup: int, device: torch.device) 
     return result
 
 
+def _scaling_worker(config: dict) -> None:
+    """One Ray Train worker of the scaling run: DDP (gloo) steps of the tiny objective at a fixed
+    per-worker batch; writes its own throughput to ``<out>/<rank>.json``."""
+    import ray.train
+    from torch.nn.parallel import DistributedDataParallel
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(config["threads"])
+    torch.manual_seed(0)
+    model = SSeg(SSegConfig())
+    loss_cfg = SSegLossConfig()
+    obj = SSegObjective(model, loss_cfg)
+    net = DistributedDataParallel(obj) if world > 1 else obj
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05)
+    data = synthetic_batch(
+        model, config["batch"], model.cfg.input_size, loss_cfg.num_pseudo_masks,
+        torch.device("cpu"), seed=rank,
+    )  # fmt: skip
+
+    def step() -> None:
+        out = net(*data)
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        opt.step()
+
+    sec = _timeit(step, torch.device("cpu"), config["steps"], config["warmup"])
+    Path(config["out"], f"{rank}.json").write_text(json.dumps({"img_per_s": config["batch"] / sec}))
+
+
+def scaling_efficiency(batch: int, steps: int, warmup: int, threads: int = 1) -> dict:
+    """Global img/s of Ray Train with 1 and 2 CPU workers (DDP on gloo, ``threads`` torch threads
+    and ``threads`` CPUs each, ``batch`` images per worker); ``scaling_efficiency`` =
+    ``img/s(2) / (2 * img/s(1))``. Starts a local Ray unless one is running."""
+    import tempfile
+
+    import ray
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2 * threads, include_dashboard=False, log_to_driver=False)
+    out: dict[str, float] = {}
+    try:
+        for n in (1, 2):
+            with tempfile.TemporaryDirectory() as d:
+                TorchTrainer(
+                    _scaling_worker,
+                    train_loop_config={
+                        "batch": batch,
+                        "steps": steps,
+                        "warmup": warmup,
+                        "threads": threads,
+                        "out": d,
+                    },
+                    scaling_config=ray.train.ScalingConfig(
+                        num_workers=n, resources_per_worker={"CPU": threads}
+                    ),
+                    torch_config=TorchConfig(backend="gloo"),
+                    run_config=ray.train.RunConfig(name=f"scaling{n}", storage_path=d),
+                ).fit()
+                rates = [json.loads(p.read_text())["img_per_s"] for p in Path(d).glob("*.json")]
+                if len(rates) != n:
+                    raise RuntimeError(f"{len(rates)} of {n} workers reported")
+                # synchronous DDP: the slowest worker sets the pace of all
+                out[f"workers{n}_img_per_s"] = n * min(rates)
+    finally:
+        if started:
+            ray.shutdown()
+    out["scaling_efficiency"] = out["workers2_img_per_s"] / (2 * out["workers1_img_per_s"])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ovs.bench train_step", description=__doc__)
     p.add_argument("--config", choices=["tiny", "paper", "auto"], default="auto")
@@ -137,6 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--scaling",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="also measure 1 -> 2 Ray Train CPU workers (auto: on for the tiny config on CPU)",
+    )
     a = p.parse_args(argv)
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if a.threads:
@@ -144,5 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     config = a.config if a.config != "auto" else ("paper" if device.type == "cuda" else "tiny")
     batch = a.batch or (64 if config == "paper" else 16)
     result = run(config, batch, a.steps, a.warmup, device)
+    if a.scaling == "on" or (a.scaling == "auto" and config == "tiny" and device.type == "cpu"):
+        result.update(scaling_efficiency(batch, a.steps, a.warmup))
     print(json.dumps(result))
     return 0

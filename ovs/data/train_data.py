@@ -109,3 +109,41 @@ def iter_samples(
                 continue
             stats.counts["used"] += 1
             yield Sample(key, image, mask, t["text"])
+
+
+def write_gt_masks(shard_dir: str | Path, label_dir: str | Path, out_dir: str | Path) -> dict:
+    """Ground-truth label maps in the pseudo-mask file format, for the supervised upper bound.
+
+    For each finished shard, ``<out_dir>/<stem>.parquet`` gets ``key, label_png, status`` with
+    the PNG of ``<label_dir>/<id>.png`` (the shard parquet's ``id`` column: the download stage
+    keeps the synthetic world's sample id), so :func:`iter_samples` joins GT masks exactly as it
+    joins pseudo-masks. Samples without a label file are written with ``status="no_label"``
+    and no PNG (skipped and counted by the join). Returns counts.
+    """
+    import pyarrow as pa
+
+    from ovs.io import atomic_write_parquet
+
+    out_dir, label_dir = Path(out_dir), Path(label_dir)
+    counts: Counter = Counter()
+    for shard in list_shards(shard_dir):
+        meta = pq.read_table(shard.with_suffix(".parquet"), columns=["key", "id", "status"])
+        keys, pngs, status = [], [], []
+        for row in meta.to_pylist():
+            if row["status"] != "success":
+                continue
+            label = label_dir / f"{row['id']}.png"
+            ok = row["id"] is not None and label.is_file()
+            keys.append(row["key"])
+            pngs.append(label.read_bytes() if ok else None)
+            status.append("ok" if ok else "no_label")
+            counts[status[-1]] += 1
+        table = pa.table(
+            {
+                "key": pa.array(keys, pa.string()),
+                "label_png": pa.array(pngs, pa.binary()),
+                "status": pa.array(status, pa.string()),
+            }
+        )
+        atomic_write_parquet(out_dir / f"{shard.stem}.parquet", table)
+    return dict(counts)
