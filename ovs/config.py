@@ -25,6 +25,7 @@ import yaml
 
 from ovs.data.download import DownloadConfig
 from ovs.data.world import WorldConfig
+from ovs.eval.config import EvalConfig
 from ovs.pseudo_masks import PseudoMaskConfig
 from ovs.text.entities import EntitiesConfig
 from ovs.training import TrainConfig
@@ -76,6 +77,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     download: DownloadConfig = field(default_factory=DownloadConfig)
     entities: EntitiesConfig = field(default_factory=EntitiesConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
 
     @property
     def workdir_path(self) -> Path:

@@ -69,6 +69,7 @@ class PseudoMaskConfig:
     num_actors: int = 1  # Ray actors
     num_gpus: float = 0.0  # GPUs per actor (0: CPU actors)
     num_cpus: float = 1.0  # CPUs per actor (also its torch thread count)
+    decode_cpus: float = 1.0  # CPUs per Ray Data read / decode+resize task
     device: str = "auto"  # "auto" (cuda if available) | "cpu" | "cuda" | "cuda:N"
     autocast: str = "bfloat16"  # extractor compute dtype: float32 | bfloat16 | float16
     compile: bool = False  # torch.compile the extractor (helps little on CPU; try on GPU)

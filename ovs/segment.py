@@ -1,7 +1,13 @@
 """Segment your own images with any class names.
 
     python -m ovs.segment IMAGE... --classes "cat,dog,grass" --method maskclip --out DIR
-    python -m ovs.segment IMAGE... --classes "cat,dog" --checkpoint PATH --out DIR
+    python -m ovs.segment IMAGE... --classes "cat,dog" --checkpoint PATH|WORKDIR|RUN_ID --out DIR
+
+``--checkpoint``: an S-Seg checkpoint file, a directory holding one (a pipeline ``workdir``:
+its newest ``latest.pt``), or an MLflow run id: the ``train`` stage run (its ``model``
+artifact), a skipped stage run (followed to the run that made the output) or a pipeline run
+(its newest child run with a ``model`` artifact), looked up at ``--tracking-uri`` (default
+``$MLFLOW_TRACKING_URI`` or ``sqlite:///<repo>/mlflow.db``).
 
 ``--classes``: comma-separated; synonyms of one class joined with ``|``
 (``"tv|television,sofa|couch"``). ``--bg-threshold T`` adds a "background" class 0 that
@@ -21,10 +27,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ovs.eval.method import MethodSpec, load_method
+from ovs.eval.method import MethodSpec, is_run_id, load_method
 from ovs.eval.protocol import build_classifier, get_protocol, predict_label
 from ovs.eval.visualize import legend, make_palette, overlay, png_bytes, with_legend
 from ovs.io import atomic_write_bytes
+from ovs.tracking import default_tracking_uri
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse_classes(text: str) -> list[list[str]]:
@@ -46,6 +55,46 @@ def read_image(path: Path) -> np.ndarray:
         raise ValueError(f"cannot read image {path}: {e}") from e
 
 
+def checkpoint_from_run(run_id: str, tracking_uri: str) -> Path:
+    """Local directory of the ``model`` artifact of an MLflow run (see module docstring).
+
+    Raises ``ValueError`` when the run does not exist or neither it nor its children logged a
+    model.
+    """
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from ovs.tracking import TAG_SOURCE_RUN
+
+    client = MlflowClient(tracking_uri)
+
+    def with_model(rid: str) -> str | None:
+        run = client.get_run(rid)
+        rid = run.data.tags.get(TAG_SOURCE_RUN) or rid  # a skipped stage: the run that made it
+        return rid if any(a.path == "model" for a in client.list_artifacts(rid)) else None
+
+    try:
+        run = client.get_run(run_id)
+        found = with_model(run_id)
+        if found is None:  # a pipeline run: its stage runs, newest first
+            children = client.search_runs(
+                [run.info.experiment_id],
+                filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'",
+                order_by=["attributes.start_time DESC"],
+            )
+            found = next((r for c in children if (r := with_model(c.info.run_id))), None)
+        if found is None:
+            raise ValueError(f"MLflow run {run_id} (at {tracking_uri}) has no 'model' artifact")
+        local = mlflow.artifacts.download_artifacts(
+            run_id=found, artifact_path="model", tracking_uri=tracking_uri
+        )
+    except MlflowException as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"MLflow run {run_id} at {tracking_uri}: {first}") from None
+    return Path(local)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ovs.segment", description=__doc__.split("\n")[0])
     p.add_argument("images", nargs="+", type=Path, help="image files")
@@ -60,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--templates", default=None, help="override: single | imagenet80")
     p.add_argument("--bg-threshold", type=float, default=None, help="add a background class")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--tracking-uri", default=None, help="MLflow store for a run id --checkpoint")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     return p
 
@@ -82,10 +132,14 @@ def main(argv: list[str] | None = None) -> int:
         classes = [["background"], *classes]
         protocol.background_text = False
     pretrained = None if str(args.pretrained).lower() in ("none", "") else args.pretrained
-    spec = MethodSpec(args.method, args.checkpoint, args.model, pretrained, args.device)
     try:
+        checkpoint = args.checkpoint
+        if checkpoint and not Path(checkpoint).exists() and is_run_id(checkpoint):
+            uri = args.tracking_uri or default_tracking_uri(REPO_ROOT)
+            checkpoint = str(checkpoint_from_run(checkpoint, uri))
+        spec = MethodSpec(args.method, checkpoint, args.model, pretrained, args.device)
         method = load_method(spec)
-    except (FileNotFoundError, ValueError, NotImplementedError) as e:
+    except (FileNotFoundError, ValueError) as e:
         parser.error(str(e))
     classifier = build_classifier(method, classes, has_bg, protocol, "", args.bg_threshold)
     display = [c[0] for c in classes]

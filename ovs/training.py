@@ -106,7 +106,7 @@ def make_batch(
     """Augment and stack: ``(images [B,3,S,S] float in [0,1], labels [B,S,S] int64, texts)``."""
     images, labels = [], []
     for s in samples:
-        img = torch.from_numpy(s.image).permute(2, 0, 1)
+        img = torch.from_numpy(np.array(s.image)).permute(2, 0, 1)  # cached arrays are read-only
         lab = torch.from_numpy(s.mask.astype(np.int64))
         img, lab = augment_pair(img, lab, cfg.augment, rng)
         images.append(img)

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 from ovs.stage import Stage
-from pipelines import download, entities, pseudo_masks, train, world
+from pipelines import download, entities, evaluate, pseudo_masks, train, world
 
 STAGES: dict[str, Stage] = {
     s.name: s
-    for s in (world.STAGE, download.STAGE, entities.STAGE, pseudo_masks.STAGE, train.STAGE)
+    for s in (
+        world.STAGE,
+        download.STAGE,
+        entities.STAGE,
+        pseudo_masks.STAGE,
+        train.STAGE,
+        evaluate.STAGE,
+    )
 }

@@ -1,23 +1,32 @@
-"""Stage ``pseudo_masks``: features + batched K-means per image, on Ray actors (S-Seg §3.3.1).
+"""Stage ``pseudo_masks``: features + batched K-means per image with Ray Data (S-Seg §3.3.1).
 
 python pipelines/pseudo_masks.py [--config conf/default.yaml] [pseudo_masks.extractor=dino_vits8 ...]
 
-Input: the ``download`` stage's img2dataset shards. Each of ``num_actors`` Ray actors
-(``num_gpus`` / ``num_cpus`` each) loads the extractor once and turns whole shards into
-``<out>/masks/<stem>.parquet`` (columns ``key, label_png, grid_h, grid_w, k, status``), written
-atomically, so a rerun resumes by skipping the shards already written. When the ``world`` stage
-is an input (``oracle_images > 0``), the same actors also mask the world's labelled eval split
-and the stage reports ``oracle_miou`` and logs an image / pseudo-mask / GT grid.
+Input: the ``download`` stage's img2dataset shards. A Ray Data pipeline streams the shards
+that have no output yet: a read task per shard emits ``(shard, idx, total, key, jpg bytes)``
+rows, CPU tasks decode + resize them into a uint8 ``image`` tensor column (numpy only, never
+PIL objects), and an actor pool (``num_actors`` actors with ``num_gpus`` / ``num_cpus`` each,
+``batch_size`` images per call) runs :class:`~ovs.pseudo_masks.PseudoMasker` once loaded per
+actor. The driver collects the small label-PNG rows and writes ``<out>/masks/<stem>.parquet``
+(columns ``key, label_png, grid_h, grid_w, k, status``, in tar order) atomically as soon as a
+shard is complete, so a rerun resumes by skipping the shards already written. When the
+``world`` stage is an input (``oracle_images > 0``), the labelled eval split goes through the
+same actor pool and the stage reports ``oracle_miou`` and logs an image / pseudo-mask / GT grid.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
 
 from ovs.config import Config
 from ovs.pseudo_masks import (
@@ -27,68 +36,141 @@ from ovs.pseudo_masks import (
     PseudoMaskConfig,
     PseudoMasker,
     decode_label_png,
+    decode_resize,
     oracle_miou,
     pseudo_mask_figure,
 )
 from ovs.stage import Stage, StageContext
 
+COLUMNS = ("key", "label_png", "grid_h", "grid_w", "k", "status")
 
-class MaskWorker:
-    """Ray actor body: one ``PseudoMasker`` per actor, whole shards per call."""
+
+def shard_rows(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Ray Data ``flat_map``: one shard path -> one row per sample (image bytes, not decoded).
+
+    ``total`` (the shard's sample count, from a header-only pass over the tar) lets the driver
+    write the shard as soon as its last row arrives; ``idx`` restores tar order.
+    """
+    from ovs.data.shards import iter_shard
+
+    path = Path(row["shard"])
+    total = sum(1 for _ in iter_shard(path, members=()))
+    for idx, sample in enumerate(iter_shard(path, members=("jpg",))):
+        yield {
+            "shard": path.stem,
+            "idx": idx,
+            "total": total,
+            "key": sample["key"],
+            "jpg": sample.get("jpg") or b"",
+        }
+
+
+def decode_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    """Ray Data CPU task: ``jpg`` bytes -> ``image`` uint8 [B, size, size, 3] + ``decoded``."""
+    n = len(batch["key"])
+    images = np.zeros((n, size, size, 3), dtype=np.uint8)
+    decoded = np.zeros(n, dtype=bool)
+    for i, data in enumerate(batch["jpg"]):
+        arr = decode_resize(bytes(data) if data is not None else None, size)
+        if arr is not None:
+            images[i], decoded[i] = arr, True
+    out = {k: v for k, v in batch.items() if k != "jpg"}
+    return {**out, "image": images, "decoded": decoded}
+
+
+class MaskActor:
+    """Ray Data actor: one :class:`PseudoMasker` per actor (weights loaded once)."""
 
     def __init__(self, cfg: PseudoMaskConfig) -> None:
         import torch
 
         torch.set_num_threads(max(1, int(cfg.num_cpus)))
-        self.cfg = cfg
         self.masker = PseudoMasker(cfg)
 
-    def shard(self, tar_path: str, out_path: str) -> dict:
-        """Mask every image of one shard; write its parquet atomically; return counts."""
-        import pyarrow as pa
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        decoded = batch.get("decoded")
+        images = [
+            img if decoded is None or decoded[i] else None for i, img in enumerate(batch["image"])
+        ]
+        out = self.masker({"key": batch["key"], "image": images})
+        if decoded is not None:  # undecodable bytes are decode errors, not bad images
+            out["status"] = np.where(decoded, out["status"], STATUS_DECODE_ERROR).astype(object)
+        passthrough = {k: v for k, v in batch.items() if k not in ("image", "decoded", "key")}
+        return {**passthrough, **out}
 
-        from ovs.data.shards import iter_shard
-        from ovs.io import atomic_write_parquet
 
-        start = time.perf_counter()
-        columns: dict[str, list] = {c: [] for c in ("key", "label_png", "grid_h", "grid_w", "k")}
-        columns["status"] = []
-        batch: list[dict] = []
+def mask_dataset(ds, cfg: PseudoMaskConfig):
+    """Append the actor-pool stage to a dataset with ``key`` + ``image`` (+ ``decoded``)."""
+    import ray.data
 
-        def flush() -> None:
-            out = self.masker(
-                {"key": [s["key"] for s in batch], "jpg": [s.get("jpg") for s in batch]}
-            )
-            for c in columns:
-                columns[c].extend(out[c].tolist())
-            batch.clear()
+    return ds.map_batches(
+        MaskActor,
+        fn_constructor_kwargs={"cfg": cfg},
+        compute=ray.data.ActorPoolStrategy(size=max(1, cfg.num_actors)),
+        num_gpus=cfg.num_gpus,
+        num_cpus=cfg.num_cpus,
+        batch_size=cfg.batch_size,
+        batch_format="numpy",
+    )
 
-        for sample in iter_shard(tar_path, members=("jpg",)):
-            batch.append(sample)
-            if len(batch) == self.cfg.batch_size:
-                flush()
-        if batch:
-            flush()
-        table = pa.table(
-            {
-                "key": pa.array(columns["key"], pa.string()),
-                "label_png": pa.array(columns["label_png"], pa.binary()),
-                "grid_h": pa.array(columns["grid_h"], pa.int32()),
-                "grid_w": pa.array(columns["grid_w"], pa.int32()),
-                "k": pa.array(columns["k"], pa.int32()),
-                "status": pa.array(columns["status"], pa.string()),
-            }
-        )
-        atomic_write_parquet(out_path, table)
-        counts = {
-            s: columns["status"].count(s)
-            for s in (STATUS_OK, STATUS_DECODE_ERROR, STATUS_BAD_IMAGE)
+
+def shard_table(rows: list[dict[str, Any]]):
+    """Rows of one shard -> the stored parquet table, in tar order."""
+    import pyarrow as pa
+
+    rows = sorted(rows, key=lambda r: int(r["idx"]))
+    return pa.table(
+        {
+            "key": pa.array([str(r["key"]) for r in rows], pa.string()),
+            "label_png": pa.array([bytes(r["label_png"]) for r in rows], pa.binary()),
+            "grid_h": pa.array([int(r["grid_h"]) for r in rows], pa.int32()),
+            "grid_w": pa.array([int(r["grid_w"]) for r in rows], pa.int32()),
+            "k": pa.array([int(r["k"]) for r in rows], pa.int32()),
+            "status": pa.array([str(r["status"]) for r in rows], pa.string()),
         }
-        return {**counts, "seconds": time.perf_counter() - start}
+    )
 
-    def label_maps(self, keys: list[str], images: list) -> list:
-        out = self.masker({"key": keys, "image": images})
-        return [decode_label_png(b) if b else None for b in out["label_png"]]
+
+def _rows(batch: dict[str, np.ndarray]) -> Iterator[dict[str, Any]]:
+    names = list(batch)
+    for values in zip(*(batch[n] for n in names), strict=True):
+        yield dict(zip(names, values, strict=True))
+
+
+def mask_shards(ctx: StageContext, todo: list[Path], out_dir: Path) -> int:
+    """Run the Ray Data pipeline over ``todo`` shards; write each shard as soon as it is
+    complete. Returns the number of images processed."""
+    import ray.data
+
+    from ovs.io import atomic_write_parquet
+
+    cfg: PseudoMaskConfig = ctx.section
+    if not todo:
+        return 0
+    ds = ray.data.from_items([{"shard": str(p)} for p in todo], override_num_blocks=len(todo))
+    ds = ds.flat_map(shard_rows, num_cpus=cfg.decode_cpus)
+    ds = ds.map_batches(
+        decode_batch,
+        fn_kwargs={"size": cfg.image_size},
+        batch_size=cfg.batch_size,
+        batch_format="numpy",
+        num_cpus=cfg.decode_cpus,
+    )
+    pending: dict[str, list[dict]] = defaultdict(list)
+    done = processed = 0
+    for batch in mask_dataset(ds, cfg).iter_batches(batch_size=None, batch_format="numpy"):
+        for row in _rows(batch):
+            shard = str(row["shard"])
+            pending[shard].append(row)
+            if len(pending[shard]) == int(row["total"]):
+                rows = pending.pop(shard)
+                atomic_write_parquet(out_dir / f"{shard}.parquet", shard_table(rows))
+                processed += len(rows)
+                done += 1
+                ctx.progress(done, len(todo), "shards")
+    if pending:
+        raise RuntimeError(f"incomplete shards after the pipeline drained: {sorted(pending)}")
+    return processed
 
 
 def _inputs(cfg: Config) -> tuple[str, ...]:
@@ -96,17 +178,19 @@ def _inputs(cfg: Config) -> tuple[str, ...]:
     return ("download", "world") if section is None or section.oracle_images > 0 else ("download",)
 
 
-def _oracle(ctx: StageContext, pool, cfg: PseudoMaskConfig) -> dict[str, float]:
+def _oracle(ctx: StageContext, cfg: PseudoMaskConfig) -> dict[str, float]:
+    import ray.data
+
     from ovs.data import world
 
     samples = world.load_split(ctx.inputs["world"], "eval", limit=cfg.oracle_images)
     num_classes = len(world.class_names(ctx.inputs["world"]))
-    chunks = [samples[i : i + cfg.batch_size] for i in range(0, len(samples), cfg.batch_size)]
-    maps = []
-    for chunk_maps in pool.map(
-        lambda a, ch: a.label_maps.remote([s["id"] for s in ch], [s["image"] for s in ch]), chunks
-    ):
-        maps.extend(chunk_maps)
+    ds = ray.data.from_items(
+        [{"idx": i, "key": s["id"], "image": s["image"]} for i, s in enumerate(samples)]
+    )
+    rows = [r for b in mask_dataset(ds, cfg).iter_batches(batch_format="numpy") for r in _rows(b)]
+    rows.sort(key=lambda r: int(r["idx"]))
+    maps = [decode_label_png(bytes(r["label_png"])) if r["label_png"] else None for r in rows]
     gts = [s["label"] for s in samples]
     miou = oracle_miou(maps, gts, num_classes)
     n = cfg.figure_images
@@ -116,8 +200,7 @@ def _oracle(ctx: StageContext, pool, cfg: PseudoMaskConfig) -> dict[str, float]:
 
 
 def run(ctx: StageContext) -> dict:
-    import ray
-    from ray.util import ActorPool
+    import pyarrow.parquet as pq
 
     from ovs.data.shards import list_shards
 
@@ -125,28 +208,19 @@ def run(ctx: StageContext) -> dict:
     shards = list_shards(ctx.inputs["download"])
     out_dir = ctx.out_dir / "masks"
     todo = [s for s in shards if not (out_dir / f"{s.stem}.parquet").exists()]
-    worker = ray.remote(num_gpus=cfg.num_gpus, num_cpus=cfg.num_cpus)(MaskWorker)
-    actors = [worker.remote(cfg) for _ in range(max(1, cfg.num_actors))]
-    pool = ActorPool(actors)
     counts = {"shards": len(shards), "shards_resumed": len(shards) - len(todo)}
-    totals = {STATUS_OK: 0, STATUS_DECODE_ERROR: 0, STATUS_BAD_IMAGE: 0}
-    try:
-        start = time.perf_counter()
-        results = pool.map_unordered(
-            lambda a, s: a.shard.remote(str(s), str(out_dir / f"{s.stem}.parquet")), todo
-        )
-        for done, result in enumerate(results, 1):
-            for s in totals:
-                totals[s] += result[s]
-            ctx.progress(done, len(todo), "shards")
-        seconds = time.perf_counter() - start
-        processed = sum(totals.values())
-        metrics = {"img_per_s": processed / seconds if processed else 0.0}
-        if "world" in ctx.inputs and cfg.oracle_images > 0:
-            metrics.update(_oracle(ctx, pool, cfg))
-    finally:
-        for a in actors:
-            ray.kill(a)
+    start = time.perf_counter()
+    processed = mask_shards(ctx, todo, out_dir)
+    seconds = time.perf_counter() - start
+    metrics = {"img_per_s": processed / seconds if processed else 0.0}
+    if "world" in ctx.inputs and cfg.oracle_images > 0:
+        metrics.update(_oracle(ctx, cfg))
+    # Counts cover every shard, also those a killed attempt wrote: a resumed run's manifest
+    # says what an uninterrupted run's does.
+    totals = Counter({STATUS_OK: 0, STATUS_DECODE_ERROR: 0, STATUS_BAD_IMAGE: 0})
+    for s in shards:
+        status = pq.read_table(out_dir / f"{s.stem}.parquet", columns=["status"]).column("status")
+        totals.update(status.to_pylist())
     counts.update({"images_" + k: v for k, v in totals.items()})
     return {"counts": counts, "metrics": metrics}
 
@@ -155,7 +229,7 @@ STAGE = Stage(
     "pseudo_masks",
     run=run,
     inputs=_inputs,
-    description="DINO (or pixel) features + batched K-means pseudo-masks per image",
+    description="DINO (or pixel) features + batched K-means pseudo-masks per image (Ray Data)",
 )
 
 if __name__ == "__main__":

@@ -130,7 +130,7 @@ def train_loop(config: dict) -> None:
             marker.touch()
             raise RuntimeError(f"injected worker failure at step {step} (failure drill)")
         for k, v in out.items():
-            window[k] = window.get(k, 0.0) + float(v)
+            window[k] = window.get(k, 0.0) + float(v.detach())
         window["grad_norm"] = window.get("grad_norm", 0.0) + float(grad_norm)
         window["_n"] = window.get("_n", 0.0) + 1
         window_imgs += images.shape[0]
@@ -295,7 +295,7 @@ def log_pictures(ctx: StageContext, checkpoint: Path, result: dict) -> None:
             rows.append(
                 (s["image"], predict_label(model, s["image"], classifier, protocol), s["label"])
             )
-    grid = comparison_grid([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+    grid = comparison_grid(rows)  # rows of (image, prediction, ground truth)
     ctx.tracker.log_image(grid, "overlays.png")
     ctx.tracker.log_figure(
         iou_bar_chart(result["per_class_iou"], "S-Seg zero-shot IoU (world)"), "per_class_iou.png"

@@ -22,6 +22,7 @@ from ovs.eval.protocol import (
     get_protocol,
     labels_from_probs,
     mask_free,
+    predict_label,
     resize_short_side,
     shard_indices,
     shard_metrics,
@@ -236,27 +237,48 @@ def test_background_threshold_end_to_end(tmp_path, method):
 
 
 def test_bench_prints_json_last(capsys):
-    from ovs.bench.evaluate import main
+    from ovs.bench.__main__ import main
+    from ovs.bench.evaluate import run
 
-    res = main(["--images", "2", "--height", "32", "--width", "48"])
+    res = run(["--images", "2", "--height", "32", "--width", "48"])
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(last) == res and res["img_per_s"] > 0
     assert res["pixels_counted"] == 2 * 32 * 48
+    # Through the dispatcher (python -m ovs.bench evaluate): exit code 0, JSON line last.
+    assert main(["evaluate", "--method", "sseg", "--images", "1", "--height", "32"]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["method"] == "sseg" and last["pixels_counted"] == 32 * 96
 
 
 def test_shard_evaluator_adapter(tmp_path, method):
     from ovs.eval.config import EvalConfig, EvalDatasetConfig
     from ovs.eval.method import MethodSpec
-    from ovs.eval.runner import ShardEvaluator, combine_rows
+    from ovs.eval.runner import EvalTask, ShardEvaluator, combine_rows, decode_examples
 
     ds = _world(tmp_path)
     proto = ProtocolConfig(name="t", short_side=32, window=32, stride=16)
+    proto2 = replace(proto, name="t2", logit_aggregation="sum", templates="imagenet80")
     cfg = EvalDatasetConfig(name="world", root=str(tmp_path / "world"))
-    worker = ShardEvaluator(MethodSpec(method="maskclip", model="tiny"), cfg, proto, method=method)
-    rows = [worker({"index": np.array(idx)}) for idx in ([0, 1], [2], [3, 4])]
-    merged = combine_rows(rows)
+    tasks = [EvalTask(cfg, proto, None, 2), EvalTask(cfg, proto2, 3)]
+    worker = ShardEvaluator(MethodSpec(method="maskclip", model="tiny"), tasks, method=method)
+    assert worker.total == 5 + 3
+    # Batches straddle the two tasks; row order does not matter.
+    rows = [worker({"id": np.array(ids)}) for ids in ([7, 0, 1], [2, 5], [3, 4, 6])]
+    merged = combine_rows(rows, task=0)
     np.testing.assert_array_equal(
         merged.confusion, evaluate_shard(method, ds, proto, range(5)).confusion
     )
     assert merged.num_images == 4 and len(merged.skipped) == 1 and "999" in merged.skipped[0]
-    assert EvalConfig().datasets[0].name == "world" and EvalConfig().protocol == tiny()
+    second = combine_rows(rows, task=1)
+    np.testing.assert_array_equal(
+        second.confusion, evaluate_shard(method, ds, proto2, range(3)).confusion
+    )
+    assert second.num_images == 3 and second.skipped == []
+    with pytest.raises(ValueError, match="several tasks"):
+        combine_rows(rows)
+    examples = decode_examples(rows, task=0)
+    assert sorted(examples) == [0, 1]
+    clf = classifier_for(method, ds, proto)
+    np.testing.assert_array_equal(examples[1], predict_label(method, ds[1]["image"], clf, proto))
+    assert decode_examples(rows, task=1) == {}
+    assert EvalConfig().datasets == [] and EvalConfig().resolved_protocols() == [tiny()]

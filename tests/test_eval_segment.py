@@ -1,7 +1,10 @@
 """The user inference CLI ``python -m ovs.segment``."""
 
+import os
+
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ovs.segment import main, parse_classes
@@ -60,3 +63,154 @@ def test_segment_errors(tmp_path, capsys):
     assert "cannot read image" in capsys.readouterr().err
     assert (tmp_path / "out" / "a_label.png").exists()  # the good image was still written
     assert not (tmp_path / "out" / "bad_label.png").exists()
+
+
+# ---------------------------------------------------------------- S-Seg checkpoints
+
+
+def _tiny_sseg():
+    from ovs.models.maskformer import MaskFormerConfig
+    from ovs.models.sseg import SSeg, SSegConfig
+    from ovs.models.text import TextConfig
+
+    torch.manual_seed(0)
+    cfg = SSegConfig(
+        maskformer=MaskFormerConfig(
+            backbone="resnet10t",
+            backbone_kwargs={"channels": [16, 32, 64, 128], "stem_width": 16},
+            pixel_dim=32,
+            mask_dim=32,
+            hidden_dim=32,
+            ffn_dim=64,
+            num_queries=8,
+        ),
+        text=TextConfig(context_length=16, width=32, layers=1, heads=2),
+        embed_dim=32,
+    )
+    return SSeg(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def sseg_ckpt(tmp_path_factory):
+    """A real tiny S-Seg checkpoint inside a pipeline-like workdir, and the model it holds."""
+    from ovs.models.sseg import save_checkpoint
+
+    model = _tiny_sseg()
+    workdir = tmp_path_factory.mktemp("workdir")
+    old = workdir / "train" / "0000old" / "model" / "latest.pt"
+    save_checkpoint(_tiny_sseg().apply(_perturb), old, {"step": 1})
+    os.utime(old, (1_000_000, 1_000_000))  # older than the real one
+    path = workdir / "train" / "abc123" / "model" / "latest.pt"
+    save_checkpoint(model, path, {"step": 2})
+    save_checkpoint(model, workdir / "train" / "abc123" / "model" / "init.pt", {"step": 0})
+    other = workdir / "self_train" / "def456" / "model" / "latest.pt"  # newest, another format
+    other.parent.mkdir(parents=True)
+    torch.save({"upernet": torch.zeros(1)}, other)
+    return model, path, workdir
+
+
+def _perturb(module):
+    with torch.no_grad():
+        for p in module.parameters(recurse=False):
+            p.add_(0.5)
+
+
+def _expected_label(model, image, classes):
+    from ovs.eval.method import SSegMethod
+    from ovs.eval.protocol import build_classifier, get_protocol, predict_label
+
+    protocol = get_protocol("tiny")
+    protocol.names = "synonyms"
+    method = SSegMethod(model)
+    return predict_label(
+        method, image, build_classifier(method, classes, False, protocol), protocol
+    )
+
+
+def test_load_method_sseg_checkpoint(sseg_ckpt, tmp_path):
+    from ovs.eval.method import MethodSpec, SSegMethod, load_method
+
+    model, path, workdir = sseg_ckpt
+    for ref in (path, workdir):  # the file, or the workdir (its newest latest.pt)
+        m = load_method(MethodSpec(checkpoint=str(ref), device="cpu"))
+        assert isinstance(m, SSegMethod) and m.device == torch.device("cpu")
+        x = torch.rand(2, 3, 40, 56)
+        emb = m.text_embeddings(["cat", "dog", "grass"])
+        torch.testing.assert_close(emb, model.text_embeddings(["cat", "dog", "grass"]))
+        probs = m.dense_probs(x, emb)
+        assert probs.shape == (2, 3, 40, 56)
+        torch.testing.assert_close(probs, model.dense_probs(x, emb))
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot load S-Seg checkpoint"):
+        load_method(MethodSpec(checkpoint=str(bad)))
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(ValueError, match="not an S-Seg checkpoint"):
+        load_method(MethodSpec(checkpoint=str(other)))
+
+
+def _log_model_run(client, exp_id, path, **tags):
+    run = client.create_run(exp_id, tags=tags).info.run_id
+    client.log_artifact(run, str(path), "model")  # what the train stage does
+    client.set_terminated(run)
+    return run
+
+
+@pytest.mark.timeout(120)
+def test_segment_cli_checkpoint_path_workdir_and_run_id(sseg_ckpt, tmp_path, mlflow_uri):
+    from mlflow.tracking import MlflowClient
+
+    from ovs.models.sseg import load_checkpoint
+    from ovs.tracking import TAG_SOURCE_RUN
+
+    model, path, workdir = sseg_ckpt
+    a = _image(tmp_path / "a.png", 40, 56)
+    image = np.asarray(Image.open(a).convert("RGB"))
+    classes = "cat,dog|puppy,grass"
+    expected = _expected_label(model, image, [["cat"], ["dog", "puppy"], ["grass"]])
+    client = MlflowClient(mlflow_uri)
+    exp = client.create_experiment("seg", artifact_location=(tmp_path / "mlartifacts").as_uri())
+    train_run = _log_model_run(client, exp, path)
+    parent = client.create_run(exp).info.run_id  # a pipeline run: the model is in a child
+    client.create_run(exp, tags={"mlflow.parentRunId": parent, TAG_SOURCE_RUN: train_run})
+    refs = {"file": str(path), "workdir": str(workdir), "run": train_run, "pipeline": parent}
+    for form, ref in refs.items():
+        out = tmp_path / form
+        args = [str(a), "--classes", classes, "--checkpoint", ref, "--out", str(out)]
+        assert main([*args, "--protocol", "tiny"]) == 0, form
+        label = np.asarray(Image.open(out / "a_label.png"))
+        np.testing.assert_array_equal(label, expected, err_msg=form)
+        assert (out / "a_overlay.png").is_file()
+    # Not a vacuous comparison: the older checkpoint in the workdir labels the image otherwise.
+    older = load_checkpoint(workdir / "train" / "0000old" / "model" / "latest.pt").eval()
+    assert (_expected_label(older, image, [["cat"], ["dog", "puppy"], ["grass"]]) != expected).any()
+
+
+def test_segment_cli_checkpoint_errors(sseg_ckpt, tmp_path, mlflow_uri, capsys):
+    from mlflow.tracking import MlflowClient
+
+    _, path, _ = sseg_ckpt
+    a = _image(tmp_path / "a.png")
+    out = str(tmp_path / "out")
+    ck = ["--checkpoint", str(path), "--protocol", "tiny"]
+
+    def fails(args, message):
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        assert e.value.code == 2 and message in capsys.readouterr().err
+
+    fails([str(a), "--classes", ",", "--out", out, *ck], "--classes is empty")
+    fails([str(tmp_path / "nope.png"), "--classes", "cat", "--out", out, *ck], "not found")
+    missing = ["--checkpoint", str(tmp_path / "missing.pt")]
+    fails([str(a), "--classes", "cat", "--out", out, *missing], "does not exist")
+    fails([str(a), "--classes", "cat", "--out", out, "--checkpoint", "f" * 32], "MLflow run")
+    client = MlflowClient(mlflow_uri)
+    exp = client.create_experiment("e", artifact_location=(tmp_path / "art").as_uri())
+    empty = client.create_run(exp).info.run_id
+    fails([str(a), "--classes", "cat", "--out", out, "--checkpoint", empty], "no 'model'")
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8 truncated jpeg")
+    assert main([str(bad), str(a), "--classes", "cat,dog", "--out", out, *ck]) == 1
+    assert "cannot read image" in capsys.readouterr().err
+    assert (tmp_path / "out" / "a_label.png").is_file()

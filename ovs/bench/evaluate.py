@@ -1,10 +1,14 @@
-"""Benchmark: images/s of sliding-window evaluation with a random-init baseline.
+"""Benchmark: images/s of sliding-window evaluation (one process, no Ray).
 
-    python -m ovs.bench evaluate [--model tiny|ViT-B-16] [--protocol tiny|mask_free]
+    python -m ovs.bench evaluate [--method maskclip|clip|sseg] [--model tiny|ViT-B-16|paper]
+                                 [--checkpoint PATH] [--protocol tiny|mask_free]
                                  [--images 8] [--height 64 --width 96] [--device cpu]
 
 Runs ``predict_label`` + confusion accumulation on random images against the VOC-21 class
-list (background thresholded), after one warm-up image. Prints a JSON line last.
+list (background thresholded), after one warm-up image. Methods: a random-init open_clip
+baseline (``--model`` an open_clip name or ``tiny``), or S-Seg: a checkpoint, else random
+init of the tiny (``--model tiny``) or paper (``--model paper``) configuration. Prints a JSON
+line last.
 """
 
 from __future__ import annotations
@@ -28,10 +32,27 @@ from ovs.eval.protocol import (
 from ovs.metrics import confusion_matrix
 
 
-def main(argv: list[str] | None = None) -> dict:
+def build_method(name: str, model: str, checkpoint: str | None, device: str):
+    """The benchmarked :class:`~ovs.eval.method.SegMethod` (random weights unless a
+    checkpoint is given)."""
+    from ovs.eval.method import SSegMethod, load_sseg, resolve_checkpoint
+    from ovs.models.sseg import SSeg, SSegConfig, paper_sseg
+
+    if name != "sseg":
+        return build_clip_baseline(name, model, None, device)
+    if checkpoint:
+        return load_sseg(resolve_checkpoint(checkpoint), device)
+    if model not in ("tiny", "paper"):
+        raise SystemExit(f"--method sseg: --model must be tiny or paper, got {model!r}")
+    return SSegMethod(SSeg(paper_sseg() if model == "paper" else SSegConfig()), device)
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """Run the benchmark; print and return the result dict."""
     p = argparse.ArgumentParser(prog="python -m ovs.bench evaluate")
     p.add_argument("--model", default="tiny")
-    p.add_argument("--method", default="maskclip", choices=("clip", "maskclip"))
+    p.add_argument("--method", default="maskclip", choices=("clip", "maskclip", "sseg"))
+    p.add_argument("--checkpoint", default=None, help="S-Seg checkpoint (--method sseg)")
     p.add_argument("--protocol", default="tiny")
     p.add_argument("--images", type=int, default=8)
     p.add_argument("--height", type=int, default=64)
@@ -42,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    method = build_clip_baseline(args.method, args.model, None, args.device)
+    method = build_method(args.method, args.model, args.checkpoint, args.device)
     protocol = get_protocol(args.protocol)
     classes = load_class_names("voc21")
     t0 = time.perf_counter()
@@ -90,6 +111,11 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(json.dumps(result))
     return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    run(argv)
+    return 0
 
 
 if __name__ == "__main__":

@@ -7,12 +7,16 @@ protocol-specific (templates, synonyms, background, sliding windows, resizing) l
 
 from __future__ import annotations
 
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
+
+if TYPE_CHECKING:
+    from ovs.models.sseg import SSeg
 
 
 @runtime_checkable
@@ -43,10 +47,11 @@ class SegMethod(Protocol):
 class MethodSpec:
     """What to load: a baseline by name, or a trained S-Seg checkpoint.
 
-    ``checkpoint`` accepts a checkpoint file, a pipeline work dir (the newest ``*.pt`` under
-    it, ``latest.pt`` preferred) or an MLflow run id. ``model``/``pretrained`` are open_clip
-    names for baselines (``pretrained=None``: random weights; ``model="tiny"``: a small random
-    debug CLIP). ``logit_scale=None``: the model's own learned scale.
+    ``checkpoint`` accepts a checkpoint file or a directory holding one (a pipeline work dir:
+    its newest ``latest.pt``); an MLflow run id must be resolved to the run's ``model``
+    artifact dir by the caller (``python -m ovs.segment`` does). ``model``/``pretrained`` are
+    open_clip names for baselines (``pretrained=None``: random weights; ``model="tiny"``: a
+    small random debug CLIP). ``logit_scale=None``: the model's own learned scale.
     """
 
     method: str | None = None
@@ -60,32 +65,79 @@ class MethodSpec:
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
+def is_run_id(ref: str) -> bool:
+    """Whether ``ref`` has the shape of an MLflow run id (32 hex digits)."""
+    return bool(_RUN_ID.match(ref))
+
+
 def resolve_checkpoint(ref: str) -> Path:
     """Turn a checkpoint reference into a file path.
 
-    Raises ``FileNotFoundError`` for a path that does not exist or a directory without
-    checkpoints; ``ValueError`` for an MLflow run id (the library opens no MLflow store: a
-    pipeline resolves the run's artifact dir and passes that instead).
+    A directory (a pipeline work dir, a train stage output, a downloaded MLflow ``model``
+    artifact) resolves to its most recently written ``latest.pt``, else its most recent
+    ``*.pt``; in a pipeline work dir only the ``train`` stage's outputs are searched (other
+    stages, e.g. ``self_train``, save other model types). Raises ``FileNotFoundError`` for a path that does not exist or a directory
+    without checkpoints; ``ValueError`` for an MLflow run id (the library opens no MLflow
+    store: the caller resolves the run's ``model`` artifact dir and passes that instead).
     """
     path = Path(ref).expanduser()
     if path.is_file():
         return path
     if path.is_dir():
-        latest = sorted(path.rglob("latest.pt"))
-        candidates = latest or sorted(path.rglob("*.pt"), key=lambda p: p.stat().st_mtime)
+        if (path / "train").is_dir() and any((path / "train").rglob("latest.pt")):
+            path = path / "train"
+        candidates = list(path.rglob("latest.pt")) or list(path.rglob("*.pt"))
         if not candidates:
             raise FileNotFoundError(f"no *.pt checkpoint under {path}")
-        return candidates[-1]
-    if _RUN_ID.match(ref):
+        return max(candidates, key=lambda p: (p.stat().st_mtime, str(p)))
+    if is_run_id(ref):
         raise ValueError(
             f"{ref!r} looks like an MLflow run id; pass the run's artifact directory "
-            "(mlflow.artifacts.download_artifacts(run_id=...)) instead"
+            "(mlflow.artifacts.download_artifacts(run_id=..., artifact_path='model')) instead"
         )
     raise FileNotFoundError(f"checkpoint {ref!r} does not exist")
 
 
+class SSegMethod:
+    """A trained S-Seg model as a :class:`SegMethod` on one device (eval mode, no grad)."""
+
+    def __init__(self, model: SSeg, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+
+    def text_embeddings(self, texts: list[str]) -> torch.Tensor:
+        """``[T, E]`` L2-normalised."""
+        return self.model.text_embeddings(texts)
+
+    def dense_probs(self, images: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` in [0, 1], ``[M, E]`` → ``[B, M, H, W]`` (see ``SSeg.dense_probs``)."""
+        return self.model.dense_probs(images.to(self.device), text_emb.to(self.device))
+
+
+def load_sseg(path: str | Path, device: str = "cpu") -> SSegMethod:
+    """Load an :func:`ovs.models.sseg.save_checkpoint` file onto ``device``.
+
+    Raises ``ValueError`` naming the file when it is not such a checkpoint (unreadable,
+    another ``torch.save`` format, or weights that do not fit the saved config).
+    """
+    from ovs.models.sseg import load_checkpoint
+
+    try:
+        model = load_checkpoint(path, map_location=device)
+    except (KeyError, TypeError, AttributeError, IndexError) as e:
+        raise ValueError(f"{path} is not an S-Seg checkpoint (config/model): {e!r}") from e
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"cannot load S-Seg checkpoint {path}: {first}") from e
+    return SSegMethod(model, device)
+
+
 def load_method(spec: MethodSpec) -> SegMethod:
-    """Build the method a spec names. Exactly one of ``method`` / ``checkpoint`` must be set."""
+    """Build the method a spec names, on ``spec.device``.
+
+    Exactly one of ``method`` / ``checkpoint`` must be set. Errors: ``ValueError`` (bad spec,
+    unknown method, run id, not an S-Seg checkpoint), ``FileNotFoundError`` (no checkpoint).
+    """
     if (spec.method is None) == (spec.checkpoint is None):
         raise ValueError("give exactly one of method= or checkpoint=")
     if spec.method is not None:
@@ -96,7 +148,4 @@ def load_method(spec: MethodSpec) -> SegMethod:
         return build_clip_baseline(
             spec.method, spec.model, spec.pretrained, spec.device, spec.logit_scale
         )
-    path = resolve_checkpoint(spec.checkpoint or "")
-    # The S-Seg checkpoint format is defined by the model/trainer module (not yet merged);
-    # loading it and wrapping the model as a SegMethod is the one piece left here.
-    raise NotImplementedError(f"loading S-Seg checkpoints ({path}) is not implemented yet")
+    return load_sseg(resolve_checkpoint(spec.checkpoint or ""), spec.device)

@@ -1,54 +1,181 @@
 """Ray-Data-style adapter for sharded evaluation (the library side of an eval stage).
 
-A pipeline builds a dataset of row indices (``{"index": int}``), runs
-``map_batches(ShardEvaluator, fn_constructor_kwargs=..., batch_size=...)`` so that each
-worker loads the method, the benchmark and its text classifier once, then sums the returned
-rows with :func:`combine_rows` and calls :func:`~ovs.eval.protocol.shard_metrics`.
+One method is evaluated on several *tasks* (a benchmark under a protocol) by one pool of
+workers, so each worker loads the method once. The tasks' images are numbered globally:
+task 0 owns ids ``0..n_0-1``, task 1 the next ``n_1`` and so on. A pipeline builds a dataset
+of ids (``ray.data.range(total)`` gives ``{"id": int}``; ``{"index": int}`` works too), runs
+``map_batches(ShardEvaluator, fn_constructor_kwargs=..., batch_size=...)``, sums the returned
+rows per task with :func:`combine_rows` and calls :func:`~ovs.eval.protocol.shard_metrics`.
+Predictions of a few chosen images come back with the rows (for overlay pictures), so the
+driver never has to load the model itself.
 """
 
 from __future__ import annotations
 
+import io
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
+import torch
 
 from ovs.eval.config import EvalDatasetConfig
 from ovs.eval.datasets import SegDataset, build_dataset
 from ovs.eval.method import MethodSpec, SegMethod, load_method
-from ovs.eval.protocol import EvalShard, ProtocolConfig, classifier_for, evaluate_shard
+from ovs.eval.protocol import (
+    EvalShard,
+    ProtocolConfig,
+    classifier_for,
+    evaluate_shard,
+    predict_label,
+)
 from ovs.metrics import merge_confusions
 
 
+@dataclass
+class EvalTask:
+    """One benchmark under one protocol: its first ``num_images`` images (None = all), of
+    which ``num_examples`` (the first ones) also return their predictions."""
+
+    dataset: EvalDatasetConfig
+    protocol: ProtocolConfig
+    num_images: int | None = None
+    num_examples: int = 0
+
+
 class ShardEvaluator:
-    """Callable: ``{"index": int[N]}`` → one row ``{"confusion": int64[1, C, C],
-    "num_images": int64[1], "skipped": str[1]}`` (skipped sample ids, newline-joined)."""
+    """Callable: ``{"id" | "index": int[N]}`` (global ids) → one row per task in the batch:
+    ``{"task": int64[k], "num_classes": int64[k], "confusion": int64[k, C, C],
+    "num_images": int64[k], "skipped": str[k], "examples": object[k]}``.
+
+    ``C`` is the largest class count over all tasks (confusions are zero-padded; see
+    :func:`combine_rows`). ``skipped``: newline-joined ids (with reasons) of unreadable samples.
+    ``examples``: ``.npz`` bytes mapping the local index → ``uint8[H, W]`` predicted labels
+    (:func:`decode_examples`). ``seed`` seeds torch before the method is built, so every worker
+    builds the same random-init baseline.
+    """
 
     def __init__(
         self,
         spec: MethodSpec,
-        dataset: EvalDatasetConfig,
-        protocol: ProtocolConfig,
+        tasks: list[EvalTask] | EvalTask,
         method: SegMethod | None = None,
+        seed: int = 0,
     ) -> None:
+        torch.manual_seed(seed)
         self.method = method if method is not None else load_method(spec)
-        self.dataset: SegDataset = build_dataset(dataset.name, dataset.root, dataset.split or None)
-        self.protocol = protocol
-        self.classifier = classifier_for(self.method, self.dataset, protocol)
+        self.tasks = [tasks] if isinstance(tasks, EvalTask) else list(tasks)
+        self.datasets: list[SegDataset] = []
+        self.classifiers = []
+        for t in self.tasks:
+            d = t.dataset
+            ds = build_dataset(d.name, d.root, d.split or None)
+            self.datasets.append(ds)
+            self.classifiers.append(classifier_for(self.method, ds, t.protocol))
+        sizes = [
+            len(ds) if t.num_images is None else min(t.num_images, len(ds))
+            for t, ds in zip(self.tasks, self.datasets)
+        ]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.max_classes = max(ds.num_classes for ds in self.datasets)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        indices = [int(i) for i in np.asarray(batch["index"]).ravel()]
-        shard = evaluate_shard(self.method, self.dataset, self.protocol, indices, self.classifier)
+    @property
+    def total(self) -> int:
+        """Number of global ids (images over all tasks)."""
+        return int(self.offsets[-1])
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list | np.ndarray]:
+        key = "index" if "index" in batch else "id"
+        ids = np.asarray(batch[key], dtype=np.int64).ravel()
+        if ids.size and (ids.min() < 0 or ids.max() >= self.total):
+            raise IndexError(f"ids outside 0..{self.total - 1}")
+        task_of = np.searchsorted(self.offsets, ids, side="right") - 1
+        out: dict[str, list] = {k: [] for k in ("task", "num_classes", "confusion")}
+        out.update(num_images=[], skipped=[], examples=[])
+        for t in np.unique(task_of):
+            local = [int(i) for i in ids[task_of == t] - self.offsets[t]]
+            ds, task, clf = self.datasets[t], self.tasks[t], self.classifiers[t]
+            with torch.inference_mode():
+                shard = evaluate_shard(self.method, ds, task.protocol, local, clf)
+                wanted = [i for i in local if i < task.num_examples]
+                examples = self._examples(int(t), wanted)
+            c = ds.num_classes
+            conf = np.zeros((self.max_classes, self.max_classes), dtype=np.int64)
+            conf[:c, :c] = shard.confusion
+            out["task"].append(int(t))
+            out["num_classes"].append(c)
+            out["confusion"].append(conf)
+            out["num_images"].append(shard.num_images)
+            out["skipped"].append("\n".join(shard.skipped))
+            out["examples"].append(examples)
         return {
-            "confusion": shard.confusion[None],
-            "num_images": np.array([shard.num_images], dtype=np.int64),
-            "skipped": np.array(["\n".join(shard.skipped)]),
+            "task": np.array(out["task"], dtype=np.int64),
+            "num_classes": np.array(out["num_classes"], dtype=np.int64),
+            "confusion": np.stack(out["confusion"]),
+            "num_images": np.array(out["num_images"], dtype=np.int64),
+            "skipped": np.array(out["skipped"], dtype=object),
+            "examples": np.array(out["examples"], dtype=object),
         }
 
+    def _examples(self, task: int, indices: list[int]) -> bytes:
+        ds, protocol = self.datasets[task], self.tasks[task].protocol
+        preds: dict[str, Any] = {}
+        for i in indices:
+            try:
+                image = ds[i]["image"]
+            except (OSError, ValueError):
+                continue  # already counted as skipped by evaluate_shard
+            preds[str(i)] = predict_label(self.method, image, self.classifiers[task], protocol)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **preds)
+        return buf.getvalue()
 
-def combine_rows(rows: list[dict[str, np.ndarray]]) -> EvalShard:
-    """Sum the rows (or batches of rows) :class:`ShardEvaluator` returned."""
-    if not rows:
-        raise ValueError("no rows to combine")
-    mats = [np.asarray(r["confusion"], dtype=np.int64) for r in rows]
-    conf = merge_confusions([m.reshape(-1, *m.shape[-2:]).sum(0) for m in mats])
-    n = int(sum(int(np.sum(r["num_images"])) for r in rows))
-    skipped = [s for r in rows for chunk in np.ravel(r["skipped"]) for s in str(chunk).split("\n")]
-    return EvalShard(conf, n, [s for s in skipped if s])
+
+def _column(row: dict, key: str) -> list:
+    """A row's (scalar) or a batch's (array) values of ``key`` as a list."""
+    value = row[key]
+    # Plain bytes / str are one value (np.ravel would turn bytes into an "S" array, which
+    # drops trailing NUL bytes).
+    if isinstance(value, (bytes, bytearray, str)):
+        return [value]
+    arr = np.asarray(value, dtype=object if key in ("skipped", "examples") else None)
+    return list(arr.reshape(-1, *arr.shape[-2:])) if key == "confusion" else list(arr.ravel())
+
+
+def combine_rows(rows: list[dict], task: int | None = None) -> EvalShard:
+    """Sum the rows (or batches of rows) :class:`ShardEvaluator` returned, for one task
+    (``None``: every row, which must then all belong to the same task)."""
+    conf: list[np.ndarray] = []
+    skipped: list[str] = []
+    n, seen = 0, set()
+    for r in rows:
+        for t, c, mat, k, s in zip(
+            _column(r, "task"),
+            _column(r, "num_classes"),
+            _column(r, "confusion"),
+            _column(r, "num_images"),
+            _column(r, "skipped"),
+        ):
+            if task is not None and int(t) != task:
+                continue
+            seen.add(int(t))
+            conf.append(np.asarray(mat, dtype=np.int64)[: int(c), : int(c)])
+            n += int(k)
+            skipped.extend(x for x in str(s).split("\n") if x)
+    if not conf:
+        raise ValueError(f"no rows to combine (task {task})")
+    if len(seen) > 1:
+        raise ValueError(f"rows of several tasks {sorted(seen)}: pass task=")
+    return EvalShard(merge_confusions(conf), n, skipped)
+
+
+def decode_examples(rows: list[dict], task: int | None = None) -> dict[int, np.ndarray]:
+    """Local index → ``uint8[H, W]`` predicted labels carried by the rows (of one task)."""
+    out: dict[int, np.ndarray] = {}
+    for r in rows:
+        for t, blob in zip(_column(r, "task"), _column(r, "examples")):
+            if (task is not None and int(t) != task) or blob is None or len(blob) == 0:
+                continue
+            with np.load(io.BytesIO(bytes(blob))) as z:
+                out.update({int(k): z[k] for k in z.files})
+    return out

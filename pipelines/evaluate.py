@@ -1,0 +1,273 @@
+"""Stage ``evaluate``: zero-shot mIoU of the trained S-Seg model (and baselines), sharded over
+Ray Data actors, on the synthetic world and every configured benchmark whose data exists.
+
+    python pipelines/evaluate.py [--config conf/default.yaml] [--force]
+        [evaluate.protocols=[mask_free,training_free] evaluate.num_gpus=1 ...]
+
+Inputs: ``train`` (its ``model/latest.pt``) and ``world`` (when ``world`` is in
+``pipeline.stages``; its eval split is always evaluated). For every method (``sseg`` = the
+trained model, then ``evaluate.baselines``), one Ray Data pass covers every protocol
+(``evaluate.protocols``) × dataset task: ``ray.data.range(total images)`` →
+``map_batches(ShardEvaluator, compute=ActorPoolStrategy(size=num_actors))`` (each actor loads
+the method once) → rows summed per task with ``combine_rows`` → ``shard_metrics``. Benchmarks
+whose root is empty or holds no data are skipped with one warning each and counted
+(``datasets_missing``).
+
+Outputs, per combination, in ``<out>/<method>/<protocol>/<dataset>/``: ``per_class_iou.json``
+(table), ``per_class_iou.png`` (bar chart), ``overlays.png`` (image / prediction / GT rows) and
+``result.json`` (metrics + confusion matrix, written last and atomically: a rerun skips the
+combinations that have it). Each directory is logged to the stage's MLflow run under the same
+path; ``protocols.json`` holds the resolved protocol settings (also logged as params).
+
+Metrics: ``[<method>.][<protocol>.][<dataset>.]{miou,pixel_acc,macc}`` where the method part
+is left out for ``sseg``, the protocol part for the first protocol and the dataset part for
+the world: ``miou`` is S-Seg on the world under the first protocol, ``voc21.miou``,
+``training_free.voc21.miou``, ``maskclip.voc21.miou``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ovs.config import Config, flatten, to_dict
+from ovs.eval.config import EvalConfig, EvalDatasetConfig
+from ovs.eval.datasets import SegDataset
+from ovs.eval.method import MethodSpec
+from ovs.eval.protocol import EvalShard, ProtocolConfig
+from ovs.eval.runner import EvalTask
+from ovs.io import atomic_write_bytes, atomic_write_json
+from ovs.stage import Stage, StageContext
+
+log = logging.getLogger("ovs")
+SSEG = "sseg"
+RESULT = "result.json"
+
+
+def _inputs(cfg: Config) -> tuple[str, ...]:
+    return ("train", "world") if "world" in cfg.pipeline.stages else ("train",)
+
+
+def find_datasets(
+    ctx: StageContext,
+) -> tuple[list[tuple[EvalDatasetConfig, int]], list[tuple[str, str]]]:
+    """``([(dataset config, images to evaluate)], [(benchmark, why it is missing)])``.
+
+    The world (from the ``world`` input) comes first; a configured benchmark is missing when
+    its root is empty, its layout is not found, or it holds no samples.
+    """
+    from ovs.eval.datasets import build_dataset
+
+    cfg: EvalConfig = ctx.section
+    wanted = list(cfg.datasets)
+    if "world" in ctx.inputs:
+        if any(d.name == "world" for d in wanted):
+            raise ValueError("evaluate.datasets lists 'world', which comes from the world stage")
+        world = EvalDatasetConfig("world", str(ctx.inputs["world"]), "eval", cfg.world_max_images)
+        wanted.insert(0, world)
+    found, missing = [], []
+    for d in wanted:
+        if not d.root:
+            missing.append((d.name, "no root configured"))
+            continue
+        try:
+            n = len(build_dataset(d.name, d.root, d.split or None))
+        except (FileNotFoundError, NotADirectoryError) as e:
+            missing.append((d.name, f"no data at {d.root}: {e}"))
+            continue
+        if n == 0:
+            missing.append((d.name, f"no samples at {d.root}"))
+            continue
+        found.append((d, n if d.max_images is None else min(n, d.max_images)))
+    return found, missing
+
+
+def methods(ctx: StageContext, device: str) -> list[tuple[str, MethodSpec]]:
+    """``(name, spec)`` of the trained model, then every configured baseline."""
+    cfg: EvalConfig = ctx.section
+    ckpt = ctx.inputs["train"] / "model" / "latest.pt"
+    out = [(SSEG, MethodSpec(checkpoint=str(ckpt), device=device))]
+    for b in cfg.baselines:
+        spec = MethodSpec(b.method, None, b.model, b.pretrained, device, b.logit_scale)
+        out.append((b.name, spec))
+    return out
+
+
+def evaluate_sharded(
+    spec: MethodSpec, tasks: list[EvalTask], cfg: EvalConfig, seed: int, progress=None
+) -> list[tuple[EvalShard, dict]]:
+    """Evaluate one method on every task with one pool of ``cfg.num_actors`` Ray Data actors
+    (each loads the method once). Every ``task.num_images`` must be set.
+
+    Returns, per task, the summed :class:`EvalShard` and ``{index: uint8[H, W] prediction}``
+    for its first ``task.num_examples`` images.
+    """
+    import ray.data
+
+    from ovs.eval.runner import ShardEvaluator, combine_rows, decode_examples
+
+    total = sum(int(t.num_images or 0) for t in tasks)
+    blocks = min(total, max(cfg.num_actors, -(-total // cfg.batch_size)))
+    rows = ray.data.range(total, override_num_blocks=blocks).map_batches(
+        ShardEvaluator,
+        compute=ray.data.ActorPoolStrategy(size=min(cfg.num_actors, blocks)),
+        fn_constructor_kwargs={"spec": spec, "tasks": tasks, "seed": seed},
+        batch_size=cfg.batch_size,
+        num_cpus=cfg.num_cpus,
+        num_gpus=cfg.num_gpus or None,
+    )
+    shards: list[EvalShard | None] = [None] * len(tasks)
+    examples: list[dict] = [{} for _ in tasks]
+    done = 0
+    for row in rows.iter_rows():
+        t = int(row["task"])
+        shard = combine_rows([row])
+        previous = shards[t]
+        shards[t] = shard if previous is None else previous + shard
+        examples[t].update(decode_examples([row]))
+        done += shard.num_images + len(shard.skipped)
+        if progress is not None:
+            progress(done, total, "images")
+    missing = [tasks[i].dataset.name for i, s in enumerate(shards) if s is None]
+    if missing:
+        raise RuntimeError(f"the evaluation returned no rows for {missing}")
+    return [(s, e) for s, e in zip(shards, examples) if s is not None]  # all set (checked)
+
+
+def write_outputs(out: Path, ds: SegDataset, result: dict, examples: dict, title: str) -> None:
+    """Table, bar chart and overlay grid into ``out``, then ``result.json`` (last)."""
+    from ovs.eval.visualize import comparison_grid, figure_to_png, iou_bar_chart, png_bytes
+
+    iou = result["per_class_iou"]
+    atomic_write_json(out / "per_class_iou.json", {"class": list(iou), "iou": list(iou.values())})
+    atomic_write_bytes(out / "per_class_iou.png", figure_to_png(iou_bar_chart(iou, title)))
+    rows = []
+    for i in sorted(examples):
+        try:
+            sample = ds[i]
+        except (OSError, ValueError):
+            continue
+        rows.append((sample["image"], examples[i], sample["label"]))
+    if rows:
+        atomic_write_bytes(out / "overlays.png", png_bytes(comparison_grid(rows)))
+    atomic_write_json(out / RESULT, result)
+
+
+def metric_prefix(method: str, protocol: str, dataset: str, first_protocol: str) -> str:
+    parts = [
+        method if method != SSEG else "",
+        protocol if protocol != first_protocol else "",
+        dataset if dataset != "world" else "",
+    ]
+    return "".join(f"{p}." for p in parts if p)
+
+
+def evaluate_method(
+    ctx: StageContext,
+    method: str,
+    spec: MethodSpec,
+    protocols: list[ProtocolConfig],
+    found: list[tuple[EvalDatasetConfig, int]],
+) -> tuple[dict[tuple[str, str], dict], int]:
+    """Results of one method, keyed by ``(protocol, dataset)``, and the images evaluated now.
+
+    Combinations whose ``result.json`` exists are read back (resume), the rest evaluated in
+    one sharded pass and written (pictures first, ``result.json`` last).
+    """
+    from ovs.eval.datasets import build_dataset
+    from ovs.eval.protocol import shard_metrics
+
+    cfg: EvalConfig = ctx.section
+    results, todo = {}, []
+    for protocol in protocols:
+        for dataset, n in found:
+            out = ctx.out_dir / method / protocol.name / dataset.name
+            if (out / RESULT).is_file():
+                results[protocol.name, dataset.name] = json.loads((out / RESULT).read_text())
+            else:
+                todo.append(EvalTask(dataset, protocol, n, min(cfg.num_examples, n)))
+    if not todo:
+        return results, 0
+    log.info(
+        "[evaluate] %s: %s",
+        method,
+        ", ".join(f"{t.protocol.name}/{t.dataset.name} ({t.num_images} images)" for t in todo),
+    )
+    images = 0
+    for task, (shard, examples) in zip(
+        todo, evaluate_sharded(spec, todo, cfg, ctx.cfg.seed, ctx.progress)
+    ):
+        d, p = task.dataset, task.protocol
+        ds = build_dataset(d.name, d.root, d.split or None)
+        result = shard_metrics(shard, ds)
+        result.update(
+            dataset=d.name,
+            protocol=p.name,
+            method=method,
+            skipped=shard.skipped,
+            missing_files=ds.missing,
+        )
+        out = ctx.out_dir / method / p.name / d.name
+        write_outputs(out, ds, result, examples, f"{method} / {p.name} / {d.name}")
+        results[p.name, d.name] = result
+        images += shard.num_images
+    return results, images
+
+
+def run(ctx: StageContext) -> dict:
+    cfg: EvalConfig = ctx.section
+    protocols = cfg.resolved_protocols()
+    ckpt = ctx.inputs["train"] / "model" / "latest.pt"
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"the train stage output has no checkpoint {ckpt}")
+    atomic_write_json(ctx.out_dir / "protocols.json", [to_dict(p) for p in protocols])
+    ctx.tracker.log_artifact(ctx.out_dir / "protocols.json")
+    for p in protocols:
+        ctx.tracker.log_params(flatten(to_dict(p), f"protocol.{p.name}."))
+    found, missing = find_datasets(ctx)
+    for name, why in missing:
+        log.warning("[evaluate] benchmark %s skipped: %s", name, why)
+    if missing:
+        ctx.tracker.log_text("".join(f"{n}: {w}\n" for n, w in missing), "missing_benchmarks.txt")
+    if not found:
+        log.warning("[evaluate] nothing to evaluate: no world stage and no benchmark data")
+    metrics: dict[str, float] = {}
+    counts: dict[str, int] = {"datasets_evaluated": len(found), "datasets_missing": len(missing)}
+    start, images = time.perf_counter(), 0
+    for method, spec in methods(ctx, "cuda" if cfg.num_gpus > 0 else "cpu"):
+        results, done = evaluate_method(ctx, method, spec, protocols, found)
+        images += done
+        for protocol in protocols:
+            for dataset, _ in found:
+                result = results[protocol.name, dataset.name]
+                path = f"{method}/{protocol.name}/{dataset.name}"
+                ctx.tracker.log_artifact(ctx.out_dir / path, path)
+                prefix = metric_prefix(method, protocol.name, dataset.name, protocols[0].name)
+                metrics[prefix + "miou"] = result["miou"]
+                metrics[prefix + "pixel_acc"] = result["acc"]
+                metrics[prefix + "macc"] = result["macc"]
+                if method == SSEG and protocol is protocols[0]:
+                    counts[f"{dataset.name}.images"] = int(result["num_images"])
+                    counts[f"{dataset.name}.skipped"] = int(result["num_skipped"])
+    if images:
+        metrics["img_per_s"] = images / (time.perf_counter() - start)
+    return {"counts": counts, "metrics": metrics}
+
+
+STAGE = Stage(
+    "evaluate",
+    run=run,
+    inputs=_inputs,
+    description="zero-shot mIoU of the trained model and baselines on the world and benchmarks",
+)
+
+if __name__ == "__main__":
+    from pipelines.common import main
+
+    sys.exit(main("evaluate"))

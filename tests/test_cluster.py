@@ -1,0 +1,176 @@
+"""Multi-node on one machine: a Ray head and a second Ray node process on loopback (one CPU
+each, separate custom resources and temp dirs), ``ray job submit`` of ``pipelines/full.py``,
+then Ray's state API shows on which node every stage actor lived and its work tasks ran.
+
+``make cluster-test`` runs this file. Only this cluster's processes are stopped (found by its
+own temp dirs, see ``tests/ray_nodes.py``): ``ray stop`` would kill every Ray on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.ray_nodes import free_port, stop_nodes, submit_job
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+STAGES = "[world,download,entities,pseudo_masks]"
+
+
+def ray_cli(args: list[str], env: dict, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "ray"), *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+@pytest.fixture
+def two_node_cluster():
+    """Yield ``(dashboard_url, env)`` of a head (``head_node``) + worker (``worker_node``)."""
+    # short: Ray's unix socket paths must stay < 108 chars; one temp dir per node
+    head_tmp, node_tmp = Path(f"/tmp/rch{os.getpid()}"), Path(f"/tmp/rcw{os.getpid()}")
+    port, dash = free_port(), free_port()
+    env = {
+        **os.environ,
+        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(16),
+    }
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
+    env.pop("RAY_ADDRESS", None)
+    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
+    common += [f"--object-store-memory={150 * 2**20}"]
+    head = [
+        "start",
+        "--head",
+        f"--port={port}",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--temp-dir={head_tmp}",
+        "--resources=" + json.dumps({"head_node": 1}),
+        *common,
+    ]
+    worker = [
+        "start",
+        f"--address=127.0.0.1:{port}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--temp-dir={node_tmp}",
+        "--resources=" + json.dumps({"worker_node": 1}),
+        *common,
+    ]
+    try:
+        for args in (head, worker):
+            r = ray_cli(args, env)
+            assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+        yield f"http://127.0.0.1:{dash}", env
+    finally:
+        for d in (node_tmp, head_tmp):  # not `ray stop`: it would kill every Ray on the machine
+            stop_nodes(d, timeout=5)
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def ray_list(kind: str, address: str, env: dict) -> list[dict]:
+    r = ray_cli(
+        ["list", kind, "--address", address, "--detail", "--format", "json", "--limit", "10000"],
+        env,
+    )
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    return json.loads(r.stdout)
+
+
+def test_pipeline_job_runs_on_both_nodes(two_node_cluster, tmp_path):
+    address, env = two_node_cluster
+    nodes = {n["node_id"]: n for n in ray_list("nodes", address, env) if n["state"] == "ALIVE"}
+    by_role = {
+        role: [i for i, n in nodes.items() if role in n["resources_total"]]
+        for role in ("head_node", "worker_node")
+    }
+    assert len(nodes) == 2 and all(len(v) == 1 for v in by_role.values()), nodes
+    head_id, worker_id = by_role["head_node"][0], by_role["worker_node"][0]
+
+    workdir = tmp_path / "work"
+    runtime_env = {
+        "env_vars": {
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+            "OMP_NUM_THREADS": "1",
+            # Ray Data starts dispatching once its whole actor pool is up, so both entities
+            # actors get shards (otherwise the first one up may take them all on a tiny input).
+            "RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S": "600",
+        },
+        "excludes": [".venv", ".git", "runs", "mlflow.db", "mlartifacts", "*.egg-info"],
+    }
+    t0 = time.time()
+    r = submit_job(
+        [
+            str(BIN / "ray"),
+            "job",
+            "submit",
+            "--address",
+            address,
+            "--working-dir",
+            str(REPO),
+            "--runtime-env-json",
+            json.dumps(runtime_env),
+            "--",
+            sys.executable,
+            "pipelines/full.py",
+            "--config",
+            "conf/smoke.yaml",
+            f"workdir={workdir}",
+            f"pipeline.stages={STAGES}",
+            "world.num_train=16",
+            "world.num_eval=4",
+            "download.number_sample_per_shard=4",
+            "entities.pairs_per_sample=2",
+            "pseudo_masks.num_actors=2",  # 1 CPU each on 1-CPU nodes: one actor per node
+            "pseudo_masks.decode_cpus=0",  # so read/decode tasks must not need a CPU
+            "pseudo_masks.image_size=32",
+            "pseudo_masks.oracle_images=4",
+            "pseudo_masks.figure_images=2",
+        ],
+        env,
+    )
+    out = r.stdout + r.stderr
+    print(f"ray job submit on 2 nodes: {time.time() - t0:.1f}s")
+    assert r.returncode == 0, out[-4000:]
+    assert "succeeded" in out.lower(), out[-4000:]
+    assert "joining Ray cluster" in out  # the driver joined the cluster instead of starting Ray
+    jobs = ray_list("jobs", address, env)
+    assert [j["status"] for j in jobs] == ["SUCCEEDED"], jobs
+    for stage in ("world", "download", "entities", "pseudo_masks"):
+        assert list(workdir.glob(f"{stage}/*/_SUCCESS.json")), f"{stage} manifest written"
+    m = json.loads(next(workdir.glob("pseudo_masks/*/_SUCCESS.json")).read_text())
+    assert m["counts"]["shards"] == 4 and m["counts"]["images_ok"] == 16
+
+    # Ray's state API after the job: where each stage actor lived and each work task ran.
+    names = {head_id: "head", worker_id: "worker"}
+    where: dict[str, list[str]] = {}
+    for a in ray_list("actors", address, env):
+        where.setdefault(a["class_name"], []).append(names.get(a["node_id"], str(a["node_id"])))
+    ran: dict[str, list[str]] = {}
+    for t in ray_list("tasks", address, env):
+        if t["state"] == "FINISHED" and t["type"] == "ACTOR_TASK":
+            ran.setdefault(t["name"], []).append(names.get(t["node_id"], str(t["node_id"])))
+    print("actors:", {k: sorted(v) for k, v in where.items()})
+    print("tasks:", {k: sorted(v) for k, v in ran.items()})
+    # pseudo_masks: two Ray Data pipelines (the shards, then the oracle split), each with a pool
+    # of two 1-CPU MaskActor actors: one per node each time, and both nodes masked batches
+    pm = "MapWorker(MapBatches(MaskActor))"
+    assert sorted(where[pm]) == ["head", "head", "worker", "worker"], where
+    assert sorted(set(ran[pm + ".submit"])) == ["head", "worker"], ran
+    # entities: Ray Data's two ShardEntities actors, one per node, each processed blocks
+    ent = "MapWorker(MapBatches(ShardEntities))"
+    assert sorted(where[ent]) == ["head", "worker"], where
+    assert sorted(set(ran[ent + ".submit"])) == ["head", "worker"], ran
