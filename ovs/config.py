@@ -26,6 +26,7 @@ import yaml
 from ovs.data.download import DownloadConfig
 from ovs.data.world import WorldConfig
 from ovs.eval.config import EvalConfig
+from ovs.mask_pairs import PairsConfig
 from ovs.pseudo_masks import PseudoMaskConfig
 from ovs.text.entities import EntitiesConfig
 from ovs.training import TrainConfig
@@ -78,6 +79,7 @@ class Config:
     download: DownloadConfig = field(default_factory=DownloadConfig)
     entities: EntitiesConfig = field(default_factory=EntitiesConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
 
     @property
     def workdir_path(self) -> Path:

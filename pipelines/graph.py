@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ovs.stage import Stage
-from pipelines import download, entities, evaluate, pseudo_masks, train, world
+from pipelines import download, entities, evaluate, pairs, pseudo_masks, train, world
 
 STAGES: dict[str, Stage] = {
     s.name: s
@@ -14,5 +14,6 @@ STAGES: dict[str, Stage] = {
         pseudo_masks.STAGE,
         train.STAGE,
         evaluate.STAGE,
+        pairs.STAGE,
     )
 }

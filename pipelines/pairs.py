@@ -1,0 +1,217 @@
+"""Stage ``pairs``: OVSeg mask-category pairs, each caption noun with its best pseudo-mask.
+
+    python pipelines/pairs.py [--config conf/default.yaml] [--force] [pairs.scorer=clip ...]
+
+Inputs: the ``download`` shards (images), ``entities`` (caption nouns), ``pseudo_masks``
+(the candidate masks) and, for the default S-Seg scorer, ``train`` (its ``model/latest.pt``).
+Each of ``num_actors`` Ray actors (``num_gpus`` / ``num_cpus`` each) loads the scorer once and
+turns whole shards into ``<out>/pairs/<stem>.parquet`` (``key, noun, mask_id, score,
+mask_area``; the shard's counts in the parquet metadata), written atomically, so a rerun skips
+the shards already written. Logged: counts of pairs and unique nouns, top nouns, a gallery of
+pairs; with the ``world`` stage as input also ``pair_precision`` (chosen mask's majority GT
+class == the noun's class, on the world's train labels) next to the largest-mask,
+random-mask and oracle baselines on the same pairs, and a precision-vs-threshold table.
+See :mod:`ovs.mask_pairs` and :mod:`ovs.mask_pairs_eval`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ovs.config import Config
+from ovs.mask_pairs import PairMaker, PairsConfig, build_scorer, shard_counts
+from ovs.stage import Stage, StageContext
+
+
+class PairWorker:
+    """Ray actor body: one scorer per actor, whole shards per call."""
+
+    def __init__(self, cfg: PairsConfig, checkpoint: str | None) -> None:
+        import torch
+
+        torch.set_num_threads(max(1, int(cfg.num_cpus)))
+        self.maker = PairMaker(cfg, build_scorer(cfg, checkpoint))
+
+    def shard(self, tar: str, masks: str, entities: str, out: str) -> dict:
+        return self.maker.shard(tar, masks, entities, out)[1]
+
+
+def _evaluate(pairs: str, masks: str, tar: str, gt_dir: str, noun_to_class: dict, area: float):
+    from ovs.mask_pairs_eval import evaluate_shard
+
+    return evaluate_shard(pairs, masks, tar, gt_dir, noun_to_class, area)
+
+
+def _inputs(cfg: Config) -> tuple[str, ...]:
+    section = getattr(cfg, "pairs", None)
+    names = ["download", "entities", "pseudo_masks"]
+    if section is None or (section.scorer == "sseg" and not section.checkpoint):
+        names.append("train")
+    if "world" in cfg.pipeline.stages:
+        names.insert(0, "world")
+    return tuple(names)
+
+
+def _make_pairs(ctx: StageContext, shards: list[Path], out_dir: Path) -> tuple[int, int, float]:
+    """Run the actors over the shards without an output yet; returns (shards run, samples
+    they held, seconds)."""
+    import time
+
+    import ray
+    from ray.util import ActorPool
+
+    cfg: PairsConfig = ctx.section
+    todo = [s for s in shards if not (out_dir / f"{s.stem}.parquet").exists()]
+    if not todo:
+        return 0, 0, 0.0
+    checkpoint = None
+    if cfg.scorer == "sseg":
+        checkpoint = cfg.checkpoint or str(ctx.inputs["train"] / "model" / "latest.pt")
+    worker = ray.remote(num_gpus=cfg.num_gpus, num_cpus=cfg.num_cpus)(PairWorker)
+    n = max(1, min(cfg.num_actors, len(todo)))
+    actors: list = [worker.remote(cfg, checkpoint) for _ in range(n)]
+    pool = ActorPool(actors)
+    masks, ents = ctx.inputs["pseudo_masks"] / "masks", ctx.inputs["entities"] / "entities"
+    start = time.perf_counter()
+    try:
+        results = pool.map_unordered(
+            lambda a, s: a.shard.remote(
+                str(s),
+                str(masks / f"{s.stem}.parquet"),
+                str(ents / f"{s.stem}.parquet"),
+                str(out_dir / f"{s.stem}.parquet"),
+            ),
+            todo,
+        )
+        samples = 0
+        for done, result in enumerate(results, 1):
+            samples += result.get("samples", 0)
+            ctx.progress(done, len(todo), "shards")
+    finally:
+        for a in actors:
+            ray.kill(a)
+    return len(todo), samples, time.perf_counter() - start
+
+
+def _world_metrics(ctx: StageContext, shards: list[Path], out_dir: Path) -> dict[str, float]:
+    import ray
+
+    from ovs.data import world
+    from ovs.mask_pairs_eval import noun_classes, precision_curve, precision_metrics
+
+    cfg: PairsConfig = ctx.section
+    root = ctx.inputs["world"]
+    noun_to_class = noun_classes(world.class_names(root))
+    gt_dir = str(root / "train" / "labels")
+    task = ray.remote(num_cpus=1)(_evaluate)
+    masks = ctx.inputs["pseudo_masks"] / "masks"
+    refs = [
+        task.remote(
+            str(out_dir / f"{s.stem}.parquet"),
+            str(masks / f"{s.stem}.parquet"),
+            str(s),
+            gt_dir,
+            noun_to_class,
+            cfg.min_mask_area,
+        )
+        for s in shards
+    ]
+    total: Counter = Counter()
+    scores: list[float] = []
+    hits: list[bool] = []
+    for r in ray.get(refs):
+        scores += r.pop("scores")
+        hits += r.pop("hits")
+        total.update(r)
+    metrics = precision_metrics(total)
+    metrics["eval_class_pairs"] = float(total.get("class_pairs", 0))
+    metrics["eval_no_gt_pairs"] = float(total.get("no_gt", 0))
+    ctx.tracker.log_table(precision_curve(scores, hits), "precision_vs_threshold.json")
+    return metrics
+
+
+def _gallery(ctx: StageContext, shards: list[Path], out_dir: Path) -> None:
+    from ovs.mask_pairs_eval import gallery_items, noun_classes, pairs_gallery
+
+    cfg: PairsConfig = ctx.section
+    if cfg.gallery_pairs <= 0:
+        return
+    gt_dir, noun_to_class = None, None
+    if "world" in ctx.inputs:
+        from ovs.data import world
+
+        gt_dir = ctx.inputs["world"] / "train" / "labels"
+        noun_to_class = noun_classes(world.class_names(ctx.inputs["world"]))
+    for s in shards:
+        items = gallery_items(
+            out_dir / f"{s.stem}.parquet",
+            ctx.inputs["pseudo_masks"] / "masks" / f"{s.stem}.parquet",
+            s,
+            cfg.gallery_pairs,
+            gt_dir,
+            noun_to_class,
+        )
+        if items:
+            ctx.tracker.log_figure(pairs_gallery(items), "pairs_gallery.png")
+            return
+
+
+def run(ctx: StageContext) -> dict:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from ovs.data.shards import list_shards
+
+    shards = list_shards(ctx.inputs["download"])
+    out_dir = ctx.out_dir / "pairs"
+    ran, processed, seconds = _make_pairs(ctx, shards, out_dir)
+    counts: Counter = Counter({"shards": len(shards), "shards_resumed": len(shards) - ran})
+    for s in shards:  # totals over every shard, resumed ones included
+        counts.update(shard_counts(out_dir / f"{s.stem}.parquet"))
+    nouns = pa.concat_arrays(
+        [
+            pq.read_table(out_dir / f"{s.stem}.parquet", columns=["noun"])
+            .column("noun")
+            .combine_chunks()
+            for s in shards
+        ]
+        or [pa.array([], pa.string())]
+    )
+    freq = pc.value_counts(nouns).to_pylist() if len(nouns) else []
+    freq.sort(key=lambda r: (-r["counts"], r["values"]))
+    counts["unique_nouns"] = len(freq)
+    samples = max(counts.get("samples", 0), 1)
+    metrics: dict[str, float] = {
+        "pairs_per_sample": counts.get("pairs", 0) / samples,
+        "paired_fraction": counts.get("paired_samples", 0) / samples,
+        "kept_noun_fraction": counts.get("pairs", 0) / max(counts.get("nouns_scored", 0), 1),
+    }
+    if ran and seconds > 0:
+        metrics["img_per_s"] = processed / seconds
+    if "world" in ctx.inputs:
+        metrics.update(_world_metrics(ctx, shards, out_dir))
+    ctx.tracker.log_table(
+        {"noun": [r["values"] for r in freq[:50]], "pairs": [r["counts"] for r in freq[:50]]},
+        "top_nouns.json",
+    )
+    _gallery(ctx, shards, out_dir)
+    return {"counts": dict(counts), "metrics": metrics}
+
+
+STAGE = Stage(
+    "pairs",
+    run=run,
+    inputs=_inputs,
+    description="OVSeg mask-category pairs: best pseudo-mask per caption noun",
+)
+
+if __name__ == "__main__":
+    from pipelines.common import main
+
+    sys.exit(main("pairs"))
