@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ovs.matching import hungarian_match, label_maps_to_masks
-from ovs.models.maskformer import Backbone, MaskFormer, MaskFormerConfig
+from ovs.models.maskformer import Backbone, MaskFormer, MaskFormerConfig, mask_pool
 from ovs.models.sseg import SSeg, SSegConfig, load_checkpoint, paper_sseg, save_checkpoint
 from ovs.models.text import TextConfig, TextTransformer, tokenize
 from ovs.objective import SSegLossConfig, SSegObjective
@@ -285,3 +285,24 @@ def test_train_step_scaling_runs_two_ray_train_workers(ray_local):
     assert out["workers1_img_per_s"] > 0 and out["workers2_img_per_s"] > 0
     expected = out["workers2_img_per_s"] / (2 * out["workers1_img_per_s"])
     assert out["scaling_efficiency"] == pytest.approx(expected)
+
+
+def test_mask_pool_matches_loop_and_pooled_features_follow_their_mask():
+    g = torch.Generator().manual_seed(1)
+    logits, emb = torch.randn(2, 3, 4, 5, generator=g), torch.randn(2, 6, 4, 5, generator=g)
+    got = mask_pool(logits, emb)
+    for b in range(2):
+        for q in range(3):
+            w = [float(torch.sigmoid(logits[b, q, y, x])) for y in range(4) for x in range(5)]
+            ref = [
+                sum(w[y * 5 + x] * float(emb[b, c, y, x]) for y in range(4) for x in range(5))
+                / sum(w)
+                for c in range(6)
+            ]
+            assert torch.allclose(got[b, q], torch.tensor(ref), atol=1e-5)
+    # "pooled" mask features depend on the image only through their mask's pixels
+    cfg = MaskFormerConfig(num_queries=4, mask_features="pooled")
+    assert MaskFormer(cfg).pool_proj is not None
+    assert MaskFormer(MaskFormerConfig(num_queries=4, mask_features="query")).pool_proj is None
+    with pytest.raises(ValueError, match="mask_features"):
+        MaskFormer(MaskFormerConfig(mask_features="mean"))

@@ -49,6 +49,13 @@ class MaskFormerConfig:
     ffn_dim: int = 256  # paper 2048
     dropout: float = 0.0  # paper 0.1
     memory_levels: int = 3  # 1 = stride 32 only (MaskFormer); 3 = strides 32/16/8 round robin
+    # What the N mask features are. "query" (paper): the decoder's query outputs. "pooled": each
+    # query's sigmoid-mask-weighted average of the per-pixel embeddings, through a linear layer.
+    # With "query" the tiny model's N features collapse to one image-level vector (pairwise
+    # cosine 0.96, zero-shot mIoU flat at 0.09 over 1500 steps on the synthetic world): the
+    # contrastive loss only sees their mean. Pooling ties each feature to its mask's pixels,
+    # which the mask loss keeps apart, and the tiny model then learns to ground words.
+    mask_features: str = "pooled"
 
 
 def paper_maskformer() -> MaskFormerConfig:
@@ -68,6 +75,7 @@ def paper_maskformer() -> MaskFormerConfig:
         ffn_dim=2048,
         dropout=0.1,
         memory_levels=1,
+        mask_features="query",
     )
 
 
@@ -225,6 +233,14 @@ class TransformerDecoder(nn.Module):
         return self.norm(tgt)
 
 
+def mask_pool(mask_logits: torch.Tensor, pixel_emb: torch.Tensor) -> torch.Tensor:
+    """Soft mask pooling: ``mask_logits [B,N,h,w]``, ``pixel_emb [B,C,h,w]`` -> ``[B,N,C]``,
+    the per-pixel embeddings averaged with weights ``sigmoid(mask)``."""
+    w = mask_logits.sigmoid()
+    pooled = torch.einsum("bqhw,bchw->bqc", w, pixel_emb)
+    return pooled / w.flatten(2).sum(-1, keepdim=True).clamp_min(1e-6)
+
+
 class MaskFormer(nn.Module):
     """Class-agnostic MaskFormer.
 
@@ -239,10 +255,19 @@ class MaskFormer(nn.Module):
         self.pixel_decoder = PixelDecoder(self.backbone.channels, cfg.pixel_dim, cfg.mask_dim)
         self.decoder = TransformerDecoder(cfg)
         self.mask_embed = MLP(cfg.hidden_dim, cfg.hidden_dim, cfg.mask_dim, 3)
+        if cfg.mask_features not in ("query", "pooled"):
+            raise ValueError(
+                f"mask_features must be 'query' or 'pooled', got {cfg.mask_features!r}"
+            )
+        self.pool_proj = (
+            nn.Linear(cfg.mask_dim, cfg.hidden_dim) if cfg.mask_features == "pooled" else None
+        )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.backbone(x)
         pixel_emb, memory = self.pixel_decoder(feats)
         q = self.decoder(memory)
         masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(q), pixel_emb)
-        return masks, q
+        if self.pool_proj is None:
+            return masks, q
+        return masks, self.pool_proj(mask_pool(masks, pixel_emb))
