@@ -7,7 +7,7 @@ Ray Data actors, on the synthetic world and every configured benchmark whose dat
 Inputs: ``train`` (its ``model/latest.pt``) and ``world`` (when ``world`` is in
 ``pipeline.stages``; its eval split is always evaluated). For every method (``sseg`` = the
 trained model, then ``evaluate.baselines``), one Ray Data pass covers every protocol
-(``evaluate.protocols``) × dataset task: ``ray.data.range(total images)`` →
+(``evaluate.protocols``) × dataset task: ``ray.data.from_items(image indices)`` →
 ``map_batches(ShardEvaluator, compute=ActorPoolStrategy(size=num_actors))`` (each actor loads
 the method once) → rows summed per task with ``combine_rows`` → ``shard_metrics``. Benchmarks
 whose root is empty or holds no data are skipped with one warning each and counted
@@ -114,7 +114,10 @@ def evaluate_sharded(
 
     total = sum(int(t.num_images or 0) for t in tasks)
     blocks = min(total, max(cfg.num_actors, -(-total // cfg.batch_size)))
-    rows = ray.data.range(total, override_num_blocks=blocks).map_batches(
+    # from_items, not range(): the index blocks are made here, so no read task has to wait for
+    # a CPU that the actor pool holds (with num_actors x num_cpus = all CPUs that deadlocks)
+    items = [{"id": i} for i in range(total)]
+    rows = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
         ShardEvaluator,
         compute=ray.data.ActorPoolStrategy(size=min(cfg.num_actors, blocks)),
         fn_constructor_kwargs={"spec": spec, "tasks": tasks, "seed": seed},
