@@ -28,6 +28,7 @@ from ovs.data.world import WorldConfig
 from ovs.eval.config import EvalConfig
 from ovs.mask_pairs import PairsConfig
 from ovs.pseudo_masks import PseudoMaskConfig
+from ovs.selftrain.training import SelfTrainConfig
 from ovs.text.entities import EntitiesConfig
 from ovs.training import TrainConfig
 
@@ -80,6 +81,7 @@ class Config:
     entities: EntitiesConfig = field(default_factory=EntitiesConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
+    self_train: SelfTrainConfig = field(default_factory=SelfTrainConfig)
 
     @property
     def workdir_path(self) -> Path:

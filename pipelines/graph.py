@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from ovs.stage import Stage
-from pipelines import download, entities, evaluate, pairs, pseudo_masks, train, world
+from pipelines import (
+    download,
+    entities,
+    evaluate,
+    pairs,
+    pseudo_masks,
+    self_train,
+    train,
+    world,
+)
 
 STAGES: dict[str, Stage] = {
     s.name: s
@@ -15,5 +24,6 @@ STAGES: dict[str, Stage] = {
         train.STAGE,
         evaluate.STAGE,
         pairs.STAGE,
+        self_train.STAGE,
     )
 }

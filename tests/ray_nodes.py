@@ -74,7 +74,7 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-def submit_job(cmd: list[str], env: dict, timeout: float = 900, agent_wait: float = 120):
+def submit_job(cmd: list[str], env: dict, timeout: float = 900, agent_wait: float = 420):
     """``ray job submit ...``, retried while the head's job agent is still starting."""
     deadline = time.monotonic() + agent_wait
     while True:

@@ -1,0 +1,605 @@
+"""Stage ``self_train``: S-Seg+ — pseudo-label the target's training images with S-Seg, train a
+closed-vocabulary segmenter on them with Ray Train, evaluate it with the evaluation harness.
+
+    python pipelines/self_train.py [--config conf/default.yaml] [self_train.steps=2000 ...]
+
+1. **Pseudo-labels.** A Ray Data actor pool (``map_batches`` with a callable class,
+   ``compute=ActorPoolStrategy``, ``label.num_gpus`` per actor) loads the trained S-Seg once
+   per actor and labels whole shards of ``label.shard_size`` target images with the dataset's
+   class names under the evaluation protocol; each shard becomes
+   ``<out>/labels/<shard>.parquet`` (``key, image_path, label_png, conf_png, gt_png, status``),
+   written atomically, so a rerun labels only the missing shards. The driver then derives the
+   per-class confidence thresholds (:mod:`ovs.selftrain.pseudo_labels`) into
+   ``thresholds.json`` and, where the target split has ground truth, the pseudo-labels' mIoU.
+2. **Segmenter.** Ray Train ``TorchTrainer`` (DDP on gloo / nccl), structured like
+   ``pipelines/train.py``: checkpoints through ``ray.train.report``, worker restarts from the last
+   checkpoint (``FailureConfig``), a whole-job rerun resumes from the newest checkpoint stored
+   under the stage output.
+3. **Evaluation** on the held-out split with the same protocol as S-Seg: logs ``miou`` (S-Seg+)
+   and ``sseg_miou`` (S-Seg on the same images, same protocol) side by side, ``miou_gain``,
+   pseudo-label diagnostics, overlays and a per-class IoU chart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+
+from ovs.config import Config
+from ovs.selftrain.training import SelfTrainConfig
+from ovs.stage import Stage, StageContext
+
+STATE = "state.pt"  # full training state inside a Ray checkpoint
+MODEL = "model.pt"  # inference checkpoint (ovs.models.upernet.save_segmenter format)
+LABEL_COLUMNS = ("key", "image_path", "label_png", "conf_png", "gt_png", "status")
+
+
+def _protocol_name(ctx_cfg: Config) -> str:
+    return ctx_cfg.self_train.protocol or ctx_cfg.train.eval_protocol
+
+
+def _world_dir(ctx: StageContext) -> Path | None:
+    return ctx.inputs.get("world")
+
+
+# ----------------------------------------------------------------------------- step 1
+
+
+class PseudoLabeler:
+    """Ray Data actor: ``{"shard": [name], "refs": [json]}`` -> writes that shard's parquet."""
+
+    def __init__(
+        self,
+        checkpoint: str,
+        dataset,
+        class_names: list[list[str]],
+        has_background: bool,
+        dataset_key: str,
+        protocol: str,
+        out_dir: str,
+        num_threads: int,
+    ) -> None:
+        from ovs.eval.protocol import build_classifier, get_protocol
+        from ovs.models.sseg import load_checkpoint
+        from ovs.selftrain.pseudo_labels import DeviceMethod
+
+        torch.set_num_threads(max(1, num_threads))
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.method = DeviceMethod(load_checkpoint(checkpoint).to(device).eval(), device)
+        self.protocol = get_protocol(protocol)
+        self.classifier = build_classifier(
+            self.method, class_names, has_background, self.protocol, dataset_key
+        )
+        self.dataset, self.out_dir = dataset, Path(out_dir)
+
+    def _one(self, ref: dict) -> dict:
+        from ovs.eval.visualize import png_bytes
+        from ovs.selftrain.pseudo_labels import pseudo_label
+        from ovs.selftrain.training import read_image
+
+        row = {"key": ref["id"], "image_path": ref["path"], "status": "ok"}
+        row.update(label_png=b"", conf_png=b"", gt_png=b"")
+        try:
+            if ref["index"] is not None:
+                sample = self.dataset[ref["index"]]
+                image, gt = sample["image"], sample["label"]
+            else:
+                image, gt = read_image(ref["path"]), None
+        except (OSError, ValueError):
+            row["status"] = "bad_image"
+            return row
+        label, conf = pseudo_label(self.method, image, self.classifier, self.protocol)
+        row.update(label_png=png_bytes(label), conf_png=png_bytes(conf))
+        if gt is not None:
+            row["gt_png"] = png_bytes(gt)
+        return row
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import pyarrow as pa
+
+        from ovs.io import atomic_write_parquet
+
+        ok, bad = [], []
+        for shard, refs in zip(batch["shard"].tolist(), batch["refs"].tolist()):
+            rows = [self._one(r) for r in json.loads(refs)]
+            table = pa.table(
+                {
+                    c: pa.array(
+                        [r[c] for r in rows], pa.binary() if c.endswith("_png") else pa.string()
+                    )
+                    for c in LABEL_COLUMNS
+                }
+            )
+            atomic_write_parquet(self.out_dir / f"{shard}.parquet", table)
+            ok.append(sum(r["status"] == "ok" for r in rows))
+            bad.append(len(rows) - ok[-1])
+        return {"shard": batch["shard"], "ok": np.array(ok), "bad": np.array(bad)}
+
+
+def _label_shards(ctx: StageContext, label_dir: Path) -> tuple[list[Path], dict[str, int], float]:
+    """Run the actor pool over the shards not labelled yet; returns (all shard files, counts,
+    seconds)."""
+    import ray
+
+    from ovs.selftrain.pseudo_labels import target_dataset, target_images
+
+    cfg: SelfTrainConfig = ctx.section
+    refs, dataset = target_images(cfg.target, _world_dir(ctx))
+    names_ds = dataset or target_dataset(cfg.target, _world_dir(ctx), cfg.target.eval_split)
+    size = max(1, cfg.label.shard_size)
+    shards = {
+        f"{i // size:05d}": [
+            {"id": r.id, "path": r.path, "index": r.index} for r in refs[i : i + size]
+        ]
+        for i in range(0, len(refs), size)
+    }
+    todo = [s for s in shards if not (label_dir / f"{s}.parquet").exists()]
+    counts = {
+        "target_images": len(refs),
+        "shards": len(shards),
+        "shards_resumed": len(shards) - len(todo),
+    }
+    start = time.perf_counter()
+    if todo:
+        items = [{"shard": s, "refs": json.dumps(shards[s])} for s in todo]
+        ds = ray.data.from_items(items, override_num_blocks=len(todo)).map_batches(
+            PseudoLabeler,
+            fn_constructor_args=(
+                str(ctx.inputs["train"] / "model" / "latest.pt"),
+                dataset,
+                names_ds.class_names,
+                names_ds.has_background,
+                names_ds.name,
+                _protocol_name(ctx.cfg),
+                str(label_dir),
+                int(cfg.label.num_cpus),
+            ),
+            batch_size=1,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=max(1, min(cfg.label.num_actors, len(todo)))),
+            num_cpus=cfg.label.num_cpus,
+            num_gpus=cfg.label.num_gpus,
+        )
+        for done, _ in enumerate(ds.iter_rows(), 1):
+            ctx.progress(done, len(todo), "label shards")
+    return [label_dir / f"{s}.parquet" for s in shards], counts, time.perf_counter() - start
+
+
+def _label_statistics(files: list[Path], num_classes: int) -> dict:
+    """One pass over the shards: per-class confidence histograms and, where the target has
+    ground truth, the (pseudo-label, ground truth, confidence) histogram."""
+    import pyarrow.parquet as pq
+
+    from ovs.selftrain.pseudo_labels import confidence_histogram, label_gt_histogram
+    from ovs.selftrain.training import decode_png
+
+    stats: dict = {"hist": np.zeros((num_classes, 256), dtype=np.int64), "joint": None}
+    stats.update(ok=0, bad=0)
+    for f in files:
+        for r in pq.read_table(f, columns=list(LABEL_COLUMNS[2:])).to_pylist():
+            if r["status"] != "ok":
+                stats["bad"] += 1
+                continue
+            stats["ok"] += 1
+            label, conf = decode_png(r["label_png"]), decode_png(r["conf_png"])
+            stats["hist"] += confidence_histogram(label, conf, num_classes)
+            if r["gt_png"]:
+                joint = label_gt_histogram(label, conf, decode_png(r["gt_png"]), num_classes)
+                stats["joint"] = joint if stats["joint"] is None else stats["joint"] + joint
+    return stats
+
+
+def _label_quality(stats: dict, thresholds: np.ndarray) -> dict[str, float]:
+    """Pseudo-label mIoU / accuracy against the target split's ground truth, before and after
+    the confidence rule (kept pixels only), and the kept fraction."""
+    from ovs.metrics import mean_iou, pixel_accuracy
+    from ovs.selftrain.pseudo_labels import kept_confusion
+
+    total = int(stats["hist"].sum())
+    kept = sum(int(stats["hist"][c, t:].sum()) for c, t in enumerate(thresholds.tolist()))
+    out = {"label_kept_fraction": kept / total if total else 0.0}
+    if stats["joint"] is None:
+        return out
+    all_conf = kept_confusion(stats["joint"])
+    kept_conf = kept_confusion(stats["joint"], thresholds)
+    out.update(
+        label_miou=mean_iou(all_conf),
+        label_acc=pixel_accuracy(all_conf),
+        label_kept_miou=mean_iou(kept_conf),
+        label_kept_acc=pixel_accuracy(kept_conf),
+    )
+    return out
+
+
+def pseudo_labels(ctx: StageContext, num_classes: int) -> tuple[list[Path], np.ndarray, dict, dict]:
+    """Step 1: label, threshold, diagnose. Returns (shard files, thresholds, counts, metrics)."""
+    from ovs.io import atomic_write_json
+    from ovs.selftrain.pseudo_labels import class_thresholds
+
+    cfg: SelfTrainConfig = ctx.section
+    label_dir = ctx.out_dir / "labels"
+    files, counts, seconds = _label_shards(ctx, label_dir)
+    stats = _label_statistics(files, num_classes)
+    thresholds = class_thresholds(
+        stats["hist"], cfg.label.ignore_quantile, cfg.label.min_confidence
+    )
+    atomic_write_json(
+        ctx.out_dir / "thresholds.json",
+        {
+            "thresholds_uint8": thresholds.tolist(),
+            "ignore_quantile": cfg.label.ignore_quantile,
+            "min_confidence": cfg.label.min_confidence,
+            "pixels_per_class": stats["hist"].sum(axis=1).tolist(),
+        },
+    )
+    counts.update(labelled_images=stats["ok"], bad_images=stats["bad"])
+    metrics = _label_quality(stats, thresholds)
+    if counts["shards_resumed"] < counts["shards"]:
+        metrics["label_seconds"] = seconds
+    return files, thresholds, counts, metrics
+
+
+# ----------------------------------------------------------------------------- step 2
+
+
+def _save_state(directory: Path, model, opt, sched, step: int) -> None:
+    from ovs.models.upernet import save_segmenter
+
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "opt": opt.state_dict(),
+            "sched": sched.state_dict(),
+            "step": step,
+        },
+        directory / STATE,
+    )
+    save_segmenter(model, directory / MODEL, {"step": step})
+
+
+def _build(config: dict):
+    """The segmenter with its initial weights (identical on every rank)."""
+    from ovs.models.upernet import build_segmenter
+    from ovs.selftrain.training import init_backbone_from_sseg
+
+    cfg: SelfTrainConfig = config["cfg"]
+    model = build_segmenter(cfg.model, config["num_classes"], config["seed"])
+    if cfg.init_from_sseg:
+        state = torch.load(config["sseg_checkpoint"], map_location="cpu", weights_only=True)
+        init_backbone_from_sseg(model, state["model"])
+    return model
+
+
+def train_loop(config: dict) -> None:
+    """One Ray Train worker. ``config``: cfg, seed, num_classes, shards, thresholds,
+    sseg_checkpoint, out_dir, mlflow."""
+    import ray.train
+    import ray.train.torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    from ovs.selftrain.loss import pixel_cross_entropy
+    from ovs.selftrain.training import batches, build_optimizer, load_rows, lr_factor
+
+    cfg: SelfTrainConfig = config["cfg"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, cfg.cpus_per_worker))
+    device = ray.train.torch.get_device()
+    model = _build(config)
+    opt = build_optimizer(model, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    start = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / STATE, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        start = state["step"]
+    model.to(device).train()
+    net = DistributedDataParallel(model) if world > 1 else model
+    shards = [Path(p) for p in config["shards"]][rank::world]
+    rows, counts = load_rows(shards, np.array(config["thresholds"]), cfg.cache_in_memory)
+    rng = np.random.default_rng([config["seed"], rank, start])
+    stream = batches(rows, cfg.batch_size, cfg.augment, rng)
+    tracker = None
+    if rank == 0 and config.get("mlflow"):
+        from mlflow.tracking import MlflowClient
+
+        from ovs.tracking import MlflowTracker
+
+        tracker = MlflowTracker(MlflowClient(config["mlflow"]["uri"]), config["mlflow"]["run_id"])
+    use_amp = device.type == "cuda" and bool(cfg.amp_dtype)
+    amp_dtype = getattr(torch, cfg.amp_dtype) if use_amp else torch.float32
+    marker = Path(config["out_dir"]) / ".injected_failure"
+    t_start = time.monotonic()
+    window, n_window, window_t, window_imgs = 0.0, 0, time.monotonic(), 0
+    step = start
+    while step < cfg.steps:
+        images, labels = next(stream)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+            logits = net(images.to(device))
+        loss = pixel_cross_entropy(logits, labels.to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        step += 1
+        if step == cfg.inject_failure_at_step and rank == world - 1 and not marker.exists():
+            marker.touch()
+            raise RuntimeError(f"injected worker failure at step {step} (failure drill)")
+        window, n_window, window_imgs = (
+            window + loss.item(),
+            n_window + 1,
+            window_imgs + len(images),
+        )
+        out_of_time = time.monotonic() - t_start > cfg.time_limit_s
+        if world > 1:  # every rank must agree to stop, or DDP deadlocks
+            flag = torch.tensor(float(out_of_time), device=device)
+            torch.distributed.all_reduce(flag)
+            out_of_time = bool(flag.item() > 0)
+        last = step >= cfg.steps or out_of_time
+        metrics = None
+        if step % cfg.log_every == 0 or last:
+            dt = time.monotonic() - window_t
+            metrics = {
+                "self_train/loss": window / max(n_window, 1),
+                "self_train/lr": sched.get_last_lr()[-1],
+                "self_train/img_per_s": window_imgs * world / max(dt, 1e-9),
+                "step": step,
+            }
+            if tracker is not None:
+                tracker.log_metrics(metrics, step=step)
+            window, n_window, window_t, window_imgs = 0.0, 0, time.monotonic(), 0
+        if step % cfg.checkpoint_every == 0 or last:
+            metrics = metrics or {"step": step}
+            metrics["rows_used"] = counts["used"]
+            if rank == 0:
+                with tempfile.TemporaryDirectory() as d:
+                    _save_state(Path(d), model, opt, sched, step)
+                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+            else:
+                ray.train.report(metrics)
+        if out_of_time:
+            break
+
+
+def _latest_checkpoint(storage: Path) -> Path | None:
+    found = sorted(storage.glob("*/checkpoint_*"), key=lambda p: p.stat().st_mtime)
+    found = [p for p in found if (p / MODEL).is_file()]
+    return found[-1] if found else None
+
+
+def fit(ctx: StageContext, shards: list[Path], thresholds: np.ndarray, num_classes: int) -> Path:
+    """Step 2: Ray Train; returns the final segmenter checkpoint under the stage output."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    cfg: SelfTrainConfig = ctx.section
+    storage = (ctx.out_dir / "ray_train").resolve()
+    tracker: Any = ctx.tracker  # an MlflowTracker: workers reopen its run by id
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={
+            "cfg": cfg,
+            "seed": ctx.cfg.seed,
+            "num_classes": num_classes,
+            "shards": [str(s) for s in shards],
+            "thresholds": thresholds.tolist(),
+            "sseg_checkpoint": str(ctx.inputs["train"] / "model" / "latest.pt"),
+            "out_dir": str(ctx.out_dir),
+            "mlflow": {"uri": tracker.client.tracking_uri, "run_id": tracker.run_id},
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.num_workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker={
+                "CPU": cfg.cpus_per_worker,
+                **({"GPU": 1} if cfg.use_gpu else {}),
+            },
+        ),
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        run_config=ray.train.RunConfig(
+            name="sseg_plus",
+            storage_path=str(storage),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+        ),
+    )
+    result = trainer.fit()
+    final = ctx.out_dir / "model" / "latest.pt"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    source = None
+    if result.checkpoint is not None:
+        with result.checkpoint.as_directory() as d:
+            shutil.copyfile(Path(d) / MODEL, final.with_suffix(".tmp"))
+            source = final.with_suffix(".tmp")
+    else:
+        latest = _latest_checkpoint(storage)
+        if latest is None:
+            raise RuntimeError(f"training produced no checkpoint under {storage}")
+        shutil.copyfile(latest / MODEL, final.with_suffix(".tmp"))
+        source = final.with_suffix(".tmp")
+    os.replace(source, final)
+    return final
+
+
+# ----------------------------------------------------------------------------- step 3
+
+
+def _eval_device(cfg: SelfTrainConfig) -> torch.device:
+    return torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
+
+
+def evaluate_both(ctx: StageContext, checkpoint: Path) -> tuple[dict, dict, list]:
+    """S-Seg+ and S-Seg on the held-out split, same images, same protocol; plus a few
+    (image, S-Seg, S-Seg+, GT) rows for the overlay picture."""
+    from ovs.eval.protocol import get_protocol
+    from ovs.models.sseg import load_checkpoint
+    from ovs.models.upernet import load_segmenter
+    from ovs.selftrain.pseudo_labels import DeviceMethod, target_dataset
+
+    cfg: SelfTrainConfig = ctx.section
+    device = _eval_device(cfg)
+    dataset = target_dataset(cfg.target, _world_dir(ctx), cfg.target.eval_split)
+    protocol = get_protocol(_protocol_name(ctx.cfg))
+    n = len(dataset) if cfg.eval_limit is None else min(cfg.eval_limit, len(dataset))
+    seg = load_segmenter(checkpoint).to(device).eval()
+    sseg_model = load_checkpoint(ctx.inputs["train"] / "model" / "latest.pt").to(device).eval()
+    sseg = DeviceMethod(sseg_model, device)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, cfg.cpus_per_worker))  # the driver evaluates like a worker
+    try:
+        return _evaluate_pair(seg, sseg, dataset, protocol, n)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@torch.inference_mode()
+def _evaluate_pair(seg, sseg, dataset, protocol, n: int) -> tuple[dict, dict, list]:
+    from ovs.eval.protocol import classifier_for, evaluate, predict_label
+    from ovs.selftrain.evaluate import evaluate_closed, predict_closed
+
+    plus = evaluate_closed(seg, dataset, protocol, range(n))
+    base = evaluate(sseg, dataset, protocol, range(n))
+    classifier = classifier_for(sseg, dataset, protocol)
+    rows: list[tuple[np.ndarray, ...]] = []
+    for i in range(min(8, n)):
+        image, gt = dataset[i]["image"], dataset[i]["label"]
+        sseg_pred = predict_label(sseg, image, classifier, protocol)
+        rows.append((image, sseg_pred, predict_closed(seg, image, protocol), gt))
+    return plus, base, rows
+
+
+def _panel_grid(rows: list[list[np.ndarray]], gap: int = 4) -> np.ndarray:
+    """Rows of equally sized ``uint8[H, W, 3]`` panels side by side, rows stacked, white gaps."""
+    lines = []
+    for panels in rows:
+        sep = np.full((panels[0].shape[0], gap, 3), 255, np.uint8)
+        parts = [x for p in panels for x in (p, sep)][:-1]
+        lines.append(np.concatenate(parts, axis=1))
+    width = max(line.shape[1] for line in lines)
+    out = []
+    for line in lines:
+        out += [line, np.full((gap, width, 3), 255, np.uint8)]
+    return np.concatenate(out[:-1], axis=0)
+
+
+def _overlay_grid(rows: list, names: list[str]) -> np.ndarray:
+    """Rows of image | S-Seg | S-Seg+ | ground truth, with a class legend."""
+    from ovs.eval.visualize import colorize, legend, with_legend
+
+    grid = _panel_grid(
+        [[image, colorize(sseg), colorize(plus), colorize(gt)] for image, sseg, plus, gt in rows]
+    )
+    return with_legend(grid, legend(names))
+
+
+def _label_examples(files: list[Path], thresholds: np.ndarray, n: int = 8) -> np.ndarray | None:
+    """Target images | pseudo-label after the confidence rule (ignored pixels show the image)
+    | ground truth (grey when the target has none)."""
+    import pyarrow.parquet as pq
+
+    from ovs.eval.visualize import colorize, overlay
+    from ovs.selftrain.pseudo_labels import apply_confidence_rule
+    from ovs.selftrain.training import decode_png, read_image
+
+    rows: list[list[np.ndarray]] = []
+    for f in files[:1]:
+        for r in pq.read_table(f).slice(0, 4 * n).to_pylist():
+            if r["status"] != "ok" or len(rows) >= n:
+                continue
+            image = read_image(r["image_path"])
+            ruled = apply_confidence_rule(
+                decode_png(r["label_png"]), decode_png(r["conf_png"]), thresholds
+            )
+            gt = colorize(decode_png(r["gt_png"])) if r["gt_png"] else np.full_like(image, 128)
+            rows.append([image, overlay(image, ruled, alpha=1.0), gt])
+    return _panel_grid(rows) if rows else None
+
+
+def log_pictures(ctx: StageContext, plus: dict, base: dict, rows: list, names: list[str]) -> None:
+    from ovs.eval.visualize import iou_bar_chart
+
+    ctx.tracker.log_image(_overlay_grid(rows, names), "overlays.png")
+    ctx.tracker.log_figure(
+        iou_bar_chart(plus["per_class_iou"], "S-Seg+ IoU (held-out split)"), "per_class_iou.png"
+    )
+    ctx.tracker.log_table(
+        {
+            "class": list(plus["per_class_iou"]),
+            "sseg_plus_iou": list(plus["per_class_iou"].values()),
+            "sseg_iou": [base["per_class_iou"][k] for k in plus["per_class_iou"]],
+        },
+        "per_class_iou.json",
+    )
+
+
+# ----------------------------------------------------------------------------- stage
+
+
+def run(ctx: StageContext) -> dict:
+    from ovs.selftrain.pseudo_labels import target_dataset
+
+    cfg: SelfTrainConfig = ctx.section
+    eval_set = target_dataset(cfg.target, _world_dir(ctx), cfg.target.eval_split)
+    num_classes = eval_set.num_classes
+    files, thresholds, counts, metrics = pseudo_labels(ctx, num_classes)
+    ctx.tracker.log_metrics(metrics)
+    t0 = time.time()
+    final = fit(ctx, files, thresholds, num_classes)
+    metrics["train_seconds"] = time.time() - t0
+    plus, base, rows = evaluate_both(ctx, final)
+    metrics.update(
+        miou=plus["miou"],
+        pixel_acc=plus["acc"],
+        sseg_miou=base["miou"],
+        sseg_pixel_acc=base["acc"],
+        miou_gain=plus["miou"] - base["miou"],
+    )
+    trained = ctx.manifests.get("train", {}).get("metrics", {}).get("miou")
+    if trained is not None:  # what the train stage reported (its own eval_limit)
+        metrics["sseg_miou_train_stage"] = float(trained)
+    counts["eval_images"] = int(plus["num_images"])
+    ctx.tracker.log_metrics(metrics)
+    log_pictures(ctx, plus, base, rows, eval_set.canonical_names)
+    examples = _label_examples(files, thresholds)
+    if examples is not None:
+        ctx.tracker.log_image(examples, "pseudo_labels.png")
+    ctx.tracker.log_artifact(final, "model")
+    return {"counts": counts, "metrics": metrics}
+
+
+def _inputs(cfg: Config) -> tuple[str, ...]:
+    section = getattr(cfg, "self_train", None)
+    if section is not None and section.target.root:
+        return ("train",)
+    return ("train", "world")
+
+
+STAGE = Stage(
+    "self_train",
+    run=run,
+    inputs=_inputs,
+    description="S-Seg+: pseudo-label the target's train images, train a UperNet segmenter",
+)
+
+if __name__ == "__main__":
+    from pipelines.common import main
+
+    sys.exit(main("self_train"))
