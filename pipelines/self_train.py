@@ -23,8 +23,6 @@ closed-vocabulary segmenter on them with Ray Train, evaluate it with the evaluat
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 import tempfile
 import time
@@ -40,9 +38,10 @@ import torch
 from ovs.config import Config
 from ovs.selftrain.training import SelfTrainConfig
 from ovs.stage import Stage, StageContext
+from pipelines.ray_train import MODEL, fit_and_export
 
 STATE = "state.pt"  # full training state inside a Ray checkpoint
-MODEL = "model.pt"  # inference checkpoint (ovs.models.upernet.save_segmenter format)
+
 LABEL_COLUMNS = ("key", "image_path", "label_png", "conf_png", "gt_png", "status")
 
 
@@ -379,64 +378,21 @@ def train_loop(config: dict) -> None:
             break
 
 
-def _latest_checkpoint(storage: Path) -> Path | None:
-    found = sorted(storage.glob("*/checkpoint_*"), key=lambda p: p.stat().st_mtime)
-    found = [p for p in found if (p / MODEL).is_file()]
-    return found[-1] if found else None
-
-
 def fit(ctx: StageContext, shards: list[Path], thresholds: np.ndarray, num_classes: int) -> Path:
     """Step 2: Ray Train; returns the final segmenter checkpoint under the stage output."""
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     cfg: SelfTrainConfig = ctx.section
-    storage = (ctx.out_dir / "ray_train").resolve()
     tracker: Any = ctx.tracker  # an MlflowTracker: workers reopen its run by id
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={
-            "cfg": cfg,
-            "seed": ctx.cfg.seed,
-            "num_classes": num_classes,
-            "shards": [str(s) for s in shards],
-            "thresholds": thresholds.tolist(),
-            "sseg_checkpoint": str(ctx.inputs["train"] / "model" / "latest.pt"),
-            "out_dir": str(ctx.out_dir),
-            "mlflow": {"uri": tracker.client.tracking_uri, "run_id": tracker.run_id},
-        },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.num_workers,
-            use_gpu=cfg.use_gpu,
-            resources_per_worker={
-                "CPU": cfg.cpus_per_worker,
-                **({"GPU": 1} if cfg.use_gpu else {}),
-            },
-        ),
-        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        run_config=ray.train.RunConfig(
-            name="sseg_plus",
-            storage_path=str(storage),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-        ),
-    )
-    result = trainer.fit()
-    final = ctx.out_dir / "model" / "latest.pt"
-    final.parent.mkdir(parents=True, exist_ok=True)
-    source = None
-    if result.checkpoint is not None:
-        with result.checkpoint.as_directory() as d:
-            shutil.copyfile(Path(d) / MODEL, final.with_suffix(".tmp"))
-            source = final.with_suffix(".tmp")
-    else:
-        latest = _latest_checkpoint(storage)
-        if latest is None:
-            raise RuntimeError(f"training produced no checkpoint under {storage}")
-        shutil.copyfile(latest / MODEL, final.with_suffix(".tmp"))
-        source = final.with_suffix(".tmp")
-    os.replace(source, final)
-    return final
+    loop_config = {
+        "cfg": cfg,
+        "seed": ctx.cfg.seed,
+        "num_classes": num_classes,
+        "shards": [str(s) for s in shards],
+        "thresholds": thresholds.tolist(),
+        "sseg_checkpoint": str(ctx.inputs["train"] / "model" / "latest.pt"),
+        "out_dir": str(ctx.out_dir),
+        "mlflow": {"uri": tracker.client.tracking_uri, "run_id": tracker.run_id},
+    }
+    return fit_and_export(train_loop, loop_config, cfg, "sseg_plus", ctx.out_dir)
 
 
 # ----------------------------------------------------------------------------- step 3

@@ -13,8 +13,6 @@ zero-shot with only class names and logs ``miou``, ``miou_at_init`` and ``oracle
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 import tempfile
 import time
@@ -30,9 +28,9 @@ import torch
 from ovs.objective import SSegLossConfig
 from ovs.stage import Stage, StageContext
 from ovs.training import TrainConfig
+from pipelines.ray_train import MODEL, fit_and_export
 
 STATE = "state.pt"  # full training state inside a Ray checkpoint
-MODEL = "model.pt"  # inference checkpoint (ovs.models.sseg.save_checkpoint format)
 
 
 def _save_state(directory: Path, model, opt, sched, step: int, rng_state: dict) -> None:
@@ -169,12 +167,6 @@ def train_loop(config: dict) -> None:
             break
 
 
-def _latest_checkpoint(storage: Path) -> Path | None:
-    found = sorted(storage.glob("*/checkpoint_*"), key=lambda p: p.stat().st_mtime)
-    found = [p for p in found if (p / MODEL).is_file()]
-    return found[-1] if found else None
-
-
 def _gt_supervision(ctx: StageContext) -> tuple[Path, SSegLossConfig, list[str]]:
     """Supervised upper bound: world GT label maps in the pseudo-mask format, one target per
     class id, and the class names the matched mask features are classified against (the
@@ -201,66 +193,28 @@ def _gt_supervision(ctx: StageContext) -> tuple[Path, SSegLossConfig, list[str]]
 
 def fit(ctx: StageContext) -> Path:
     """Run Ray Train; returns the final inference checkpoint path under the stage output."""
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     cfg: TrainConfig = ctx.section
-    storage = (ctx.out_dir / "ray_train").resolve()
     tracker = ctx.tracker
     masks_dir, loss, class_texts = ctx.inputs["pseudo_masks"] / "masks", cfg.loss, None
     if cfg.supervision == "gt":
         masks_dir, loss, class_texts = _gt_supervision(ctx)
     elif cfg.supervision != "pseudo":
         raise ValueError(f"train.supervision must be 'pseudo' or 'gt', got {cfg.supervision!r}")
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={
-            "cfg": cfg,
-            "seed": ctx.cfg.seed,
-            "shards": str(ctx.inputs["download"]),
-            "masks_dir": str(masks_dir),
-            "loss": loss,
-            "class_texts": class_texts,
-            "texts_dir": str(ctx.inputs["entities"] / "entities"),
-            "decode_size": ctx.cfg.world.image_size
-            if "world" in ctx.cfg.pipeline.stages
-            else cfg.model.input_size,
-            "out_dir": str(ctx.out_dir),
-            "mlflow": {"uri": tracker.client.tracking_uri, "run_id": tracker.run_id},
-        },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.num_workers,
-            use_gpu=cfg.use_gpu,
-            resources_per_worker={
-                "CPU": cfg.cpus_per_worker,
-                **({"GPU": 1} if cfg.use_gpu else {}),
-            },
-        ),
-        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        run_config=ray.train.RunConfig(
-            name="sseg",
-            storage_path=str(storage),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-        ),
-    )
-    result = trainer.fit()
-    ckpt_dir = None
-    if result.checkpoint is not None:
-        with result.checkpoint.as_directory() as d:
-            ckpt_dir = Path(d)
-            final = ctx.out_dir / "model" / "latest.pt"
-            final.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(ckpt_dir / MODEL, final.with_suffix(".tmp"))
-            os.replace(final.with_suffix(".tmp"), final)
-            return final
-    latest = _latest_checkpoint(storage)
-    if latest is None:
-        raise RuntimeError(f"training produced no checkpoint under {storage}")
-    final = ctx.out_dir / "model" / "latest.pt"
-    final.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(latest / MODEL, final)
-    return final
+    loop_config = {
+        "cfg": cfg,
+        "seed": ctx.cfg.seed,
+        "shards": str(ctx.inputs["download"]),
+        "masks_dir": str(masks_dir),
+        "loss": loss,
+        "class_texts": class_texts,
+        "texts_dir": str(ctx.inputs["entities"] / "entities"),
+        "decode_size": ctx.cfg.world.image_size
+        if "world" in ctx.cfg.pipeline.stages
+        else cfg.model.input_size,
+        "out_dir": str(ctx.out_dir),
+        "mlflow": {"uri": tracker.client.tracking_uri, "run_id": tracker.run_id},
+    }
+    return fit_and_export(train_loop, loop_config, cfg, "sseg", ctx.out_dir)
 
 
 def zero_shot(ctx: StageContext, checkpoint: Path, tag: str) -> dict:
