@@ -7,12 +7,20 @@ one node's ``--temp-dir`` and wait for the job agent before submitting.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+BIN = Path(sys.executable).parent
 
 
 def free_port() -> int:
@@ -74,7 +82,7 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-def submit_job(cmd: list[str], env: dict, timeout: float = 900, agent_wait: float = 420):
+def submit_job(cmd: list[str], env: dict, timeout: float = 900, agent_wait: float = 180):
     """``ray job submit ...``, retried while the head's job agent is still starting."""
     deadline = time.monotonic() + agent_wait
     while True:
@@ -83,3 +91,66 @@ def submit_job(cmd: list[str], env: dict, timeout: float = 900, agent_wait: floa
         if r.returncode == 0 or "No available agent" not in out or time.monotonic() > deadline:
             return r
         time.sleep(2)
+
+
+def node_ports() -> list[str]:
+    """Free ports for every listener a node opens.
+
+    Ray's defaults (dashboard agent 52365, ...) are shared by all nodes on a machine: the
+    session-wide ``ray_local`` of other tests already holds them, and a second node whose agent
+    cannot bind them never gets a job agent ("No available agent to submit job").
+    """
+    return [
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+    ]
+
+
+def ray_cli(args: list[str], env: dict, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "ray"), *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+@contextlib.contextmanager
+def ray_cluster(
+    node_resources: list[dict[str, float]], num_cpus: int, extra: list[str] = ()
+) -> Iterator[tuple[str, dict]]:
+    """Start a head (+ one worker per further entry of ``node_resources``) on loopback.
+
+    Yields ``(dashboard_url, env)``; ``env`` carries a token of the cluster's own (token auth
+    on, as Ray >= 2.5x enables for local clusters). Stops exactly these nodes afterwards.
+    """
+    tag = f"{os.getpid()}{secrets.token_hex(2)}"
+    # short: Ray's unix socket paths must stay < 108 chars; one temp dir per node
+    temps = [Path(f"/tmp/rn{tag}{i}") for i in range(len(node_resources))]
+    port, dash = free_port(), free_port()
+    env = {
+        **os.environ,
+        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(16),
+    }
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
+    env.pop("RAY_ADDRESS", None)
+    common = ["--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", "--disable-usage-stats"]
+    common += list(extra)
+    try:
+        for i, (temp, resources) in enumerate(zip(temps, node_resources, strict=True)):
+            if i == 0:
+                role = ["--head", f"--port={port}", "--include-dashboard=true"]
+                role += ["--dashboard-host=127.0.0.1", f"--dashboard-port={dash}"]
+            else:
+                role = [f"--address=127.0.0.1:{port}"]
+            args = ["start", *role, *node_ports(), f"--temp-dir={temp}", *common]
+            if resources:
+                args.append("--resources=" + json.dumps(resources))
+            r = ray_cli(args, env)
+            assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+        yield f"http://127.0.0.1:{dash}", env
+    finally:
+        for temp in reversed(temps):  # not `ray stop`: it would kill every Ray on the machine
+            stop_nodes(temp, timeout=5)
+            shutil.rmtree(temp, ignore_errors=True)

@@ -9,75 +9,25 @@ own temp dirs, see ``tests/ray_nodes.py``): ``ray stop`` would kill every Ray on
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.ray_nodes import free_port, stop_nodes, submit_job
+from tests.ray_nodes import BIN, ray_cli, ray_cluster, submit_job
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 STAGES = "[world,download,entities,pseudo_masks]"
-
-
-def ray_cli(args: list[str], env: dict, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(BIN / "ray"), *args], capture_output=True, text=True, env=env, timeout=timeout
-    )
 
 
 @pytest.fixture
 def two_node_cluster():
     """Yield ``(dashboard_url, env)`` of a head (``head_node``) + worker (``worker_node``)."""
-    # short: Ray's unix socket paths must stay < 108 chars; one temp dir per node
-    head_tmp, node_tmp = Path(f"/tmp/rch{os.getpid()}"), Path(f"/tmp/rcw{os.getpid()}")
-    port, dash = free_port(), free_port()
-    env = {
-        **os.environ,
-        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": secrets.token_hex(16),
-    }
-    env.pop("RAY_AUTH_TOKEN_PATH", None)
-    env.pop("RAY_ADDRESS", None)
-    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
-    common += [f"--object-store-memory={150 * 2**20}"]
-    head = [
-        "start",
-        "--head",
-        f"--port={port}",
-        "--include-dashboard=true",
-        "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={dash}",
-        f"--dashboard-agent-listen-port={free_port()}",
-        f"--temp-dir={head_tmp}",
-        "--resources=" + json.dumps({"head_node": 1}),
-        *common,
-    ]
-    worker = [
-        "start",
-        f"--address=127.0.0.1:{port}",
-        f"--dashboard-agent-listen-port={free_port()}",
-        f"--temp-dir={node_tmp}",
-        "--resources=" + json.dumps({"worker_node": 1}),
-        *common,
-    ]
-    try:
-        for args in (head, worker):
-            r = ray_cli(args, env)
-            assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-        yield f"http://127.0.0.1:{dash}", env
-    finally:
-        for d in (node_tmp, head_tmp):  # not `ray stop`: it would kill every Ray on the machine
-            stop_nodes(d, timeout=5)
-            shutil.rmtree(d, ignore_errors=True)
+    nodes = [{"head_node": 1}, {"worker_node": 1}]
+    with ray_cluster(nodes, num_cpus=1, extra=[f"--object-store-memory={150 * 2**20}"]) as c:
+        yield c
 
 
 def ray_list(kind: str, address: str, env: dict) -> list[dict]:
