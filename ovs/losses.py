@@ -5,6 +5,8 @@
   summed over pairs and divided by the number of matched masks.
 * ``contrastive_loss`` = L_I->T + L_T->I (paper Eq. 2-3, summed as the paper writes) with the
   learnable logit scale 1/sigma; negatives come from every worker.
+* ``noun_contrastive_loss``: optional multi-label image-noun InfoNCE (GroupViT's multi-label
+  contrastive loss, with positives defined by noun identity); off in the paper config.
 
 Distributed gradients: features are all-gathered with :func:`gather_with_grad`, whose backward
 all-reduces (sums) the gradient, so every worker's features receive the gradient of every
@@ -126,6 +128,37 @@ def contrastive_loss(
     logits_i2t = logit_scale * image_emb.float() @ all_txt.float().T  # [B, W*B]
     logits_t2i = logit_scale * text_emb.float() @ all_img.float().T
     return F.cross_entropy(logits_i2t, labels) + F.cross_entropy(logits_t2i, labels)
+
+
+def _soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean over rows with at least one positive of ``-sum_j q_ij log softmax(logits_i)_j``,
+    ``q_i`` uniform over row i's positives; 0 when no row has a positive."""
+    pos = targets.float()
+    count = pos.sum(dim=1)
+    rows = count > 0
+    if not bool(rows.any()):
+        return logits.sum() * 0.0
+    q = pos[rows] / count[rows, None]
+    return -(q * logits[rows].log_softmax(dim=1)).sum(dim=1).mean()
+
+
+def noun_contrastive_loss(
+    image_emb: torch.Tensor,
+    noun_emb: torch.Tensor,
+    targets: torch.Tensor,
+    logit_scale: torch.Tensor,
+) -> torch.Tensor:
+    """Multi-label image-noun InfoNCE: L_I->N + L_N->I on this worker's batch.
+
+    ``image_emb [B,E]`` and ``noun_emb [U,E]`` L2-normalised (U distinct prompted nouns of the
+    batch); ``targets [B,U]`` bool, True where noun u occurs in image i's caption. Image -> noun:
+    soft cross-entropy over the U nouns, target uniform over the image's nouns; noun -> image:
+    over the B images, target uniform over the images whose caption has the noun. Two images
+    naming the same noun are both positives for it (no false negatives from duplicates).
+    """
+    logits = logit_scale * image_emb.float() @ noun_emb.float().T  # [B, U]
+    t = targets.to(logits.device)
+    return _soft_cross_entropy(logits, t) + _soft_cross_entropy(logits.T, t.T)
 
 
 def class_loss(

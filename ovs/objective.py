@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ovs.losses import class_loss, contrastive_loss, mask_loss
+from ovs.losses import class_loss, contrastive_loss, mask_loss, noun_contrastive_loss
 from ovs.matching import hungarian_match, label_maps_to_masks
 from ovs.models.sseg import SSeg
 
@@ -35,6 +35,12 @@ class SSegLossConfig:
     # Supervised upper bound only (``train.supervision: gt``): label ids are class ids and each
     # matched mask feature is classified against the class-name text embeddings (CE). S-Seg: 0.
     class_weight: float = 0.0
+    # Multi-label image-noun InfoNCE (GroupViT's multi-label contrastive loss; not in the S-Seg
+    # paper, 0 there): up to ``nouns_per_image`` caption nouns per image, each prompted with
+    # ``noun_template`` (the evaluation's prompt), contrasted with the image embeddings.
+    noun_weight: float = 0.0
+    nouns_per_image: int = 3
+    noun_template: str = "a photo of a {}."
 
 
 def _global_num_masks(n: int, device: torch.device) -> float:
@@ -56,7 +62,9 @@ class SSegObjective(nn.Module):
 
     With ``class_tokens [C,L]`` (supervised upper bound: ``labels`` are class ids ``0..C-1``)
     the loss adds ``class_weight * CE(scale * <mask feature, class text>, class id)`` over the
-    matched pairs, and the output has ``class``.
+    matched pairs, and the output has ``class``. With ``noun_tokens [U,L]`` + ``noun_targets
+    [B,U]`` (:func:`ovs.training.noun_prompts`) and ``noun_weight > 0`` it adds
+    ``noun_weight * noun_contrastive_loss`` and the output has ``noun``.
     """
 
     def __init__(self, model: SSeg, cfg: SSegLossConfig) -> None:
@@ -70,6 +78,8 @@ class SSegObjective(nn.Module):
         labels: torch.Tensor,
         tokens: torch.Tensor,
         class_tokens: torch.Tensor | None = None,
+        noun_tokens: torch.Tensor | None = None,
+        noun_targets: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         model, cfg = self.model, self.cfg
         masks, feats = model(images)
@@ -84,9 +94,19 @@ class SSegObjective(nn.Module):
             cfg.focal_gamma, num_masks=_global_num_masks(n_matched, masks.device),
         )  # fmt: skip
         scale = model.logit_scale()
-        cl = contrastive_loss(model.image_embedding(feats), model.encode_text(tokens), scale)
+        image_emb = model.image_embedding(feats)
+        cl = contrastive_loss(image_emb, model.encode_text(tokens), scale)
         loss = cfg.mask_weight * ml["loss"] + cfg.contrastive_weight * cl
         extra = {}
+        if noun_tokens is not None and noun_targets is not None and cfg.noun_weight > 0:
+            if len(noun_tokens):
+                nl = noun_contrastive_loss(
+                    image_emb, model.encode_text(noun_tokens), noun_targets, scale
+                )
+            else:  # no nouns in this batch: keep the text tower in the graph (DDP)
+                nl = model.encode_text(tokens).sum() * 0.0
+            loss = loss + cfg.noun_weight * nl
+            extra["noun"] = nl.detach()
         if class_tokens is not None:
             ce = class_loss(feats, model.encode_text(class_tokens), indices, scale)
             loss = loss + cfg.class_weight * ce

@@ -114,6 +114,29 @@ def make_batch(
     return torch.stack(images), torch.stack(labels), [s.text for s in samples]
 
 
+def noun_prompts(
+    samples: list[Sample], per_image: int, template: str, rng: np.random.Generator
+) -> tuple[list[str], np.ndarray]:
+    """Prompted nouns of a batch for :func:`ovs.losses.noun_contrastive_loss`.
+
+    Draws up to ``per_image`` distinct nouns of each sample's caption (without replacement),
+    keeps each noun once per batch, and returns ``(texts [U], targets bool [B, U])`` where
+    ``targets[i, u]`` says whether noun u is *any* noun of sample i (not only a drawn one).
+    """
+    chosen: list[str] = []
+    seen: set[str] = set()
+    for s in samples:
+        nouns = sorted(set(s.nouns))
+        if not nouns:
+            continue
+        for j in rng.choice(len(nouns), size=min(per_image, len(nouns)), replace=False):
+            if nouns[j] not in seen:
+                seen.add(nouns[j])
+                chosen.append(nouns[j])
+    targets = np.array([[n in set(s.nouns) for n in chosen] for s in samples], dtype=bool)
+    return [template.format(n) for n in chosen], targets.reshape(len(samples), len(chosen))
+
+
 class SampleSource:
     """Endless batches of joined samples for one rank.
 

@@ -144,12 +144,21 @@ def evaluate_sharded(
 
 
 def write_outputs(out: Path, ds: SegDataset, result: dict, examples: dict, title: str) -> None:
-    """Table, bar chart and overlay grid into ``out``, then ``result.json`` (last)."""
-    from ovs.eval.visualize import comparison_grid, figure_to_png, iou_bar_chart, png_bytes
+    """Table, bar chart, confusion matrix and overlay grid into ``out``, then ``result.json``
+    (last)."""
+    from ovs.eval.visualize import (
+        comparison_grid,
+        confusion_chart,
+        figure_to_png,
+        iou_bar_chart,
+        png_bytes,
+    )
 
     iou = result["per_class_iou"]
     atomic_write_json(out / "per_class_iou.json", {"class": list(iou), "iou": list(iou.values())})
     atomic_write_bytes(out / "per_class_iou.png", figure_to_png(iou_bar_chart(iou, title)))
+    chart = confusion_chart(result["confusion"], list(iou), title)
+    atomic_write_bytes(out / "confusion.png", figure_to_png(chart))
     rows = []
     for i in sorted(examples):
         try:

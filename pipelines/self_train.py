@@ -490,11 +490,15 @@ def _label_examples(files: list[Path], thresholds: np.ndarray, n: int = 8) -> np
 
 
 def log_pictures(ctx: StageContext, plus: dict, base: dict, rows: list, names: list[str]) -> None:
-    from ovs.eval.visualize import iou_bar_chart
+    from ovs.eval.visualize import confusion_chart, iou_bar_chart
 
     ctx.tracker.log_image(_overlay_grid(rows, names), "overlays.png")
     ctx.tracker.log_figure(
         iou_bar_chart(plus["per_class_iou"], "S-Seg+ IoU (held-out split)"), "per_class_iou.png"
+    )
+    ctx.tracker.log_figure(
+        confusion_chart(plus["confusion"], list(plus["per_class_iou"]), "S-Seg+ (held-out split)"),
+        "confusion.png",
     )
     ctx.tracker.log_table(
         {

@@ -58,7 +58,14 @@ def train_loop(config: dict) -> None:
     from ovs.data.train_data import shards_for_rank
     from ovs.models.text import tokenize
     from ovs.objective import SSegObjective
-    from ovs.training import SampleSource, build_model, build_optimizer, lr_factor, make_batch
+    from ovs.training import (
+        SampleSource,
+        build_model,
+        build_optimizer,
+        lr_factor,
+        make_batch,
+        noun_prompts,
+    )
 
     cfg: TrainConfig = config["cfg"]
     ctx = ray.train.get_context()
@@ -77,7 +84,8 @@ def train_loop(config: dict) -> None:
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         start = state["step"]
-    objective = SSegObjective(model, config["loss"]).to(device)
+    loss_cfg = config["loss"]
+    objective = SSegObjective(model, loss_cfg).to(device)
     class_tokens = None
     if config.get("class_texts"):
         class_tokens = tokenize(config["class_texts"], cfg.model.text.context_length).to(device)
@@ -112,8 +120,23 @@ def train_loop(config: dict) -> None:
         samples = next(batches)
         images, labels, texts = make_batch(samples, cfg, cfg.model, rng)
         tokens = tokenize(texts, cfg.model.text.context_length)
+        nouns = None
+        if loss_cfg.noun_weight > 0:
+            prompts, targets = noun_prompts(
+                samples, loss_cfg.nouns_per_image, loss_cfg.noun_template, rng
+            )
+            nouns = (
+                tokenize(prompts, cfg.model.text.context_length).to(device),
+                torch.from_numpy(targets).to(device),
+            )
         with torch.autocast(device.type, dtype=amp_dtype, enabled=bool(use_amp)):
-            out = net(images.to(device), labels.to(device), tokens.to(device), class_tokens)
+            out = net(
+                images.to(device),
+                labels.to(device),
+                tokens.to(device),
+                class_tokens,
+                *(nouns or (None, None)),
+            )
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         grad_norm = (
@@ -235,7 +258,7 @@ def zero_shot(ctx: StageContext, checkpoint: Path, tag: str) -> dict:
 def log_pictures(ctx: StageContext, checkpoint: Path, result: dict) -> None:
     from ovs.eval.datasets import synthetic_world
     from ovs.eval.protocol import classifier_for, get_protocol, predict_label
-    from ovs.eval.visualize import comparison_grid, iou_bar_chart
+    from ovs.eval.visualize import comparison_grid, confusion_chart, iou_bar_chart
     from ovs.models.sseg import load_checkpoint
 
     model = load_checkpoint(checkpoint).eval()
@@ -253,6 +276,10 @@ def log_pictures(ctx: StageContext, checkpoint: Path, result: dict) -> None:
     ctx.tracker.log_image(grid, "overlays.png")
     ctx.tracker.log_figure(
         iou_bar_chart(result["per_class_iou"], "S-Seg zero-shot IoU (world)"), "per_class_iou.png"
+    )
+    ctx.tracker.log_figure(
+        confusion_chart(result["confusion"], list(result["per_class_iou"]), "S-Seg (world)"),
+        "confusion.png",
     )
     ctx.tracker.log_table(
         {"class": list(result["per_class_iou"]), "iou": list(result["per_class_iou"].values())},

@@ -1,17 +1,20 @@
 """Palette, overlays, grids, legend and the IoU bar chart."""
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from ovs.eval.visualize import (
     colorize,
     comparison_grid,
+    confusion_chart,
     figure_to_png,
     iou_bar_chart,
     legend,
     make_palette,
     overlay,
     png_bytes,
+    row_normalize,
     with_legend,
 )
 
@@ -66,3 +69,19 @@ def test_iou_bar_chart(tmp_path):
     assert "mIoU 37.5" in ax.get_title()
     data = figure_to_png(fig)
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_confusion_chart_rows_are_where_each_class_went():
+    conf = np.array([[6, 2, 0], [0, 0, 0], [1, 1, 8]])
+    frac = row_normalize(conf)
+    expected = [[6 / 8, 2 / 8, 0], [0, 0, 0], [0.1, 0.1, 0.8]]  # absent class: zero row
+    assert np.allclose(frac, expected)
+    fig = confusion_chart(conf, ["cat", "dog", "sky"], title="t")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["cat", "dog", "sky"]
+    assert np.allclose(ax.images[0].get_array(), 100 * np.array(expected))
+    cells = sorted(t.get_text() for t in ax.texts)  # labelled cells: >= 5%
+    assert cells == ["10", "10", "25", "75", "80"]
+    assert figure_to_png(fig)[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="2 names"):
+        confusion_chart(conf, ["cat", "dog"])

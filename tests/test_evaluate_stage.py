@@ -148,7 +148,13 @@ def test_evaluate_stage(tmp_path, mlflow_uri, ray_local, caplog):
     assert run.data.params["protocol.tiny.short_side"] == "64"
     for combo in ("sseg/tiny/world", "sseg/sclip32/voc21", "maskclip/tiny/world"):
         arts = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(run.info.run_id, combo)}
-        assert {"overlays.png", "per_class_iou.png", "per_class_iou.json", "result.json"} <= arts
+        assert {
+            "overlays.png",
+            "per_class_iou.png",
+            "per_class_iou.json",
+            "result.json",
+            "confusion.png",
+        } <= arts
     top = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"missing_benchmarks.txt", "protocols.json", "_SUCCESS.json"} <= top
     grid = np.asarray(Image.open(out / "sseg" / "tiny" / "world" / "overlays.png"))

@@ -6,7 +6,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ovs.losses import class_loss, contrastive_loss, dice_loss, mask_loss, sigmoid_focal_loss
+from ovs.losses import (
+    class_loss,
+    contrastive_loss,
+    dice_loss,
+    mask_loss,
+    noun_contrastive_loss,
+    sigmoid_focal_loss,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -204,3 +211,36 @@ def test_class_loss_matches_loop():
     feats.requires_grad_(True)
     zero = class_loss(feats, classes, empty, scale)
     assert zero.item() == 0.0 and zero.requires_grad
+
+
+def test_noun_contrastive_matches_loop():
+    g = torch.Generator().manual_seed(5)
+    img = torch.nn.functional.normalize(torch.randn(4, 6, generator=g, dtype=torch.float64), dim=1)
+    nouns = torch.nn.functional.normalize(
+        torch.randn(3, 6, generator=g, dtype=torch.float64), dim=1
+    )
+    # image 2 names no noun (no image->noun term); noun 1 is shared by images 0 and 3
+    t = [[1, 1, 0], [0, 0, 1], [0, 0, 0], [0, 1, 0]]
+    scale = 4.0
+    s = [[scale * sum(a * b for a, b in zip(img[i].tolist(), nouns[u].tolist())) for u in range(3)]
+         for i in range(4)]  # fmt: skip
+
+    def soft_ce(rows, targets):
+        terms = []
+        for logits, pos in zip(rows, targets):
+            if not any(pos):
+                continue
+            log_z = math.log(sum(math.exp(v) for v in logits))
+            terms.append(sum(p * (log_z - v) for v, p in zip(logits, pos)) / sum(pos))
+        return sum(terms) / len(terms)
+
+    cols = [[s[i][u] for i in range(4)] for u in range(3)]
+    t_cols = [[t[i][u] for i in range(4)] for u in range(3)]
+    expected = soft_ce(s, t) + soft_ce(cols, t_cols)
+    got = noun_contrastive_loss(img, nouns, torch.tensor(t, dtype=torch.bool), torch.tensor(scale))
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    img.requires_grad_(True)
+    none = noun_contrastive_loss(
+        img, nouns, torch.zeros(4, 3, dtype=torch.bool), torch.tensor(scale)
+    )
+    assert none.item() == 0.0 and none.requires_grad

@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -306,3 +307,45 @@ def test_mask_pool_matches_loop_and_pooled_features_follow_their_mask():
     assert MaskFormer(MaskFormerConfig(num_queries=4, mask_features="query")).pool_proj is None
     with pytest.raises(ValueError, match="mask_features"):
         MaskFormer(MaskFormerConfig(mask_features="mean"))
+
+
+def test_noun_prompts_targets_cover_every_caption_noun():
+    from ovs.data.train_data import Sample
+    from ovs.training import noun_prompts
+
+    img, mask = np.zeros((4, 4, 3), np.uint8), np.zeros((2, 2), np.uint8)
+    samples = [
+        Sample("a", img, mask, "t", ("cat", "lawn", "sky", "dog")),
+        Sample("b", img, mask, "t", ()),
+        Sample("c", img, mask, "t", ("cat",)),
+    ]
+    texts, targets = noun_prompts(samples, 2, "a photo of a {}.", np.random.default_rng(0))
+    nouns = [t.removeprefix("a photo of a ").removesuffix(".") for t in texts]
+    assert len(nouns) == len(set(nouns)) and 1 <= len(nouns) <= 3  # 2 from "a", "cat" from "c"
+    assert all(n in {"cat", "lawn", "sky", "dog"} for n in nouns)
+    assert targets.shape == (3, len(nouns)) and not targets[1].any()
+    for u, n in enumerate(nouns):
+        assert targets[0, u] and targets[2, u] == (n == "cat")
+    empty_texts, empty = noun_prompts(samples[1:2], 2, "{}", np.random.default_rng(0))
+    assert empty_texts == [] and empty.shape == (1, 0)
+
+
+def test_noun_loss_adds_to_objective_and_reaches_the_text_tower():
+    torch.manual_seed(0)
+    images, labels, captions = _toy_batch()
+    m = SSeg(_micro_config()).eval()
+    tokens = m.tokenize(captions)
+    b = images.shape[0]
+    noun_tokens = m.tokenize(["a photo of a zero.", "a photo of a one."])
+    targets = torch.zeros(b, 2, dtype=torch.bool)
+    targets[0, 0] = targets[1 % b, 1] = True
+    base = SSegObjective(m, SSegLossConfig(num_pseudo_masks=4))(images, labels, tokens)
+    obj = SSegObjective(m, SSegLossConfig(num_pseudo_masks=4, noun_weight=0.5))
+    out = obj(images, labels, tokens, None, noun_tokens, targets)
+    assert "noun" not in base and out["noun"] > 0
+    assert out["loss"].item() == pytest.approx(base["loss"].item() + 0.5 * out["noun"].item())
+    m.zero_grad()
+    (out["loss"] - base["loss"].detach()).backward()
+    assert m.text.token_embedding.weight.grad.abs().sum() > 0
+    empty = obj(images, labels, tokens, None, noun_tokens[:0], targets[:, :0])
+    assert empty["noun"].item() == 0.0

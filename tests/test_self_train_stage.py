@@ -92,7 +92,13 @@ def test_self_train_stage_failure_drill_and_resume(tmp_path, mlflow_uri, ray_loc
     assert {"miou", "sseg_miou", "label_miou"} <= set(run.data.metrics)
     assert _steps_logged(client, m["mlflow_run_id"])[-1] == 6
     arts = {a.path for a in client.list_artifacts(m["mlflow_run_id"])}
-    assert {"overlays.png", "per_class_iou.png", "pseudo_labels.png", "model"} <= arts
+    assert {
+        "overlays.png",
+        "per_class_iou.png",
+        "confusion.png",
+        "pseudo_labels.png",
+        "model",
+    } <= arts
 
     # Whole-job failure after labelling and 2 steps; the rerun relabels nothing and resumes.
     cfg2 = _cfg(

@@ -55,6 +55,7 @@ def test_join_skips_and_counts(tmp_path):
                 "text": ["cat", "dog", "x", "y", ""],
                 "keep": [True, False, True, True, True],
                 "status": ["ok"] * 5,
+                "nouns": [["cat", "lawn"], [], ["x"], ["y"], []],
             }
         ),
         texts / "00000.parquet",
@@ -63,6 +64,7 @@ def test_join_skips_and_counts(tmp_path):
     got = list(iter_samples(shards_for_rank(shards, 0, 1), masks, texts, 16, stats))
     assert [s.key for s in got] == ["000000000", "000000001"]
     assert got[0].image.shape == (16, 16, 3) and np.array_equal(got[0].mask, grid)
+    assert [s.nouns for s in got] == [("cat", "lawn"), ()]
     assert stats.as_dict() == {"used": 2, "undecodable": 1, "no_pseudo_mask": 1, "no_text": 1}
     stats = JoinStats()
     got = list(

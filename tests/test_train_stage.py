@@ -68,7 +68,7 @@ def test_train_with_worker_failure_then_job_restart(tmp_path, mlflow_uri, ray_lo
     run = client.get_run(m["mlflow_run_id"])
     assert {"miou", "miou_at_init", "oracle_miou"} <= set(run.data.metrics)
     arts = {a.path for a in client.list_artifacts(m["mlflow_run_id"])}
-    assert {"overlays.png", "per_class_iou.png", "model"} <= arts
+    assert {"overlays.png", "per_class_iou.png", "confusion.png", "model"} <= arts
 
     # Whole-job restart: no worker restarts allowed, so the injected failure kills the job;
     # the rerun of the stage resumes from the last checkpoint instead of step 0.

@@ -27,6 +27,7 @@ class Sample:
     image: np.ndarray  # uint8 [H, W, 3] at the training input size
     mask: np.ndarray  # uint8 [h, w] pseudo-mask labels at feature-grid resolution (0..K-1)
     text: str
+    nouns: tuple[str, ...] = ()  # noun lemmas of the caption (entities stage), for noun prompts
 
 
 @dataclass
@@ -84,12 +85,16 @@ def iter_samples(
     """Yield joined samples from ``shards`` in order.
 
     ``masks_dir/<stem>.parquet`` holds ``key,label_png,status``; ``texts_dir/<stem>.parquet``
-    holds ``key,text,keep,status``. With ``require_keep`` only samples that passed the CC4M
+    holds ``key,text,keep,status`` (and ``nouns`` when present). With ``require_keep`` only samples that passed the CC4M
     entity filter are used.
     """
     for shard in shards:
         masks = _read_keyed(masks_dir / f"{shard.stem}.parquet", ["key", "label_png", "status"])
-        texts = _read_keyed(texts_dir / f"{shard.stem}.parquet", ["key", "text", "keep", "status"])
+        text_path = texts_dir / f"{shard.stem}.parquet"
+        columns = ["key", "text", "keep", "status"]
+        if "nouns" in pq.read_schema(text_path).names:
+            columns.append("nouns")
+        texts = _read_keyed(text_path, columns)
         for row in iter_shard(shard, members=("jpg",)):
             key = row["key"]
             m, t = masks.get(key), texts.get(key)
@@ -108,7 +113,7 @@ def iter_samples(
                 stats.counts["undecodable"] += 1
                 continue
             stats.counts["used"] += 1
-            yield Sample(key, image, mask, t["text"])
+            yield Sample(key, image, mask, t["text"], tuple(t.get("nouns") or ()))
 
 
 def write_gt_masks(shard_dir: str | Path, label_dir: str | Path, out_dir: str | Path) -> dict:

@@ -1,4 +1,5 @@
-"""Pictures of segmentations: palette colouring, overlays, comparison grids, legends, IoU bars.
+"""Pictures of segmentations: palette colouring, overlays, comparison grids, legends, IoU bars,
+confusion matrices.
 
 Pure functions: arrays in, ``uint8[H, W, 3]`` arrays or matplotlib ``Figure`` objects out
 (built without pyplot, so no global state and no display backend). Saving is the caller's
@@ -145,6 +146,42 @@ def iou_bar_chart(per_class_iou: dict[str, float | None], title: str = ""):
     finite = [v for v in vals if not np.isnan(v)]
     miou = f"mIoU {np.mean(finite):.1f}" if finite else "mIoU n/a"
     ax.set_title(f"{title}  {miou}".strip())
+    fig.tight_layout()
+    return fig
+
+
+def row_normalize(confusion: np.ndarray | list) -> np.ndarray:
+    """``M[g, p] / sum_p M[g, p]``: where the pixels of each ground-truth class went (rows of
+    absent classes stay 0)."""
+    conf = np.asarray(confusion, dtype=np.float64)
+    totals = conf.sum(axis=1, keepdims=True)
+    return np.divide(conf, totals, out=np.zeros_like(conf), where=totals > 0)
+
+
+def confusion_chart(confusion: np.ndarray | list, names: list[str], title: str = ""):
+    """Heat map of the row-normalised confusion matrix (ground truth down, prediction across)
+    as a matplotlib ``Figure``; cells >= 5% carry their percentage. Shows at a glance which
+    classes a model mixes up, e.g. one text that absorbs every stuff region."""
+    from matplotlib.figure import Figure
+
+    frac = row_normalize(confusion)
+    if frac.shape != (len(names), len(names)):
+        raise ValueError(f"{len(names)} names for a {frac.shape} confusion matrix")
+    side = max(3.0, 0.32 * len(names) + 1.5)
+    fig = Figure(figsize=(side + 0.8, side))
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(100 * frac, cmap="Blues", vmin=0, vmax=100)
+    for g, p in zip(*np.nonzero(frac >= 0.05)):
+        v = 100 * frac[g, p]
+        ax.text(p, g, f"{v:.0f}", ha="center", va="center", fontsize=6,
+                color="white" if v > 60 else "black")  # fmt: skip
+    ticks = np.arange(len(names))
+    ax.set_xticks(ticks, names, rotation=90, fontsize=7)
+    ax.set_yticks(ticks, names, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth")
+    ax.set_title(title or "confusion (% of each ground-truth class)", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="% of class pixels")
     fig.tight_layout()
     return fig
 
