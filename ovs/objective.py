@@ -103,8 +103,8 @@ class SSegObjective(nn.Module):
                 nl = noun_contrastive_loss(
                     image_emb, model.encode_text(noun_tokens), noun_targets, scale
                 )
-            else:  # no nouns in this batch: keep the text tower in the graph (DDP)
-                nl = model.encode_text(tokens).sum() * 0.0
+            else:  # no nouns in this batch: a zero that still carries a graph
+                nl = image_emb.sum() * 0.0
             loss = loss + cfg.noun_weight * nl
             extra["noun"] = nl.detach()
         if class_tokens is not None:

@@ -133,7 +133,8 @@ def noun_prompts(
             if nouns[j] not in seen:
                 seen.add(nouns[j])
                 chosen.append(nouns[j])
-    targets = np.array([[n in set(s.nouns) for n in chosen] for s in samples], dtype=bool)
+    noun_sets = [set(s.nouns) for s in samples]
+    targets = np.array([[n in nouns for n in chosen] for nouns in noun_sets], dtype=bool)
     return [template.format(n) for n in chosen], targets.reshape(len(samples), len(chosen))
 
 

@@ -3,18 +3,91 @@
 :func:`fit_and_export` runs a ``TorchTrainer`` (DDP on gloo, or nccl with GPUs; worker-group
 restarts from the last checkpoint via ``FailureConfig``; checkpoints kept under the stage's
 output so a whole-job rerun resumes) and copies the final checkpoint's inference model to
-``<out>/model/latest.pt`` atomically.
+``<out>/model/latest.pt`` atomically. Inside a worker's loop: :func:`resume_state` restores the
+last checkpoint, :func:`report` reports metrics (rank 0 with a checkpoint), :func:`rank0_tracker`
+reopens the stage's MLflow run, :func:`any_rank` agrees on a flag across ranks.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 MODEL = "model.pt"  # inference checkpoint file inside a Ray checkpoint directory
+STATE = "state.pt"  # full training state inside a Ray checkpoint directory
+
+
+def resume_state(model: Any, opt: Any, sched: Any) -> int:
+    """Load the worker's Ray checkpoint (if any) into model, optimiser and schedule; returns
+    the step to continue from (0 without a checkpoint)."""
+    import ray.train
+    import torch
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / STATE, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    return int(state["step"])
+
+
+def report(
+    metrics: dict,
+    rank: int,
+    model: Any,
+    opt: Any,
+    sched: Any,
+    step: int,
+    save_model: Callable[[Any, Path, dict], Any],
+) -> None:
+    """``ray.train.report`` from every rank; rank 0 attaches a checkpoint holding the full
+    training state (``STATE``) and the inference model (``save_model(model, path, extra)``)."""
+    import ray.train
+    import torch
+
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        state = {
+            "model": model.state_dict(),
+            "opt": opt.state_dict(),
+            "sched": sched.state_dict(),
+            "step": step,
+        }
+        torch.save(state, Path(d) / STATE)
+        save_model(model, Path(d) / MODEL, {"step": step})
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def rank0_tracker(config: dict, rank: int) -> Any:
+    """The stage's MLflow run (``config["mlflow"]``: uri, run_id) on rank 0, else None."""
+    if rank != 0 or not config.get("mlflow"):
+        return None
+    from mlflow.tracking import MlflowClient
+
+    from ovs.tracking import MlflowTracker
+
+    return MlflowTracker(MlflowClient(config["mlflow"]["uri"]), config["mlflow"]["run_id"])
+
+
+def any_rank(flag: bool, device: Any, world: int) -> bool:
+    """True on every rank if ``flag`` is true on any (all ranks must call it: with DDP a rank
+    that stops alone would deadlock the others)."""
+    if world <= 1:
+        return flag
+    import torch
+
+    t = torch.tensor(float(flag), device=device)
+    torch.distributed.all_reduce(t)
+    return bool(t.item() > 0)
 
 
 def latest_checkpoint(storage: Path) -> Path | None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -38,9 +37,7 @@ import torch
 from ovs.config import Config
 from ovs.selftrain.training import SelfTrainConfig
 from ovs.stage import Stage, StageContext
-from pipelines.ray_train import MODEL, fit_and_export
-
-STATE = "state.pt"  # full training state inside a Ray checkpoint
+from pipelines.ray_train import any_rank, fit_and_export, rank0_tracker, report, resume_state
 
 LABEL_COLUMNS = ("key", "image_path", "label_png", "conf_png", "gt_png", "status")
 
@@ -253,21 +250,6 @@ def pseudo_labels(ctx: StageContext, num_classes: int) -> tuple[list[Path], np.n
 # ----------------------------------------------------------------------------- step 2
 
 
-def _save_state(directory: Path, model, opt, sched, step: int) -> None:
-    from ovs.models.upernet import save_segmenter
-
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "opt": opt.state_dict(),
-            "sched": sched.state_dict(),
-            "step": step,
-        },
-        directory / STATE,
-    )
-    save_segmenter(model, directory / MODEL, {"step": step})
-
-
 def _build(config: dict):
     """The segmenter with its initial weights (identical on every rank)."""
     from ovs.models.upernet import build_segmenter
@@ -288,6 +270,7 @@ def train_loop(config: dict) -> None:
     import ray.train.torch
     from torch.nn.parallel import DistributedDataParallel
 
+    from ovs.models.upernet import save_segmenter
     from ovs.selftrain.loss import pixel_cross_entropy
     from ovs.selftrain.training import batches, build_optimizer, load_rows, lr_factor
 
@@ -299,28 +282,14 @@ def train_loop(config: dict) -> None:
     model = _build(config)
     opt = build_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
-    start = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / STATE, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        start = state["step"]
+    start = resume_state(model, opt, sched)
     model.to(device).train()
     net = DistributedDataParallel(model) if world > 1 else model
     shards = [Path(p) for p in config["shards"]][rank::world]
     rows, counts = load_rows(shards, np.array(config["thresholds"]), cfg.cache_in_memory)
     rng = np.random.default_rng([config["seed"], rank, start])
     stream = batches(rows, cfg.batch_size, cfg.augment, rng)
-    tracker = None
-    if rank == 0 and config.get("mlflow"):
-        from mlflow.tracking import MlflowClient
-
-        from ovs.tracking import MlflowTracker
-
-        tracker = MlflowTracker(MlflowClient(config["mlflow"]["uri"]), config["mlflow"]["run_id"])
+    tracker = rank0_tracker(config, rank)
     use_amp = device.type == "cuda" and bool(cfg.amp_dtype)
     amp_dtype = getattr(torch, cfg.amp_dtype) if use_amp else torch.float32
     marker = Path(config["out_dir"]) / ".injected_failure"
@@ -347,11 +316,7 @@ def train_loop(config: dict) -> None:
             n_window + 1,
             window_imgs + len(images),
         )
-        out_of_time = time.monotonic() - t_start > cfg.time_limit_s
-        if world > 1:  # every rank must agree to stop, or DDP deadlocks
-            flag = torch.tensor(float(out_of_time), device=device)
-            torch.distributed.all_reduce(flag)
-            out_of_time = bool(flag.item() > 0)
+        out_of_time = any_rank(time.monotonic() - t_start > cfg.time_limit_s, device, world)
         last = step >= cfg.steps or out_of_time
         metrics = None
         if step % cfg.log_every == 0 or last:
@@ -368,12 +333,7 @@ def train_loop(config: dict) -> None:
         if step % cfg.checkpoint_every == 0 or last:
             metrics = metrics or {"step": step}
             metrics["rows_used"] = counts["used"]
-            if rank == 0:
-                with tempfile.TemporaryDirectory() as d:
-                    _save_state(Path(d), model, opt, sched, step)
-                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-            else:
-                ray.train.report(metrics)
+            report(metrics, rank, model, opt, sched, step, save_segmenter)
         if out_of_time:
             break
 

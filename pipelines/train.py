@@ -14,7 +14,6 @@ zero-shot with only class names and logs ``miou``, ``miou_at_init`` and ``oracle
 from __future__ import annotations
 
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -28,25 +27,7 @@ import torch
 from ovs.objective import SSegLossConfig
 from ovs.stage import Stage, StageContext
 from ovs.training import TrainConfig
-from pipelines.ray_train import MODEL, fit_and_export
-
-STATE = "state.pt"  # full training state inside a Ray checkpoint
-
-
-def _save_state(directory: Path, model, opt, sched, step: int, rng_state: dict) -> None:
-    from ovs.models.sseg import save_checkpoint
-
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "opt": opt.state_dict(),
-            "sched": sched.state_dict(),
-            "step": step,
-            "rng": rng_state,
-        },
-        directory / STATE,
-    )
-    save_checkpoint(model, directory / MODEL, {"step": step})
+from pipelines.ray_train import any_rank, fit_and_export, rank0_tracker, report, resume_state
 
 
 def train_loop(config: dict) -> None:
@@ -56,6 +37,7 @@ def train_loop(config: dict) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     from ovs.data.train_data import shards_for_rank
+    from ovs.models.sseg import save_checkpoint
     from ovs.models.text import tokenize
     from ovs.objective import SSegObjective
     from ovs.training import (
@@ -75,22 +57,13 @@ def train_loop(config: dict) -> None:
     model = build_model(cfg, config["seed"])  # identical init on every rank
     opt = build_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
-    start = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / STATE, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        start = state["step"]
+    start = resume_state(model, opt, sched)
     loss_cfg = config["loss"]
     objective = SSegObjective(model, loss_cfg).to(device)
     class_tokens = None
     if config.get("class_texts"):
         class_tokens = tokenize(config["class_texts"], cfg.model.text.context_length).to(device)
-    ddp = world > 1
-    net = DistributedDataParallel(objective) if ddp else objective
+    net = DistributedDataParallel(objective) if world > 1 else objective
     shards = shards_for_rank(config["shards"], rank, world)
     source = SampleSource(
         shards,
@@ -102,13 +75,7 @@ def train_loop(config: dict) -> None:
     )
     batches = source.batches(cfg.batch_size)
     rng = np.random.default_rng([config["seed"], rank, start])
-    tracker = None
-    if rank == 0 and config.get("mlflow"):
-        from mlflow.tracking import MlflowClient
-
-        from ovs.tracking import MlflowTracker
-
-        tracker = MlflowTracker(MlflowClient(config["mlflow"]["uri"]), config["mlflow"]["run_id"])
+    tracker = rank0_tracker(config, rank)
     use_amp = device.type == "cuda" and cfg.amp_dtype
     amp_dtype = getattr(torch, cfg.amp_dtype) if use_amp else torch.float32
     marker = Path(config["out_dir"]) / ".injected_failure"
@@ -155,11 +122,7 @@ def train_loop(config: dict) -> None:
         window["grad_norm"] = window.get("grad_norm", 0.0) + float(grad_norm)
         window["_n"] = window.get("_n", 0.0) + 1
         window_imgs += images.shape[0]
-        out_of_time = time.monotonic() - t_start > cfg.time_limit_s
-        if ddp:  # every rank must agree to stop, or DDP deadlocks
-            flag = torch.tensor(float(out_of_time), device=device)
-            torch.distributed.all_reduce(flag)
-            out_of_time = bool(flag.item() > 0)
+        out_of_time = any_rank(time.monotonic() - t_start > cfg.time_limit_s, device, world)
         last = step >= cfg.steps or out_of_time
         if step % cfg.log_every == 0 or last:
             n = window.pop("_n")
@@ -180,12 +143,7 @@ def train_loop(config: dict) -> None:
         if step % cfg.checkpoint_every == 0 or last:
             metrics = metrics or {"step": step}
             metrics["train/join_" + "used"] = source.stats.counts.get("used", 0)
-            if rank == 0:
-                with tempfile.TemporaryDirectory() as d:
-                    _save_state(Path(d), model, opt, sched, step, {})
-                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-            else:
-                ray.train.report(metrics)
+            report(metrics, rank, model, opt, sched, step, save_checkpoint)
         if out_of_time:
             break
 
