@@ -56,13 +56,21 @@ def _uniforms(seeds: Sequence[int], k: int, trials: int) -> torch.Tensor:
 
 
 def kmeans_plusplus(
-    x: torch.Tensor, k: int, seeds: Sequence[int], n_local_trials: int | None = None
+    x: torch.Tensor,
+    k: int,
+    seeds: Sequence[int],
+    n_local_trials: int | None = None,
+    x_sq: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Greedy k-means++ seeding. x [B, P, C] float32 -> initial centres [B, k, C]."""
+    """Greedy k-means++ seeding. x [B, P, C] float32 -> initial centres [B, k, C].
+
+    ``x_sq``: the squared norms ``|x|^2`` [B, P] when the caller has them already.
+    """
     b, p, _ = x.shape
     trials = n_local_trials or 2 + int(math.log(k))
     u = _uniforms(seeds, k, trials).to(x.device)
-    x_sq = x.square().sum(-1)
+    if x_sq is None:
+        x_sq = x.square().sum(-1)
     batch = torch.arange(b, device=x.device)
 
     first = (u[:, 0, 0] * p).long().clamp_(max=p - 1)
@@ -118,7 +126,7 @@ def kmeans(
     mean = x.mean(1)  # [B, C]
     tol_b = tol * (x_sq.mean(1) - mean.square().sum(-1)).clamp_min(0.0) / x.shape[-1]
 
-    centers = kmeans_plusplus(x, k, seeds)
+    centers = kmeans_plusplus(x, k, seeds, x_sq=x_sq)
     active = torch.ones(b, dtype=torch.bool, device=x.device)
     n_iter = 0
     for n_iter in range(1, iters + 1):  # noqa: B007 (n_iter is reported)

@@ -32,6 +32,7 @@ from PIL import Image
 
 from ovs.features import ExtractorArgs, build_extractor
 from ovs.kmeans import kmeans
+from ovs.runtimes import build_forward, resolve_runtime
 
 STATUS_OK = "ok"
 STATUS_DECODE_ERROR = "decode_error"
@@ -72,7 +73,9 @@ class PseudoMaskConfig:
     decode_cpus: float = 1.0  # CPUs per Ray Data read / decode+resize task
     device: str = "auto"  # "auto" (cuda if available) | "cpu" | "cuda" | "cuda:N"
     autocast: str = "bfloat16"  # extractor compute dtype: float32 | bfloat16 | float16
-    compile: bool = False  # torch.compile the extractor (helps little on CPU; try on GPU)
+    # How the extractor runs (ovs.runtimes): "auto" (oneDNN Graph for ViTs on CPU, else eager) |
+    # "eager" | "inductor" (torch.compile; try it on GPUs) | "onednn_graph" (CPU)
+    runtime: str = "auto"
     kmeans_threads: int = 1  # CPU: torch threads during K-means (small ops; 0 = unchanged)
     pixel_stride: int = 1  # pixels extractor: average-pool cell size
     pixel_pos_weight: float = 0.25  # pixels extractor: weight of (y, x) against (r, g, b)
@@ -200,7 +203,10 @@ class PseudoMasker:
         self.extractor = extractor.to(memory_format=torch.channels_last)
         self.metric = extractor.default_metric if cfg.metric == "auto" else cfg.metric
         self.autocast_dtype = AUTOCAST_DTYPES[cfg.autocast]
-        self._forward = torch.compile(self.extractor) if cfg.compile else self.extractor
+        self.runtime = resolve_runtime(cfg.runtime, self.device, extractor, self.autocast_dtype)
+        self._forward = build_forward(
+            extractor, self.runtime, self.device, self.autocast_dtype, max(1, cfg.batch_size)
+        )
         self.counts = {STATUS_OK: 0, STATUS_DECODE_ERROR: 0, STATUS_BAD_IMAGE: 0}
 
     @torch.inference_mode()
@@ -208,11 +214,7 @@ class PseudoMasker:
         """uint8 [B, H, W, 3] -> (features [B, h*w, C], (h, w)) on ``self.device``."""
         # NHWC uint8 permuted to NCHW is already channels_last in memory.
         x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device, non_blocking=True)
-        x = x.permute(0, 3, 1, 2).float().div_(255.0)
-        if self.autocast_dtype is None:
-            return self._forward(x)
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype):
-            return self._forward(x)
+        return self._forward(x.permute(0, 3, 1, 2).float().div_(255.0))
 
     @torch.inference_mode()
     def labels(self, images: np.ndarray, seeds: Sequence[int]) -> np.ndarray:
