@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ovs.device_decode import decode_resize_batch
 from ovs.features import ExtractorArgs, build_extractor
 from ovs.kmeans import kmeans
 from ovs.runtimes import build_forward, resolve_runtime
@@ -37,6 +38,8 @@ from ovs.runtimes import build_forward, resolve_runtime
 STATUS_OK = "ok"
 STATUS_DECODE_ERROR = "decode_error"
 STATUS_BAD_IMAGE = "bad_image"
+
+DECODE_PLACES = ("cpu", "device")
 
 AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
     "float32": None,
@@ -71,6 +74,9 @@ class PseudoMaskConfig:
     num_gpus: float = 0.0  # GPUs per actor (0: CPU actors)
     num_cpus: float = 1.0  # CPUs per actor (also its torch thread count)
     decode_cpus: float = 1.0  # CPUs per Ray Data read / decode+resize task
+    # Where JPEGs are decoded: "cpu" (Ray Data CPU tasks, PIL) | "device" (in the actors, on
+    # their device: nvJPEG on GPUs; ovs.device_decode)
+    decode: str = "cpu"
     device: str = "auto"  # "auto" (cuda if available) | "cpu" | "cuda" | "cuda:N"
     autocast: str = "bfloat16"  # extractor compute dtype: float32 | bfloat16 | float16
     # How the extractor runs (ovs.runtimes): "auto" (oneDNN Graph for ViTs on CPU, else eager) |
@@ -175,7 +181,8 @@ class PseudoMasker:
     """Batch -> pseudo-masks. Loads the extractor once; ``__call__`` is Ray ``map_batches`` style.
 
     Input batch: ``key`` [B] str and either ``image`` (uint8 [B, H, W, 3], or a length-B
-    sequence of uint8 [H, W, 3] arrays / None) or ``jpg`` (B encoded images). Images not of
+    sequence of uint8 [H, W, 3] arrays / None) or ``jpg`` (B encoded images, decoded with PIL,
+    or on ``device`` in one batch when ``cfg.decode == "device"``). Images not of
     ``image_size`` are resized. Output: ``key``, ``label_png`` (uint8 PNG [grid_h, grid_w],
     values in [0, k); empty bytes when skipped), ``grid_h``, ``grid_w``, ``k``, ``status``
     ("ok" | "decode_error" | "bad_image").
@@ -186,6 +193,8 @@ class PseudoMasker:
             raise ValueError(f"autocast must be one of {sorted(AUTOCAST_DTYPES)}")
         if cfg.smooth and cfg.smooth % 2 == 0:
             raise ValueError(f"smooth must be 0 or odd, got {cfg.smooth}")
+        if cfg.decode not in DECODE_PLACES:
+            raise ValueError(f"decode must be one of {DECODE_PLACES}, got {cfg.decode!r}")
         if not 1 <= cfg.k <= 256:
             raise ValueError(f"k must be in [1, 256] to fit a uint8 PNG, got {cfg.k}")
         self.cfg = cfg
@@ -210,14 +219,16 @@ class PseudoMasker:
         self.counts = {STATUS_OK: 0, STATUS_DECODE_ERROR: 0, STATUS_BAD_IMAGE: 0}
 
     @torch.inference_mode()
-    def features(self, images: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+    def features(self, images: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """uint8 [B, H, W, 3] -> (features [B, h*w, C], (h, w)) on ``self.device``."""
+        if not isinstance(images, torch.Tensor):
+            images = torch.from_numpy(np.ascontiguousarray(images))
         # NHWC uint8 permuted to NCHW is already channels_last in memory.
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device, non_blocking=True)
+        x = images.to(self.device, non_blocking=True)
         return self._forward(x.permute(0, 3, 1, 2).float().div_(255.0))
 
     @torch.inference_mode()
-    def labels(self, images: np.ndarray, seeds: Sequence[int]) -> np.ndarray:
+    def labels(self, images: np.ndarray | torch.Tensor, seeds: Sequence[int]) -> np.ndarray:
         """uint8 [B, H, W, 3] + B seeds -> uint8 label maps [B, h, w] in [0, k)."""
         cfg = self.cfg
         feats, (h, w) = self.features(images)
@@ -230,16 +241,21 @@ class PseudoMasker:
             labels = smooth_labels(labels, cfg.k, cfg.smooth)
         return labels.to(torch.uint8).cpu().numpy()
 
-    def _prepare(self, batch: dict[str, Any]) -> tuple[list[np.ndarray | None], list[str]]:
+    def _prepare(
+        self, batch: dict[str, Any]
+    ) -> tuple[list[np.ndarray | None] | list[torch.Tensor | None], list[str]]:
         size = self.cfg.image_size
         n = len(batch["key"])
-        images: list[np.ndarray | None] = []
+        images: list[np.ndarray | None] | list[torch.Tensor | None] = []
         status: list[str] = []
         if "image" in batch:
             for img in batch["image"]:
                 arr = _as_rgb(img, size)
                 images.append(arr)
                 status.append(STATUS_OK if arr is not None else STATUS_BAD_IMAGE)
+        elif "jpg" in batch and self.cfg.decode == "device":
+            images = decode_resize_batch(list(batch["jpg"]), size, self.device)
+            status = [STATUS_OK if t is not None else STATUS_DECODE_ERROR for t in images]
         elif "jpg" in batch:
             for data in batch["jpg"]:
                 arr = decode_resize(data, size)
@@ -260,7 +276,8 @@ class PseudoMasker:
         step = max(1, self.cfg.batch_size)
         for start in range(0, len(ok), step):
             idx = ok[start : start + step]
-            stack = np.stack([images[i] for i in idx])
+            chunk = [images[i] for i in idx]
+            stack = torch.stack(chunk) if isinstance(chunk[0], torch.Tensor) else np.stack(chunk)
             maps = self.labels(stack, [image_seed(self.cfg.seed, keys[i]) for i in idx])
             grid = maps.shape[1:]
             for i, m in zip(idx, maps, strict=True):

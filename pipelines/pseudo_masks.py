@@ -5,7 +5,8 @@ python pipelines/pseudo_masks.py [--config conf/default.yaml] [pseudo_masks.extr
 Input: the ``download`` stage's img2dataset shards. A Ray Data pipeline streams the shards
 that have no output yet: a read task per shard emits ``(shard, idx, total, key, jpg bytes)``
 rows, CPU tasks decode + resize them into a uint8 ``image`` tensor column (numpy only, never
-PIL objects), and an actor pool (``num_actors`` actors with ``num_gpus`` / ``num_cpus`` each,
+PIL objects) — or, with ``decode: device``, the actors decode the bytes themselves on their
+device (nvJPEG on GPUs, ``ovs.device_decode``) — and an actor pool (``num_actors`` actors with ``num_gpus`` / ``num_cpus`` each,
 ``batch_size`` images per call) runs :class:`~ovs.pseudo_masks.PseudoMasker` once loaded per
 actor. The driver collects the small label-PNG rows and writes ``<out>/masks/<stem>.parquet``
 (columns ``key, label_png, grid_h, grid_w, k, status``, in tar order) atomically as soon as a
@@ -88,6 +89,10 @@ class MaskActor:
         self.masker = PseudoMasker(cfg)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if "jpg" in batch:  # decode: device
+            out = self.masker({"key": batch["key"], "jpg": batch["jpg"]})
+            passthrough = {k: v for k, v in batch.items() if k not in ("jpg", "key")}
+            return {**passthrough, **out}
         decoded = batch.get("decoded")
         images = [
             img if decoded is None or decoded[i] else None for i, img in enumerate(batch["image"])
@@ -100,7 +105,8 @@ class MaskActor:
 
 
 def mask_dataset(ds, cfg: PseudoMaskConfig):
-    """Append the actor-pool stage to a dataset with ``key`` + ``image`` (+ ``decoded``)."""
+    """Append the actor-pool stage to a dataset with ``key`` + ``image`` (+ ``decoded``), or
+    ``key`` + ``jpg`` bytes when the actors decode (``decode: device``)."""
     import ray.data
 
     return ds.map_batches(
@@ -149,13 +155,14 @@ def mask_shards(ctx: StageContext, todo: list[Path], out_dir: Path) -> int:
         return 0
     ds = ray.data.from_items([{"shard": str(p)} for p in todo], override_num_blocks=len(todo))
     ds = ds.flat_map(shard_rows, num_cpus=cfg.decode_cpus)
-    ds = ds.map_batches(
-        decode_batch,
-        fn_kwargs={"size": cfg.image_size},
-        batch_size=cfg.batch_size,
-        batch_format="numpy",
-        num_cpus=cfg.decode_cpus,
-    )
+    if cfg.decode == "cpu":
+        ds = ds.map_batches(
+            decode_batch,
+            fn_kwargs={"size": cfg.image_size},
+            batch_size=cfg.batch_size,
+            batch_format="numpy",
+            num_cpus=cfg.decode_cpus,
+        )
     pending: dict[str, list[dict]] = defaultdict(list)
     done = processed = 0
     for batch in mask_dataset(ds, cfg).iter_batches(batch_size=None, batch_format="numpy"):

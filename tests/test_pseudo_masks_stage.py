@@ -3,7 +3,7 @@
 import io
 import json
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -102,3 +102,25 @@ def test_stage_writes_masks_resumes_and_reports_oracle(tmp_path, mlflow_uri, ray
     assert again["counts"] == {**result["counts"], "shards_resumed": 1}
     assert pq.read_table(out / "masks" / "00000.parquet").equals(before)
     assert np.isclose(again["metrics"]["oracle_miou"], result["metrics"]["oracle_miou"])
+
+    # The actors decode the JPEG bytes themselves (decode: device): the CPU decode tasks drop
+    # out of the plan; same rows, same skip counts.
+    dev_cfg = _Config(
+        workdir=str(tmp_path / "runs"),
+        pseudo_masks=replace(cfg.pseudo_masks, decode="device", oracle_images=0),
+    )
+    dev_out = tmp_path / "out_device"
+    dev = run(
+        StageContext(
+            "pseudo_masks",
+            dev_cfg,
+            dev_out,
+            {"download": shards, "world": wroot},
+            {},
+            MlflowTracker(client, run_id),
+            Progress("pseudo_masks"),
+        )
+    )
+    assert dev["counts"] == result["counts"]
+    dev_table = pq.read_table(dev_out / "masks" / "00001.parquet").to_pylist()
+    assert [(r["key"], r["status"]) for r in dev_table] == [(r["key"], r["status"]) for r in table]
