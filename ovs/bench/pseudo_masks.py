@@ -9,6 +9,8 @@ same weights:
 - stage path (``img_per_s``): ``PseudoMasker`` on batches — the extractor forward in the
   config's runtime (``--runtime``, default ``auto``: oneDNN Graph on CPU, see
   ``ovs.runtimes``) and compute dtype, batched torch K-means, PNG encoding of the label maps;
+- stage path from JPEG bytes (``jpeg_img_per_s``): the same, starting from ``--jpeg-size``
+  JPEGs decoded and resized in the masker (``decode: device``: TorchCodec, nvJPEG on GPUs);
 - naive path (``naive_img_per_s``): per image, a float32 forward of the timm model, then
   scikit-learn ``KMeans(k)`` (k-means++, ``n_init="auto"``) on the L2-normalised tokens.
 
@@ -63,6 +65,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--runtime", default="auto", choices=RUNTIMES)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch/sklearn threads (0: default)")
+    p.add_argument("--jpeg-size", type=int, default=256, help="side of the encoded JPEGs")
     p.add_argument("--gemm-size", type=int, default=2048)
     p.add_argument("--oracle", type=int, default=0, help="world images for oracle mIoU (0: off)")
     p.add_argument("--seed", type=int, default=0)
@@ -89,6 +92,20 @@ def _world_images(n: int, size: int, offset: int = 0) -> tuple[np.ndarray, list[
     cfg = WorldConfig(image_size=size)
     scenes = [render(cfg, offset + i, "eval") for i in range(n)]
     return np.stack([s[0] for s in scenes]), [s[1] for s in scenes]
+
+
+def _jpegs(n: int, size: int) -> list[bytes]:
+    """n world scenes rendered at ``size`` and JPEG-encoded (quality 90)."""
+    import io
+
+    from PIL import Image
+
+    out = []
+    for img in _world_images(n, size)[0]:
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
 
 
 def _forward_flops(masker: PseudoMasker, size: int) -> float:
@@ -192,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     images, _ = _world_images(args.batch_size, args.image_size)
     keys = [f"{i:09d}" for i in range(len(images))]
     batch = {"key": keys, "image": images}
+    jpeg_masker = PseudoMasker(replace(cfg, decode="device"))
+    jpeg_batch = {"key": keys, "jpg": _jpegs(args.batch_size, args.jpeg_size)}
     flops_per_img = _forward_flops(masker, args.image_size)
     dtype = AUTOCAST_DTYPES[args.autocast] or torch.float32
     gemm_a = torch.randn(args.gemm_size, args.gemm_size, device=device).to(dtype)
@@ -204,15 +223,18 @@ def main(argv: list[str] | None = None) -> int:
     limits = threadpool_limits(args.threads) if args.threads else None
     # Warm-up (allocator, oneDNN primitive caches, cuDNN/cuBLAS handles, TorchScript tracing).
     stage_out = masker(batch)
+    jpeg_masker(jpeg_batch)
     naive(images[0])
     seeds = [image_seed(cfg.seed, key) for key in keys]
-    t = dict.fromkeys(("stage", "naive", "forward", "kmeans", "gemm", "mlp_gemm"), 0.0)
+    t = dict.fromkeys(("stage", "jpeg", "naive", "forward", "kmeans", "gemm", "mlp_gemm"), 0.0)
     n = dict.fromkeys(t, 0)
     naive.sklearn_s = 0.0
     for _ in range(args.rounds):
         for _ in range(args.batches):
             t["stage"] += _timed(lambda: masker(batch), device)[0]
             n["stage"] += len(images)
+            t["jpeg"] += _timed(lambda: jpeg_masker(jpeg_batch), device)[0]
+            n["jpeg"] += len(images)
         seconds, (feats, _) = _timed(lambda: masker.features(images), device)
         t["forward"] += seconds
         n["forward"] += len(images)
@@ -258,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         "autocast": args.autocast,
         "runtime": masker.runtime,
         "img_per_s": round(img_per_s, 3),
+        "jpeg_img_per_s": round(n["jpeg"] / t["jpeg"], 3),
         "naive_img_per_s": round(naive_img_per_s, 3),
         "ratio": round(img_per_s / naive_img_per_s, 3),
         "forward_img_per_s": round(n["forward"] / t["forward"], 3),
