@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -91,6 +92,29 @@ def submit_job(cmd: list[str], env: dict, timeout: float = 900, agent_wait: floa
         if r.returncode == 0 or "No available agent" not in out or time.monotonic() > deadline:
             return r
         time.sleep(2)
+
+
+def submit_pipeline(
+    address: str,
+    env: dict,
+    tmp_path: Path,
+    overrides: list[str],
+    env_vars: dict[str, str] | None = None,
+    config: str = "conf/smoke.yaml",
+) -> subprocess.CompletedProcess:
+    """``ray job submit --working-dir <repo> -- python pipelines/full.py --config <config>``
+    with MLflow in ``tmp_path/mlflow.db`` and the given ``key=value`` overrides."""
+    runtime_env = {
+        "env_vars": {
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+            **(env_vars or {}),
+        },
+        "excludes": [".venv", ".git", "runs", "mlflow.db", "mlartifacts", "*.egg-info"],
+    }
+    cmd = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO)]
+    cmd += ["--runtime-env-json", json.dumps(runtime_env), "--", sys.executable]
+    return submit_job([*cmd, "pipelines/full.py", "--config", config, *overrides], env)
 
 
 def node_ports() -> list[str]:

@@ -11,6 +11,7 @@ from ovs.data.shards import iter_shard, list_shards
 from ovs.stage import resolve
 from pipelines.common import connect_mlflow, run_stage
 from pipelines.graph import STAGES
+from tests.tiny_world import tiny_world
 
 
 @pytest.mark.slow
@@ -18,12 +19,7 @@ def test_world_download_entities(tmp_path, mlflow_uri, ray_local):
     cfg = load_config(
         None,
         [
-            f"workdir={tmp_path / 'w'}",
-            "world.num_train=24",
-            "world.num_eval=4",
-            "world.image_size=32",
-            "download.image_size=32",
-            "download.number_sample_per_shard=10",
+            *tiny_world(tmp_path, num_train=24, num_eval=4, per_shard=10),
             "entities.pairs_per_sample=3",
         ],
     )

@@ -9,15 +9,12 @@ own temp dirs, see ``tests/ray_nodes.py``): ``ray stop`` would kill every Ray on
 from __future__ import annotations
 
 import json
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.ray_nodes import BIN, ray_cli, ray_cluster, submit_job
+from tests.ray_nodes import ray_cli, ray_cluster, submit_pipeline
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 STAGES = "[world,download,entities,pseudo_masks]"
 
@@ -50,34 +47,12 @@ def test_pipeline_job_runs_on_both_nodes(two_node_cluster, tmp_path):
     head_id, worker_id = by_role["head_node"][0], by_role["worker_node"][0]
 
     workdir = tmp_path / "work"
-    runtime_env = {
-        "env_vars": {
-            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-            "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
-            "OMP_NUM_THREADS": "1",
-            # Ray Data starts dispatching once its whole actor pool is up, so both entities
-            # actors get shards (otherwise the first one up may take them all on a tiny input).
-            "RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S": "600",
-        },
-        "excludes": [".venv", ".git", "runs", "mlflow.db", "mlartifacts", "*.egg-info"],
-    }
     t0 = time.time()
-    r = submit_job(
+    r = submit_pipeline(
+        address,
+        env,
+        tmp_path,
         [
-            str(BIN / "ray"),
-            "job",
-            "submit",
-            "--address",
-            address,
-            "--working-dir",
-            str(REPO),
-            "--runtime-env-json",
-            json.dumps(runtime_env),
-            "--",
-            sys.executable,
-            "pipelines/full.py",
-            "--config",
-            "conf/smoke.yaml",
             f"workdir={workdir}",
             f"pipeline.stages={STAGES}",
             "world.num_train=16",
@@ -90,7 +65,12 @@ def test_pipeline_job_runs_on_both_nodes(two_node_cluster, tmp_path):
             "pseudo_masks.oracle_images=4",
             "pseudo_masks.figure_images=2",
         ],
-        env,
+        env_vars={
+            "OMP_NUM_THREADS": "1",
+            # Ray Data starts dispatching once its whole actor pool is up, so both entities
+            # actors get shards (otherwise the first one up may take them all on a tiny input).
+            "RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S": "600",
+        },
     )
     out = r.stdout + r.stderr
     print(f"ray job submit on 2 nodes: {time.time() - t0:.1f}s")

@@ -19,6 +19,7 @@ from ovs.eval.protocol import evaluate
 from ovs.stage import read_manifest, resolve
 from pipelines.common import connect_mlflow, run_stage
 from pipelines.graph import STAGES
+from tests.tiny_world import tiny_world
 
 pytestmark = pytest.mark.slow
 
@@ -54,19 +55,8 @@ def _cfg(tmp_path, *extra):
     return load_config(
         None,
         [
-            f"workdir={tmp_path / 'w'}",
-            "world.num_train=16",
-            "world.num_eval=5",
-            "world.image_size=32",
-            "download.image_size=32",
-            "download.number_sample_per_shard=8",
-            "pseudo_masks.image_size=32",
-            "pseudo_masks.oracle_images=2",
-            "train.model.input_size=32",
-            "train.augment.size=32",
-            "train.batch_size=4",
+            *tiny_world(tmp_path, num_train=16, num_eval=5, per_shard=8, oracle_images=2),
             "train.num_workers=1",
-            "train.cpus_per_worker=1",
             "train.steps=2",
             "train.warmup_steps=1",
             "train.log_every=1",

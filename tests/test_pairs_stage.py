@@ -16,6 +16,7 @@ from ovs.stage import MANIFEST, resolve
 from pipelines.common import connect_mlflow, run_stage
 from pipelines.graph import STAGES
 from pipelines.pairs import _inputs
+from tests.tiny_world import tiny_world
 
 pytestmark = pytest.mark.slow
 
@@ -26,19 +27,8 @@ def _cfg(tmp_path, *extra):
     return load_config(
         None,
         [
-            f"workdir={tmp_path / 'w'}",
+            *tiny_world(tmp_path, num_train=30, num_eval=4, per_shard=15),
             "pipeline.stages=[world,download,entities,pseudo_masks,train,pairs]",
-            "world.num_train=30",
-            "world.num_eval=4",
-            "world.image_size=32",
-            "download.image_size=32",
-            "download.number_sample_per_shard=15",
-            "pseudo_masks.image_size=32",
-            "pseudo_masks.oracle_images=0",
-            "train.model.input_size=32",
-            "train.augment.size=32",
-            "train.batch_size=4",
-            "train.cpus_per_worker=1",
             "train.steps=2",
             "train.warmup_steps=1",
             "train.eval_limit=2",

@@ -1,16 +1,12 @@
 """A real Ray head on loopback + ``ray job submit --working-dir .`` of the smoke pipeline."""
 
-import json
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from ovs.config import load_config
-from tests.ray_nodes import BIN, ray_cluster, submit_job
+from tests.ray_nodes import REPO, ray_cluster, submit_pipeline
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
@@ -23,34 +19,8 @@ def ray_head():
 def test_ray_job_submit_full_pipeline(ray_head, tmp_path):
     address, env = ray_head
     workdir = tmp_path / "work"
-    runtime_env = {
-        "env_vars": {
-            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-            "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
-        },
-        "excludes": [".venv", ".git", "runs", "mlflow.db", "mlartifacts", "*.egg-info"],
-    }
     t0 = time.time()
-    r = submit_job(
-        [
-            str(BIN / "ray"),
-            "job",
-            "submit",
-            "--address",
-            address,
-            "--working-dir",
-            str(REPO),
-            "--runtime-env-json",
-            json.dumps(runtime_env),
-            "--",
-            sys.executable,
-            "pipelines/full.py",
-            "--config",
-            "conf/smoke.yaml",
-            f"workdir={workdir}",
-        ],
-        env,
-    )
+    r = submit_pipeline(address, env, tmp_path, [f"workdir={workdir}"])
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-4000:]
     assert "succeeded" in out.lower(), out[-4000:]

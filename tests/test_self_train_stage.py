@@ -15,6 +15,7 @@ from ovs.models.upernet import load_segmenter
 from ovs.stage import read_manifest, resolve
 from pipelines.common import connect_mlflow, run_stage
 from pipelines.graph import STAGES
+from tests.tiny_world import tiny_world
 
 pytestmark = pytest.mark.slow
 
@@ -25,21 +26,10 @@ def _cfg(tmp_path, *extra):
     return load_config(
         None,
         [
-            f"workdir={tmp_path / 'w'}",
-            "world.num_train=24",
-            "world.num_eval=4",
-            "world.image_size=32",
-            "download.image_size=32",
-            "download.number_sample_per_shard=12",
-            "pseudo_masks.image_size=32",
-            "pseudo_masks.oracle_images=0",
-            "train.model.input_size=32",
-            "train.augment.size=32",
-            "train.batch_size=4",
+            *tiny_world(tmp_path, num_train=24, num_eval=4, per_shard=12),
             "train.steps=2",
             "train.warmup_steps=1",
             "train.checkpoint_every=2",
-            "train.cpus_per_worker=1",
             "self_train.label.shard_size=10",
             "self_train.label.num_cpus=1",
             "self_train.label.num_actors=2",

@@ -12,6 +12,7 @@ from ovs.models.sseg import load_checkpoint
 from ovs.stage import read_manifest, resolve
 from pipelines.common import connect_mlflow, run_stage
 from pipelines.graph import STAGES
+from tests.tiny_world import tiny_world
 
 pytestmark = pytest.mark.slow
 
@@ -22,19 +23,8 @@ def _cfg(tmp_path, *extra):
     return load_config(
         None,
         [
-            f"workdir={tmp_path / 'w'}",
-            "world.num_train=40",
-            "world.num_eval=6",
-            "world.image_size=32",
-            "download.image_size=32",
-            "download.number_sample_per_shard=10",
-            "pseudo_masks.image_size=32",
-            "pseudo_masks.oracle_images=6",
-            "train.model.input_size=32",
-            "train.augment.size=32",
-            "train.batch_size=4",
+            *tiny_world(tmp_path, num_train=40, num_eval=6, per_shard=10, oracle_images=6),
             "train.num_workers=2",
-            "train.cpus_per_worker=1",
             "train.steps=6",
             "train.warmup_steps=2",
             "train.log_every=2",

@@ -1,0 +1,26 @@
+"""Config overrides shared by the stage tests: a tiny synthetic world at 32 px in ``tmp_path/w``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def tiny_world(
+    tmp_path: Path, *, num_train: int, num_eval: int, per_shard: int, oracle_images: int = 0
+) -> list[str]:
+    """``key=value`` overrides: world -> download -> pseudo_masks at 32 px, the S-Seg model at
+    32 px with batch 4 on 1-CPU workers. Stage tests add what their own stage needs."""
+    return [
+        f"workdir={tmp_path / 'w'}",
+        f"world.num_train={num_train}",
+        f"world.num_eval={num_eval}",
+        "world.image_size=32",
+        "download.image_size=32",
+        f"download.number_sample_per_shard={per_shard}",
+        "pseudo_masks.image_size=32",
+        f"pseudo_masks.oracle_images={oracle_images}",
+        "train.model.input_size=32",
+        "train.augment.size=32",
+        "train.batch_size=4",
+        "train.cpus_per_worker=1",
+    ]
