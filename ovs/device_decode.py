@@ -37,15 +37,17 @@ def _decode_jpegs(datas: list[bytes], device: torch.device) -> list[torch.Tensor
     from torchcodec.decoders import decode_jpeg
 
     tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+    # Broad excepts: a corrupt image raises RuntimeError, a build without decoding on this
+    # device raises other types; either way the image goes to the PIL fallback, never a crash.
     try:  # one batched call (nvJPEG batches on CUDA)
         return list(decode_jpeg(tensors, mode="RGB", device=device))
-    except RuntimeError:
+    except Exception:
         pass  # at least one bad image: find it
     decoded: list[torch.Tensor | None] = []
     for t in tensors:
         try:
             decoded.append(decode_jpeg(t, mode="RGB", device=device))
-        except RuntimeError:
+        except Exception:
             decoded.append(None)
     return decoded
 

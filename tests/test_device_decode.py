@@ -110,3 +110,19 @@ def test_masker_device_decode_gives_the_cpu_path_statuses_and_masks():
     assert min(agree) > 0.8
     with pytest.raises(ValueError):
         PseudoMasker(PseudoMaskConfig(decode="gpu"))
+
+
+def test_device_without_jpeg_decoding_falls_back_to_pil(monkeypatch):
+    """A TorchCodec build that cannot decode on the device: every image still decodes (PIL)."""
+    import torchcodec.decoders
+
+    def unsupported(*args, **kwargs):
+        raise NotImplementedError("no JPEG decoding on this device")
+
+    monkeypatch.setattr(torchcodec.decoders, "decode_jpeg", unsupported)
+    data = [_encode(_smooth_image(40, 30, s)) for s in range(3)] + [b"junk"]
+    out = decode_resize_batch(data, 16, CPU)
+    ref = [decode_resize(d, 16) for d in data]
+    assert [o is None for o in out] == [False, False, False, True]
+    for o, r in zip(out[:3], ref[:3], strict=True):
+        assert np.array_equal(o.numpy(), r)
