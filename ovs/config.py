@@ -253,6 +253,27 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def hash_view(obj: Any) -> Any:
+    """A config value as it enters stage hashes (``ovs.stage.resolve``).
+
+    Dataclasses become dicts without the fields their class names in ``UNHASHED``: settings of
+    how a stage runs (parallelism, devices, runtimes, logging cadence), not of what it
+    computes. Rerunning or resuming a stage with other resources then finds its output.
+    """
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        skip = getattr(type(obj), "UNHASHED", ())
+        return {
+            f.name: hash_view(getattr(obj, f.name))
+            for f in dataclasses.fields(obj)
+            if f.name not in skip
+        }
+    if isinstance(obj, dict):
+        return {str(k): hash_view(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [hash_view(v) for v in obj]
+    return obj if obj is None or isinstance(obj, (str, int, float, bool)) else str(obj)
+
+
 def digest(obj: Any, length: int = 12) -> str:
     """Stable short hash of a JSON-able object."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()

@@ -37,7 +37,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -72,6 +72,9 @@ class PairsConfig:
     ``num_gpus=1.0``, ``num_actors`` = number of GPUs, ``batch_size=256``; with the S-Seg
     scorer set ``image_size=448`` (the mask-free evaluation side).
     """
+
+    # How the stage runs, not what it computes: left out of the stage hash (ovs.config.hash_view).
+    UNHASHED: ClassVar[tuple[str, ...]] = ("num_actors", "num_gpus", "num_cpus")
 
     scorer: str = "sseg"  # "sseg" | "clip"
     checkpoint: str | None = None  # sseg: S-Seg checkpoint; None = the train stage's latest.pt

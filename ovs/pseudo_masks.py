@@ -24,7 +24,7 @@ import hashlib
 import io
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -57,6 +57,20 @@ class PseudoMaskConfig:
     (with ``checkpoint`` offline), ``image_size=224``, ``k=8``, ``batch_size=128``,
     ``num_gpus=1.0``, ``num_actors`` = number of GPUs, ``autocast="bfloat16"``.
     """
+
+    # How the stage runs, not what it computes: left out of the stage hash (ovs.config.hash_view).
+    UNHASHED: ClassVar[tuple[str, ...]] = (
+        "batch_size",
+        "num_actors",
+        "num_gpus",
+        "num_cpus",
+        "decode_cpus",
+        "device",
+        "runtime",
+        "decode",
+        "kmeans_threads",
+        "figure_images",
+    )
 
     extractor: str = "pixels"  # key of ovs.features.EXTRACTORS
     checkpoint: str | None = None  # local weight file for the ViT extractors

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ovs.config import Config, digest, to_dict
+from ovs.config import Config, digest, hash_view
 from ovs.io import atomic_write_json
 
 MANIFEST = "_SUCCESS.json"
@@ -112,8 +112,7 @@ class Resolved:
 
 
 def _section_dict(cfg: Config, name: str) -> Any:
-    value = getattr(cfg, name, None)
-    return to_dict(value) if hasattr(value, "__dataclass_fields__") else value
+    return hash_view(getattr(cfg, name, None))
 
 
 def resolve(

@@ -11,6 +11,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -27,6 +28,14 @@ class TrainConfig:
     cores). Paper (Table 5; ``conf/cc12m.yaml``): AdamW lr 5e-4, wd 0.05, betas (0.9, 0.999),
     global batch 4096, cosine decay, 2 warm-up epochs of 30, random resized crops at 224, bf16.
     """
+
+    # How the stage runs, not what it computes: left out of the stage hash (ovs.config.hash_view).
+    UNHASHED: ClassVar[tuple[str, ...]] = (
+        "cpus_per_worker",
+        "log_every",
+        "checkpoint_every",
+        "max_failures",
+    )
 
     model: SSegConfig = field(default_factory=SSegConfig)
     loss: SSegLossConfig = field(default_factory=SSegLossConfig)

@@ -64,6 +64,61 @@ def test_hash_covers_config_and_inputs():
     assert order(STAGES, ["b", "a"], c1) == ["a", "b"]
 
 
+def test_how_a_stage_runs_is_not_hashed_what_it_computes_is():
+    """Resources (actors, devices, runtimes, logging) stay out of the hash, so a rerun or a
+    resume with another cluster shape finds the output; settings of the result do not."""
+    from ovs.config import hash_view, to_dict
+    from pipelines.graph import STAGES as PIPELINE
+
+    base = load_config(None, [])
+    hashes = {name: resolve(PIPELINE, name, base).hash for name in PIPELINE}
+    runs_differently = [
+        "download.processes_count=4",
+        "entities.num_actors=8",
+        "pseudo_masks.num_actors=32",
+        "pseudo_masks.num_gpus=1.0",
+        "pseudo_masks.runtime=eager",
+        "pseudo_masks.decode=device",
+        "pseudo_masks.batch_size=128",
+        "train.cpus_per_worker=8",
+        "train.checkpoint_every=50",
+        "evaluate.num_actors=4",
+        "self_train.label.num_actors=8",
+        "self_train.max_failures=5",
+        "pairs.num_gpus=1.0",
+    ]
+    for override in runs_differently:
+        cfg = load_config(None, [override])
+        assert {n: resolve(PIPELINE, n, cfg).hash for n in PIPELINE} == hashes, override
+    for override, changed in [
+        ("pseudo_masks.k=6", "pseudo_masks"),
+        ("train.batch_size=16", "train"),
+        ("self_train.label.ignore_quantile=0.3", "self_train"),
+        ("download.image_size=48", "download"),
+    ]:
+        cfg = load_config(None, [override])
+        assert resolve(PIPELINE, changed, cfg).hash != hashes[changed], override
+        assert resolve(PIPELINE, "self_train", cfg).hash != hashes["self_train"], override
+    # Sections without UNHASHED fields hash as before (their full dict).
+    assert hash_view(base.world) == to_dict(base.world)
+    # Every UNHASHED name is a field of its class (a typo would silently hash it).
+    import dataclasses
+
+    for section in (
+        base.download,
+        base.entities,
+        base.pseudo_masks,
+        base.train,
+        base.evaluate,
+        base.self_train,
+        base.self_train.label,
+        base.pairs,
+    ):
+        names = {f.name for f in dataclasses.fields(section)}
+        unhashed = set(type(section).UNHASHED)
+        assert unhashed and unhashed <= names, (type(section).__name__, unhashed - names)
+
+
 def test_run_skip_force_and_mlflow(env):
     cfg, client, exp_id, parent = env
     m = run_stage(STAGES, "a", cfg, False, client, exp_id, parent, "")

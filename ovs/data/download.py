@@ -25,6 +25,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import pyarrow.parquet as pq
 
@@ -55,6 +56,9 @@ class DownloadConfig:
     ``thread_count=64``, ``timeout=10``, ``retries=1``, ``number_sample_per_shard=10000``,
     ``distributor="ray"``.
     """
+
+    # How the stage runs, not what it computes: left out of the stage hash (ovs.config.hash_view).
+    UNHASHED: ClassVar[tuple[str, ...]] = ("processes_count", "thread_count")
 
     url_list: list[str] = field(default_factory=list)  # files or one folder; format by suffix
     input_format: str = ""  # "" = infer from the file suffix

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 from ovs.eval.protocol import PROTOCOLS, ProtocolConfig
 
@@ -54,6 +55,9 @@ class EvalConfig:
     context59, coco_stuff171, cityscapes19, ade150), ``protocols: [mask_free]``, one actor
     per GPU, ``num_examples: 8``.
     """
+
+    # How the stage runs, not what it computes: left out of the stage hash (ovs.config.hash_view).
+    UNHASHED: ClassVar[tuple[str, ...]] = ("num_actors", "num_cpus", "num_gpus")
 
     datasets: list[EvalDatasetConfig] = field(default_factory=list)
     world_max_images: int | None = None

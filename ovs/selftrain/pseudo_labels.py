@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -55,6 +56,9 @@ class TargetConfig:
 @dataclass
 class PseudoLabelConfig:
     """Step 1 of the stage: labelling with a Ray Data actor pool, then the confidence rule."""
+
+    # How the stage runs, not what it computes: left out of the stage hash (ovs.config.hash_view).
+    UNHASHED: ClassVar[tuple[str, ...]] = ("num_actors", "num_cpus", "num_gpus")
 
     ignore_quantile: float = 0.5  # per class: least confident fraction of pixels -> ignore
     min_confidence: float = 0.0  # and every pixel below this confidence -> ignore

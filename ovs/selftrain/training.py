@@ -10,6 +10,7 @@ import io
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -40,6 +41,14 @@ class SelfTrainConfig:
     1e-4, wd 0.05, batch 16, poly decay (power 1) after 1.5k linear warm-up iterations,
     20k/40k/80k iterations for VOC/Context/COCO, layer-wise lr decay 0.7, 512 crops.
     """
+
+    # How the stage runs, not what it computes: left out of the stage hash (ovs.config.hash_view).
+    UNHASHED: ClassVar[tuple[str, ...]] = (
+        "cpus_per_worker",
+        "log_every",
+        "checkpoint_every",
+        "max_failures",
+    )
 
     target: TargetConfig = field(default_factory=TargetConfig)
     # Evaluation protocol used both to pseudo-label and to evaluate S-Seg+ (and S-Seg again, for

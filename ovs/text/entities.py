@@ -23,7 +23,7 @@ import html
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -59,6 +59,9 @@ STATUS_NLP_ERROR = "nlp_error"  # spaCy raised on this caption
 @dataclass
 class EntitiesConfig:
     """Entity extraction. Tiny and paper-scale (CC12M) runs use the same values."""
+
+    # How the stage runs, not what it computes: left out of the stage hash (ovs.config.hash_view).
+    UNHASHED: ClassVar[tuple[str, ...]] = ("batch_size", "n_process", "num_actors")
 
     pipeline: str = "en_core_web_sm"  # spaCy package name or path
     batch_size: int = 256  # captions per nlp.pipe batch
