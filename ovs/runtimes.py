@@ -16,7 +16,8 @@ them; ``resolve_runtime`` turns ``"auto"`` into one:
   twice to warm up: TorchScript's profiling executor runs the first call of a graph unfused.
 
 ``"auto"`` is ``onednn_graph`` for ViTs on CPU (unless the compute dtype is float16, which
-oneDNN Graph does not run on CPU) and ``eager`` everywhere else. On GPUs, ``inductor`` is the
+oneDNN Graph does not run on CPU, or bfloat16 on a CPU without oneDNN bf16 kernels) and
+``eager`` everywhere else. On GPUs, ``inductor`` is the
 one to try; it is not the default because it has not been measured on one here.
 """
 
@@ -36,6 +37,17 @@ RUNTIMES = ("auto", "eager", "inductor", "onednn_graph")
 Forward = Callable[[torch.Tensor], tuple[torch.Tensor, tuple[int, int]]]
 
 
+def onednn_fuses(dtype: torch.dtype | None) -> bool:
+    """Whether oneDNN Graph fuses ``dtype`` on this CPU: float32 on any x86 CPU, bfloat16
+    only where oneDNN has bf16 kernels (AVX-512 or AMX); elsewhere it would run unfused."""
+    if dtype in (None, torch.float32):
+        return True
+    try:
+        return dtype == torch.bfloat16 and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def resolve_runtime(
     name: str, device: torch.device, extractor: nn.Module, dtype: torch.dtype | None
 ) -> str:
@@ -43,7 +55,7 @@ def resolve_runtime(
     if name not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {name!r}")
     if name == "auto":
-        usable = device.type == "cpu" and dtype in (None, torch.bfloat16)
+        usable = device.type == "cpu" and dtype in (None, torch.bfloat16) and onednn_fuses(dtype)
         return "onednn_graph" if usable and isinstance(extractor, ViTFeatures) else "eager"
     if name == "onednn_graph":
         if device.type != "cpu":
