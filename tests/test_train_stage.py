@@ -70,3 +70,15 @@ def test_train_with_worker_failure_then_job_restart(tmp_path, mlflow_uri, ray_lo
     m2 = run_stage(STAGES, "train", cfg2, False, client, exp_id, parent, "")
     assert _steps_logged(client, m2["mlflow_run_id"]) == [4], "resumed at step 2, not step 0"
     assert torch.load(out2 / "model" / "latest.pt", weights_only=True)["step"] == 4
+
+    # Reproducible: the same config trained again from scratch (two DDP ranks, one thread each)
+    # gives bit-identical weights.
+    cfg3 = _cfg(tmp_path, "train.steps=3", "train.eval_limit=1")
+    out3 = resolve(STAGES, "train", cfg3).out_dir
+    weights = []
+    for force in (False, True):  # force: the output is wiped, so the second run trains anew
+        m3 = run_stage(STAGES, "train", cfg3, force, client, exp_id, parent, "")
+        assert _steps_logged(client, m3["mlflow_run_id"])[-1] == 3
+        weights.append(torch.load(out3 / "model" / "latest.pt", weights_only=True)["model"])
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
