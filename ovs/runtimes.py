@@ -17,8 +17,8 @@ them; ``resolve_runtime`` turns ``"auto"`` into one:
 
 ``"auto"`` is ``onednn_graph`` for ViTs on CPU (unless the compute dtype is float16, which
 oneDNN Graph does not run on CPU, or bfloat16 on a CPU without oneDNN bf16 kernels) and
-``eager`` everywhere else. On GPUs, ``inductor`` is the
-one to try; it is not the default because it has not been measured on one here.
+``eager`` everywhere else. On GPUs, ``inductor`` is the one to try; it is not the default
+because it has not been measured on one here.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class EagerForward:
     """The extractor as is, under autocast when ``dtype`` is set."""
 
     def __init__(self, extractor: nn.Module, device: torch.device, dtype: torch.dtype | None):
-        self.module: Callable[[torch.Tensor], tuple[torch.Tensor, tuple[int, int]]] = extractor
+        self.module: Forward = extractor
         self.device, self.dtype = device, dtype
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
