@@ -2,8 +2,9 @@
 
 With ``pseudo_masks.decode: device`` the pseudo-mask actors get the encoded bytes and decode
 each batch on their own device with TorchCodec's ``decode_jpeg`` (which supersedes the
-deprecated ``torchvision.io`` decoders), instead of Ray Data CPU tasks decoding with PIL. On a GPU node, CPU decoding of ~5,000 images/s would take most of
-the node's cores; nvJPEG does it on the GPU next to the forward.
+deprecated ``torchvision.io`` decoders), instead of Ray Data CPU tasks decoding with PIL. On a
+GPU node, CPU decoding of ~5,000 images/s would take most of the node's cores; nvJPEG does it on
+the GPU next to the forward.
 
 Each image is resized to ``size x size`` with antialiased bicubic interpolation, which is what
 PIL's BICUBIC resize does when it downscales (``ovs.pseudo_masks.decode_resize``). Bytes that

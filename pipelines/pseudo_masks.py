@@ -2,17 +2,18 @@
 
 python pipelines/pseudo_masks.py [--config conf/default.yaml] [pseudo_masks.extractor=dino_vits8 ...]
 
-Input: the ``download`` stage's img2dataset shards. A Ray Data pipeline streams the shards
-that have no output yet: a read task per shard emits ``(shard, idx, total, key, jpg bytes)``
-rows, CPU tasks decode + resize them into a uint8 ``image`` tensor column (numpy only, never
-PIL objects) — or, with ``decode: device``, the actors decode the bytes themselves on their
-device (nvJPEG on GPUs, ``ovs.device_decode``) — and an actor pool (``num_actors`` actors with ``num_gpus`` / ``num_cpus`` each,
-``batch_size`` images per call) runs :class:`~ovs.pseudo_masks.PseudoMasker` once loaded per
-actor. The driver collects the small label-PNG rows and writes ``<out>/masks/<stem>.parquet``
-(columns ``key, label_png, grid_h, grid_w, k, status``, in tar order) atomically as soon as a
-shard is complete, so a rerun resumes by skipping the shards already written. When the
-``world`` stage is an input (``oracle_images > 0``), the labelled eval split goes through the
-same actor pool and the stage reports ``oracle_miou`` and logs an image / pseudo-mask / GT grid.
+Input: the ``download`` stage's img2dataset shards. A Ray Data pipeline streams the shards that
+have no output yet: a read task per shard emits ``(shard, idx, total, key, jpg bytes)`` rows,
+CPU tasks decode + resize them into a uint8 ``image`` tensor column (numpy only, never PIL
+objects) — or, with ``decode: device``, the actors decode the bytes themselves on their device
+(nvJPEG on GPUs, ``ovs.device_decode``) — and an actor pool (``num_actors`` actors with
+``num_gpus`` / ``num_cpus`` each, ``batch_size`` images per call) runs
+:class:`~ovs.pseudo_masks.PseudoMasker` once loaded per actor. The driver collects the small
+label-PNG rows and writes ``<out>/masks/<stem>.parquet`` (columns ``key, label_png, grid_h,
+grid_w, k, status``, in tar order) atomically as soon as a shard is complete, so a rerun resumes
+by skipping the shards already written. When the ``world`` stage is an input (``oracle_images >
+0``), the labelled eval split goes through the same actor pool and the stage reports
+``oracle_miou`` and logs an image / pseudo-mask / GT grid.
 """
 
 from __future__ import annotations
@@ -89,10 +90,11 @@ class MaskActor:
         self.masker = PseudoMasker(cfg)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if "jpg" in batch:  # decode: device
-            out = self.masker({"key": batch["key"], "jpg": batch["jpg"]})
-            passthrough = {k: v for k, v in batch.items() if k not in ("jpg", "key")}
-            return {**passthrough, **out}
+        passthrough = {
+            k: v for k, v in batch.items() if k not in ("image", "decoded", "jpg", "key")
+        }
+        if "jpg" in batch:  # decode: device, the masker decodes and counts decode errors
+            return {**passthrough, **self.masker({"key": batch["key"], "jpg": batch["jpg"]})}
         decoded = batch.get("decoded")
         images = [
             img if decoded is None or decoded[i] else None for i, img in enumerate(batch["image"])
@@ -100,7 +102,6 @@ class MaskActor:
         out = self.masker({"key": batch["key"], "image": images})
         if decoded is not None:  # undecodable bytes are decode errors, not bad images
             out["status"] = np.where(decoded, out["status"], STATUS_DECODE_ERROR).astype(object)
-        passthrough = {k: v for k, v in batch.items() if k not in ("image", "decoded", "key")}
         return {**passthrough, **out}
 
 

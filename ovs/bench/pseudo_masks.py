@@ -18,9 +18,9 @@ Timed rounds interleave the two paths, a forward-only pass and a plain GEMM, so 
 other processes hits all of them alike; each reported rate is total work / total time over the
 rounds. ``forward_flops_per_s`` = FLOPs of the extractor forward (counted by torch's
 ``FlopCounterMode`` with attention in its matmul form) / forward-only time;
-``gemm_flops_per_s`` = the faster of two plain matmuls in the forward's compute dtype, a
-square one (``--gemm-size``) and one of the ViT MLP's shape ([B*tokens, C] @ [C, 4C]). ``--oracle N`` also
-reports oracle mIoU of ``pixels`` and of the benchmarked extractor on N world images.
+``gemm_flops_per_s`` = the faster of two plain matmuls in the forward's compute dtype, a square
+one (``--gemm-size``) and one of the ViT MLP's shape ([B*tokens, C] @ [C, 4C]). ``--oracle N``
+also reports oracle mIoU of ``pixels`` and of the benchmarked extractor on N world images.
 The last line printed is one JSON object.
 """
 
