@@ -28,6 +28,19 @@ MANIFEST = "_SUCCESS.json"
 log = logging.getLogger("ovs")
 
 
+class StageIncomplete(RuntimeError):
+    """A stage stopped on purpose before its work was done (e.g. ``train.time_limit_s`` was hit).
+
+    The runner writes no manifest: the output directory stays a resumable partial output, and a
+    rerun continues it. ``metrics`` (e.g. ``steps_done``) are logged on the stage's MLflow run,
+    which is marked incomplete; the message says how far the stage got and how to continue.
+    """
+
+    def __init__(self, message: str, metrics: dict[str, float] | None = None) -> None:
+        super().__init__(message)
+        self.metrics = dict(metrics or {})
+
+
 class Tracker(Protocol):
     """What a stage may log (implemented over MLflow in :mod:`ovs.tracking`)."""
 
