@@ -8,6 +8,11 @@ file + overrides) is what stages hash and what MLflow logs.
 Accepted field types: ``bool``, ``int``, ``float`` (ints accepted; YAML 1.1's ``1e-4``
 strings accepted), ``str``, ``list[T]``, ``tuple[T, ...]``, ``dict[str, T]``, ``T | None`` and
 nested dataclasses.
+
+A file may start from another: ``base: cc12m.yaml`` (a path relative to the file) loads that
+file first and merges this one over it, mappings key by key, everything else (lists included)
+replaced whole; bases may chain. ``${workdir}`` inside any string value is replaced, after
+overrides, by the resolved absolute workdir, so a config can place data next to its outputs.
 """
 
 from __future__ import annotations
@@ -176,7 +181,12 @@ def _build(cls: type, data: dict, where: str) -> Any:
     for name, value in data.items():
         key = f"{where}.{name}" if where and not where.endswith(":") else f"{where}{name}"
         kwargs[name] = _coerce(value, hints[name], key)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:  # a section's own validation (__post_init__)
+        raise ConfigError(f"{where.split(':')[0]}: {e}") from None
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
@@ -207,28 +217,56 @@ def parse_overrides(overrides: list[str]) -> dict:
     return tree
 
 
+WORKDIR_VAR = "${workdir}"
+
+
+def read_tree(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """One config file as a dict, its ``base:`` chain merged under it (see the module doc)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    if p.resolve() in _seen:
+        raise ConfigError(f"{p}: base cycle: {' -> '.join(str(s) for s in (*_seen, p))}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: top level must be a mapping")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{p}: base: expected a config file path, got {base!r}")
+    return _merge(read_tree(p.parent / base, (*_seen, p.resolve())), data)
+
+
+def _substitute(tree: Any, workdir: str) -> Any:
+    if isinstance(tree, dict):
+        return {k: _substitute(v, workdir) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_substitute(v, workdir) for v in tree]
+    if isinstance(tree, str):
+        return tree.replace(WORKDIR_VAR, workdir)
+    return tree
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load ``path`` (YAML; may be None for pure defaults), apply overrides, validate."""
     data: dict = {}
     where = "defaults:"
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: config file not found")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: top level must be a mapping")
-        where = f"{p}:"
-    try:
-        cfg = _build(Config, data, where)
-    except ConfigError:
-        raise
+        data = read_tree(path)
+        where = f"{Path(path)}:"
+    cfg = _build(Config, data, where)
     if overrides:
         merged = _merge(to_dict(cfg), parse_overrides(overrides))
         cfg = _build(Config, merged, "override:")
+    tree = to_dict(cfg)
+    if WORKDIR_VAR in json.dumps(tree):
+        if WORKDIR_VAR in cfg.workdir:
+            raise ConfigError(f"{where} workdir: cannot refer to {WORKDIR_VAR}")
+        cfg = _build(Config, _substitute(tree, str(cfg.workdir_path)), where)
     return cfg
 
 

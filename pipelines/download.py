@@ -3,7 +3,9 @@
 python pipelines/download.py [--config conf/default.yaml] [--force] [download.image_size=96 ...]
 
 Empty ``download.url_list`` (the embedded default) downloads the synthetic world's train URL
-list (``file://`` URLs, which img2dataset fetches like http) and keeps its ``id`` column. A rerun
+list (``file://`` URLs, which img2dataset fetches like http) and keeps its ``id`` column. A
+headerless csv/tsv list (``download.header: false``, ``download.columns: [url, caption]``, as
+CC12M's ``cc12m.tsv``) is converted to parquet first (``ovs.data.download``). A rerun
 after a kill resumes (img2dataset incremental mode: finished shards are kept, the rest redone).
 At cluster scale set ``download.distributor=ray`` (one Ray task per shard; the workdir must be
 on a shared filesystem).
@@ -27,7 +29,9 @@ def _config(ctx: StageContext) -> DownloadConfig:
     if cfg.url_list:
         return cfg
     urls = ctx.inputs["world"] / "train" / "urls.parquet"
-    return replace(cfg, url_list=[str(urls)], save_additional_columns=["id"])
+    return replace(
+        cfg, url_list=[str(urls)], save_additional_columns=["id"], header=True, columns=[]
+    )
 
 
 def _sample_grid(out_dir: Path, n: int = 16):
@@ -74,7 +78,9 @@ def run(ctx: StageContext) -> dict:
 
 
 def _inputs(cfg) -> tuple[str, ...]:
-    return () if cfg.download.url_list else ("world",)
+    # With the world stage in the pipeline its URL list (or the list it exports to
+    # world.export_dir, read through download.url_list) is this stage's input.
+    return ("world",) if "world" in cfg.pipeline.stages or not cfg.download.url_list else ()
 
 
 STAGE = Stage("download", run=run, inputs=_inputs, description="img2dataset download")

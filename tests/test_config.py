@@ -72,3 +72,35 @@ def test_every_shipped_config_loads(path):
     assert text.startswith("#"), "each config starts with a header comment"
     assert "Runtime" in text and "Expected" in text, "header says runtime and expected result"
     load_config(path)
+
+
+def test_base_file_merged_under_the_child(tmp_path):
+    write(tmp_path, "experiment: parent\nworld:\n  num_train: 7\n  seed: 3\n", "parent.yaml")
+    (tmp_path / "sub").mkdir()
+    child = write(
+        tmp_path, "base: ../parent.yaml\nexperiment: child\nworld:\n  seed: 5\n", "sub/c.yaml"
+    )
+    cfg = load_config(child)
+    assert cfg.experiment == "child" and cfg.world.seed == 5  # the child wins
+    assert cfg.world.num_train == 7  # untouched keys of a section come from the base
+    write(tmp_path, "base: b.yaml\n", "a.yaml")
+    write(tmp_path, "base: a.yaml\n", "b.yaml")
+    with pytest.raises(ConfigError, match="base cycle"):
+        load_config(tmp_path / "a.yaml")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(write(tmp_path, "base: nope.yaml\n", "d.yaml"))
+    with pytest.raises(ConfigError, match=r"world\.bogus: unknown key"):
+        load_config(write(tmp_path, "base: parent.yaml\nworld:\n  bogus: 1\n", "e.yaml"))
+
+
+def test_workdir_variable_resolved_after_overrides(tmp_path):
+    p = write(tmp_path, "download:\n  url_list: ['${workdir}/data/x.tsv']\n")
+    cfg = load_config(p, [f"workdir={tmp_path / 'w'}"])
+    assert cfg.download.url_list == [f"{tmp_path / 'w'}/data/x.tsv"]
+    assert load_config(p).download.url_list == [f"{Path.cwd()}/runs/default/data/x.tsv"]
+
+
+def test_section_validation_error_names_the_file(tmp_path):
+    p = write(tmp_path, "download:\n  url_list: [/x/a.tsv]\n  header: false\n")
+    with pytest.raises(ConfigError, match=rf"{p}: download.header is false"):
+        load_config(p)

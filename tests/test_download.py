@@ -186,3 +186,54 @@ def test_url_list_resolution(tmp_path: Path) -> None:
     assert _resolve_url_list(cfg, tmp_path / "out") == (str(tmp_path), "tsv")
     with pytest.raises(ValueError, match="empty"):
         _resolve_url_list(DownloadConfig(), tmp_path / "out")
+
+
+def test_headerless_tsv_through_img2dataset(server: str, tmp_path: Path) -> None:
+    """A cc12m.tsv-like list (url<TAB>caption, no header row, a caption with a stray quote)
+    goes through img2dataset unchanged; rerunning keeps the converted list and the shards."""
+    rows, good = _world(server, tmp_path)
+    rows = [r for r in rows if r["caption"].startswith(("http", "file"))]  # the good ones
+    rows[0]["caption"] = '"quoted at the start'
+    good['"quoted at the start'] = good.pop(f"http {next(iter(GOOD))}")
+    tsv = tmp_path / "cc12m.tsv"
+    tsv.write_text("".join(f"{r['url']}\t{r['caption']}\n" for r in rows))
+    assert not tsv.read_text().startswith("url")  # really headerless
+    cfg = DownloadConfig(
+        url_list=[str(tsv)],
+        header=False,
+        columns=["url", "caption"],
+        image_size=16,
+        resize_mode="keep_ratio",
+        processes_count=1,
+        thread_count=4,
+        number_sample_per_shard=8,
+    )
+    out = tmp_path / "out"
+    counts = download(cfg, out)
+    assert counts["count"] == len(rows) == 11 and counts["success"] == 11
+    assert counts["shards"] == 2
+    want = {cap: [hashlib.sha256(b).hexdigest()] for cap, b in good.items()}
+    assert _arrived(out) == want
+    converted = out / "_url_lists" / "00000.parquet"
+    assert pq.read_table(converted).column_names == ["url", "caption"]
+    assert pq.read_table(converted).num_rows == 11  # the first line is a sample, not a header
+    mtime = converted.stat().st_mtime_ns
+    assert download(cfg, out)["success"] == 11
+    assert converted.stat().st_mtime_ns == mtime  # up to date: not converted again
+
+
+def test_headerless_config_validation(tmp_path: Path) -> None:
+    ok = DownloadConfig(url_list=["/x/cc12m.tsv"], header=False, columns=["url", "caption"])
+    assert ok.columns == ["url", "caption"]
+    with pytest.raises(ValueError, match="set download.columns"):
+        DownloadConfig(url_list=["/x/a.tsv"], header=False)
+    with pytest.raises(ValueError, match="no column 'caption'"):
+        DownloadConfig(url_list=["/x/a.tsv"], header=False, columns=["url", "text"])
+    with pytest.raises(ValueError, match="unique"):
+        DownloadConfig(url_list=["/x/a.tsv"], header=False, columns=["url", "caption", "url"])
+    with pytest.raises(ValueError, match="is for"):
+        DownloadConfig(url_list=["/x/a.parquet"], header=False, columns=["url", "caption"])
+    with pytest.raises(ValueError, match="local"):
+        DownloadConfig(url_list=["https://h/a.tsv"], header=False, columns=["url", "caption"])
+    with pytest.raises(ValueError, match="only for header: false"):
+        DownloadConfig(url_list=["/x/a.tsv"], columns=["url", "caption"])

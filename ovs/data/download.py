@@ -16,6 +16,13 @@ http(s) (the synthetic world's URL list uses them). Its ``multiprocessing`` dist
 the ``spawn`` start method (so call ``download`` from an importable module, under
 ``if __name__ == "__main__"`` in scripts); ``distributor="ray"`` needs ``ray.init`` first and
 runs one Ray task per shard.
+
+Headerless URL lists (the official ``cc12m.tsv`` is ``url<TAB>caption`` with no header row):
+``header=False`` with ``columns`` naming the file's columns in order. img2dataset reads csv/tsv
+with a header, so each such list is converted once, streaming, into a parquet file under
+``<out>/_url_lists/`` (written atomically; redone only when the source is newer) and
+img2dataset reads those, in the given order, so shard ids are the same as for a file with a
+header.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 URL_LIST_FORMATS = (
@@ -42,6 +50,7 @@ URL_LIST_FORMATS = (
     "txt",
     "txt.gz",
 )
+HEADERLESS_FORMATS = ("tsv", "tsv.gz", "csv", "csv.gz")
 DISTRIBUTORS = ("multiprocessing", "ray")
 INCREMENTAL_MODES = ("incremental", "overwrite", "extend")
 STATUSES = ("success", "failed_to_download", "failed_to_resize")
@@ -64,6 +73,11 @@ class DownloadConfig:
     input_format: str = ""  # "" = infer from the file suffix
     url_col: str = "url"
     caption_col: str = "caption"
+    # csv/tsv lists only: False = the file has no header row; ``columns`` then names its
+    # columns in order (e.g. CC12M's cc12m.tsv: [url, caption]; extra columns are dropped
+    # unless url_col, caption_col or save_additional_columns name them).
+    header: bool = True
+    columns: list[str] = field(default_factory=list)
     save_additional_columns: list[str] = field(default_factory=list)  # e.g. the world's "id"
     image_size: int = 64
     resize_mode: str = "center_crop"  # no | border | keep_ratio | keep_ratio_largest | center_crop
@@ -84,6 +98,39 @@ class DownloadConfig:
     disallowed_header_directives: list[str] | None = None  # None = img2dataset's default
     max_shard_retry: int = 1
 
+    def __post_init__(self) -> None:
+        if self.header:
+            if self.columns:
+                raise ValueError(
+                    "download.columns: only for header: false (names of a headerless file's columns)"
+                )
+            return
+        cols = list(self.columns)
+        if not cols:
+            raise ValueError(
+                "download.header is false: set download.columns (the file's column names, in order)"
+            )
+        if len(set(cols)) != len(cols) or not all(cols):
+            raise ValueError(f"download.columns must be unique non-empty names, got {cols}")
+        needed = [self.url_col, *([self.caption_col] if self.caption_col else [])]
+        for name in needed + list(self.save_additional_columns):
+            if name not in cols:
+                raise ValueError(
+                    f"download.columns {cols} has no column {name!r} (url_col / caption_col / save_additional_columns)"
+                )
+        fmts = (
+            {self.input_format}
+            if self.input_format
+            else {infer_format(p) for p in self.url_list if not _is_dir(p)}
+        )
+        bad = sorted(f for f in fmts if f not in HEADERLESS_FORMATS)
+        if bad:
+            raise ValueError(f"download.header: false is for {HEADERLESS_FORMATS} lists, got {bad}")
+        if any("://" in p for p in self.url_list):
+            raise ValueError(
+                "download.header: false needs local URL lists (they are converted to parquet)"
+            )
+
 
 def infer_format(path: str) -> str:
     """URL-list format from the file name: ``a.parquet`` -> ``parquet``, ``a.tsv.gz`` -> ``tsv.gz``."""
@@ -92,6 +139,61 @@ def infer_format(path: str) -> str:
         if name.endswith("." + fmt):
             return fmt
     raise ValueError(f"cannot infer URL list format of {path!r}; use one of {URL_LIST_FORMATS}")
+
+
+def _is_dir(path: str) -> bool:
+    return "://" not in path and Path(path).is_dir()
+
+
+def _headerless_to_parquet(src: Path, dst: Path, cfg: DownloadConfig, fmt: str) -> None:
+    """Stream a headerless csv/tsv ``src`` into parquet ``dst`` (atomic; skipped if up to date).
+
+    Every column is read as a string; tab-separated lists are read without quoting (a caption
+    may start with a quote), as TSV has no quoting rules.
+    """
+    import pyarrow.csv as pcsv
+
+    if dst.exists() and dst.stat().st_mtime_ns >= src.stat().st_mtime_ns:
+        return
+    keep = [cfg.url_col, *([cfg.caption_col] if cfg.caption_col else [])]
+    keep += [c for c in cfg.save_additional_columns if c not in keep]
+    reader = pcsv.open_csv(
+        src,
+        read_options=pcsv.ReadOptions(column_names=list(cfg.columns), block_size=1 << 24),
+        parse_options=(
+            pcsv.ParseOptions(delimiter="\t", quote_char=False)
+            if fmt.startswith("tsv")
+            else pcsv.ParseOptions(delimiter=",")
+        ),
+        convert_options=pcsv.ConvertOptions(
+            include_columns=keep, column_types={c: pa.string() for c in cfg.columns}
+        ),
+    )
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    with pq.ParquetWriter(tmp, reader.schema) as writer:
+        for batch in reader:
+            writer.write_batch(batch)
+    os.replace(tmp, dst)
+
+
+def _headerless_lists(cfg: DownloadConfig, out_dir: Path) -> tuple[str, str]:
+    """Convert every headerless list (files, or the files of one folder) to parquet, in order."""
+    paths = [Path(p) for p in cfg.url_list]
+    if len(paths) == 1 and paths[0].is_dir():
+        paths = sorted(p for p in paths[0].iterdir() if p.is_file())
+    fmts = {cfg.input_format or infer_format(str(p)) for p in paths}
+    if len(fmts) != 1:
+        raise ValueError(f"URL lists mix formats {sorted(fmts)}; img2dataset reads one per run")
+    fmt = fmts.pop()
+    conv = out_dir / "_url_lists"
+    conv.mkdir(parents=True, exist_ok=True)
+    wanted = {f"{i:05d}.parquet" for i in range(len(paths))}
+    for old in conv.iterdir():
+        if old.name not in wanted:
+            old.unlink()
+    for i, p in enumerate(paths):
+        _headerless_to_parquet(p, conv / f"{i:05d}.parquet", cfg, fmt)
+    return str(conv), "parquet"
 
 
 def _resolve_url_list(cfg: DownloadConfig, out_dir: Path) -> tuple[str, str]:
@@ -103,6 +205,8 @@ def _resolve_url_list(cfg: DownloadConfig, out_dir: Path) -> tuple[str, str]:
     paths = [str(p) for p in cfg.url_list]
     if not paths:
         raise ValueError("DownloadConfig.url_list is empty")
+    if not cfg.header:
+        return _headerless_lists(cfg, out_dir)
     if len(paths) == 1 and "://" not in paths[0] and Path(paths[0]).is_dir():
         folder = Path(paths[0])
         fmt = cfg.input_format or infer_format(str(sorted(p for p in folder.iterdir())[0]))
