@@ -1,6 +1,9 @@
 """Stage ``world``: generate the synthetic caption world (the embedded default dataset).
 
 python pipelines/world.py [--config conf/default.yaml] [--force] [world.num_train=500 ...]
+
+With ``world.export_dir`` set it also writes the world in the layouts of CC12M's URL list and
+of VOC / Context / COCO-Object (``ovs.data.world_export``) there.
 """
 
 from __future__ import annotations
@@ -18,6 +21,13 @@ from ovs.stage import Stage, StageContext
 def run(ctx: StageContext) -> dict:
     cfg = ctx.section
     counts = world.generate(cfg, ctx.out_dir, progress=ctx.progress)
+    if cfg.export_dir:
+        # Outside the stage directory by design: configs name these paths as they name the real
+        # datasets' (conf/cc12m_local.yaml). Deterministic, every file atomic, so a rerun that
+        # regenerates the world rewrites identical files.
+        from ovs.data.world_export import export
+
+        counts.update(export(ctx.out_dir, cfg.export_dir))
     # A look at the data: 16 images with their captions.
     import numpy as np
 

@@ -64,3 +64,65 @@ def test_generate_layout(tmp_path):
     mapped = world.to_background_labels(ev[0]["label"])
     assert mapped.max() <= len(OBJECTS)
     assert ((ev[0]["label"] >= len(OBJECTS)) == (mapped == 0)).all()
+
+
+def test_export_real_layouts_round_trip(tmp_path):
+    """The exported VOC / Context / COCO-Object folders load with the benchmark loaders, with
+    every world class under the benchmark class of the same name (absent ones background)."""
+    from PIL import Image
+
+    from ovs.data.world_export import benchmark_roots, class_lut, export, voc_palette
+    from ovs.eval.datasets import build_dataset
+
+    cfg = WorldConfig(num_train=6, num_eval=5, image_size=32)
+    world.generate(cfg, tmp_path / "w")
+    counts = export(tmp_path / "w", tmp_path / "x")
+    assert counts == {
+        "url_list_rows": 6,
+        "voc21_train": 6,
+        "voc21_val": 5,
+        "context60_val": 5,
+        "coco_object_val": 5,
+    }
+    lines = (tmp_path / "x" / "cc12m.tsv").read_text().splitlines()
+    urls = pq.read_table(tmp_path / "w" / "train" / "urls.parquet").to_pylist()
+    assert lines == [f"{u['url']}\t{u['caption']}" for u in urls]  # no header row
+    roots = benchmark_roots(tmp_path / "x")
+    truth = {s["id"]: s for s in world.load_split(tmp_path / "w", "eval")}
+    wid = {c.name: i for i, c in enumerate(CLASSES)}
+    voc, coco = class_lut("voc21"), class_lut("coco_object")  # published ids, spot checks
+    assert (voc[wid["cat"]], voc[wid["person"]], voc[wid["bus"]], voc[wid["umbrella"]]) == (
+        8,
+        15,
+        6,
+        0,
+    )
+    assert (coco[wid["person"]], coco[wid["umbrella"]], coco[wid["sky"]]) == (1, 26, 0)
+    assert class_lut("context60")[wid["sky"]] == 47
+    for key, absent in (
+        ("voc21", {"umbrella", "sky", "grass", "water", "sand"}),
+        ("context60", {"umbrella", "sand"}),
+        ("coco_object", {"sky", "grass", "water", "sand"}),
+    ):
+        ds = build_dataset(key, roots[key])
+        assert len(ds) == 5 and ds.missing == 0
+        canon = ds.canonical_names
+        for i in range(len(ds)):
+            s = ds[i]
+            ref = truth[s["id"][1:]]
+            want = np.array(
+                [0 if c.name in absent else canon.index(c.name) for c in CLASSES], np.uint8
+            )[ref["label"]]
+            assert np.array_equal(s["label"], want), key
+            assert np.abs(s["image"].astype(int) - ref["image"]).mean() < 12  # JPEG
+        present = {canon[v] for i in range(len(ds)) for v in np.unique(ds[i]["label"])}
+        assert present - {"background"} <= {c.name for c in CLASSES} - absent
+    voc_train = build_dataset("voc21", roots["voc21"], "train")
+    assert len(voc_train) == 6 and voc_train[0]["id"] == "t000000"
+    png = next((roots["voc21"] / "SegmentationClass").glob("e*.png"))
+    with Image.open(png) as im:
+        assert im.mode == "P" and im.getpalette()[:9] == [0, 0, 0, 128, 0, 0, 0, 128, 0]
+        assert im.getpalette() == voc_palette()[: len(im.getpalette())]
+    again = {p: p.read_bytes() for p in sorted((tmp_path / "x").rglob("*")) if p.is_file()}
+    export(tmp_path / "w", tmp_path / "x")
+    assert again == {p: p.read_bytes() for p in sorted((tmp_path / "x").rglob("*")) if p.is_file()}

@@ -60,6 +60,9 @@ class WorldConfig:
     synonym_prob: float = 0.3  # probability a mention uses a synonym instead of the name
     wrong_prob: float = 0.1  # probability a caption also names an absent object
     distractor_prob: float = 0.6  # probability of distractor words / hashtags
+    # Also write the world in the real datasets' layouts here (ovs.data.world_export: a
+    # headerless cc12m.tsv, VOC2012 / Context / COCO-Object folders); "" = no export.
+    export_dir: str = ""
 
 
 @dataclass(frozen=True)
