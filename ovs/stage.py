@@ -101,7 +101,14 @@ class Stage:
     ``inputs`` names upstream stages (or is a function of the config returning them, for stages
     whose inputs depend on settings). ``sections`` names extra top-level config sections that
     change the stage's output besides its own. ``run`` returns
-    ``{"counts": {...}, "metrics": {...}}`` (both optional).
+    ``{"counts": {...}, "metrics": {...}}`` (both optional), or raises :class:`StageIncomplete`
+    to stop early and resumably.
+
+    ``stale(cfg, manifest)``, when given, is asked before a completed output is reused: a
+    non-empty reason (e.g. "benchmark voc21 now has data") makes the runner run the stage
+    again in the same directory, which resumes from what is there instead of starting over.
+    It is for outputs that depend on something outside the config (optional data that may
+    appear later), which the hash cannot cover.
     """
 
     name: str
@@ -109,6 +116,7 @@ class Stage:
     inputs: tuple[str, ...] | Callable[[Config], tuple[str, ...]] = ()
     sections: tuple[str, ...] = ()
     description: str = ""
+    stale: Callable[[Config, dict], str | None] | None = None
 
     def input_names(self, cfg: Config) -> tuple[str, ...]:
         return self.inputs(cfg) if callable(self.inputs) else tuple(self.inputs)
@@ -163,6 +171,12 @@ def read_manifest(out_dir: Path) -> dict | None:
 
 def write_manifest(out_dir: Path, manifest: dict) -> None:
     atomic_write_json(Path(out_dir) / MANIFEST, manifest)
+
+
+def retract_manifest(out_dir: Path) -> None:
+    """Turn a completed output back into a partial one (before rerunning it in place), so
+    that a rerun killed half-way never leaves a manifest that claims the new work."""
+    (Path(out_dir) / MANIFEST).unlink(missing_ok=True)
 
 
 def order(stages: dict[str, Stage], wanted: list[str], cfg: Config) -> list[str]:

@@ -16,9 +16,24 @@ from typing import Any
 
 DEFAULT_TRACKING_URI_NAME = "mlflow.db"
 TAG_STAGE = "ovs.stage"
-TAG_STATUS = "ovs.status"  # ran | skipped | failed
+TAG_STATUS = "ovs.status"  # running | ran | skipped | failed | incomplete
 TAG_SOURCE_RUN = "ovs.source_run_id"  # for skipped stages: the run that made the output
 TAG_OUTPUT = "ovs.output_dir"
+TAG_INCOMPLETE_STAGE = "ovs.incomplete_stage"  # on the parent run: the stage that stopped early
+# The code version (ovs.provenance) on the parent and every stage run.
+CODE_TAGS = {
+    "git_commit": "ovs.git_commit",
+    "git_dirty": "ovs.git_dirty",
+    "code_hash": "ovs.code_hash",
+}
+
+
+def code_tags(version: dict[str, Any]) -> dict[str, str]:
+    """MLflow tags of an :func:`ovs.provenance.code_version` (``None`` → ``"unknown"``)."""
+    return {
+        tag: "unknown" if version.get(key) is None else str(version[key])
+        for key, tag in CODE_TAGS.items()
+    }
 
 
 def default_tracking_uri(repo_root: str | Path) -> str:

@@ -5,6 +5,17 @@ before anything is written, checks that the workdir is writable and MLflow reach
 starts Ray, opens one MLflow parent run and runs the requested stages in dependency order, each
 in a nested run. Stages whose manifest exists are skipped (recorded as such, linked to the run
 that made them) unless ``--force``.
+
+Exit codes: 0 done; 2 the config or a precondition is wrong (nothing was run, one line on
+stderr); 3 a stage stopped on purpose before finishing (:class:`ovs.stage.StageIncomplete`,
+e.g. ``train.time_limit_s``): its directory stays a resumable partial output without
+``_SUCCESS.json``, later stages did not run, and rerunning the same command continues it.
+Its MLflow run ends ``KILLED`` with tag ``ovs.status=incomplete`` and the stage's metrics so
+far (e.g. ``steps_done``); the parent run likewise, with ``ovs.incomplete_stage``.
+
+Every run (parent and stages) is tagged with the code version (``ovs.git_commit``,
+``ovs.git_dirty``, ``ovs.code_hash``; :mod:`ovs.provenance`), which every manifest also holds
+under ``"code"``; reusing an output made by other code logs a warning naming both versions.
 """
 
 from __future__ import annotations
@@ -18,19 +29,35 @@ import time
 import traceback
 from pathlib import Path
 
+from ovs import provenance
 from ovs.config import Config, ConfigError, flatten, load_config, to_dict, to_yaml
-from ovs.stage import Progress, Stage, StageContext, order, read_manifest, resolve, write_manifest
+from ovs.eval.config import BenchmarkMissing, check_benchmarks
+from ovs.stage import (
+    Progress,
+    Stage,
+    StageContext,
+    StageIncomplete,
+    order,
+    read_manifest,
+    resolve,
+    retract_manifest,
+    write_manifest,
+)
 from ovs.tracking import (
+    TAG_INCOMPLETE_STAGE,
     TAG_OUTPUT,
     TAG_SOURCE_RUN,
     TAG_STAGE,
     TAG_STATUS,
     MlflowTracker,
+    code_tags,
     default_tracking_uri,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "conf" / "default.yaml"
+EXIT_CONFIG = 2  # bad config or failed precondition; nothing ran
+EXIT_INCOMPLETE = 3  # a stage stopped early on purpose; rerun to continue
 log = logging.getLogger("ovs")
 
 
@@ -135,7 +162,17 @@ def init_ray(cfg: Config) -> None:
 # ----------------------------------------------------------------------------- running
 
 
-def _skip(client, exp_id, parent_id, stage: Stage, out_dir: Path, manifest: dict) -> MlflowTracker:
+def _skip(
+    client, exp_id, parent_id, stage: Stage, out_dir: Path, manifest: dict, code: dict
+) -> MlflowTracker:
+    other = provenance.differs(manifest.get("code"), code)
+    if other:
+        log.warning(
+            "[%s] reusing %s, made by other code: %s; --force recomputes it",
+            stage.name,
+            out_dir,
+            other,
+        )
     run = client.create_run(
         exp_id,
         run_name=f"{stage.name} (skipped)",
@@ -145,6 +182,8 @@ def _skip(client, exp_id, parent_id, stage: Stage, out_dir: Path, manifest: dict
             TAG_STATUS: "skipped",
             TAG_SOURCE_RUN: manifest.get("mlflow_run_id", ""),
             TAG_OUTPUT: str(out_dir),
+            **code_tags(code),
+            **({"ovs.source_code_differs": other} if other else {}),
             "mlflow.note.content": (
                 f"Skipped: output {out_dir} already exists. Made by run "
                 f"[{manifest.get('mlflow_run_id', '?')}](#/experiments/{manifest.get('mlflow_experiment_id', exp_id)}"
@@ -158,6 +197,15 @@ def _skip(client, exp_id, parent_id, stage: Stage, out_dir: Path, manifest: dict
     return tracker
 
 
+def _incomplete(tracker: MlflowTracker, e: StageIncomplete, seconds: float) -> None:
+    """Record a stage that stopped early on purpose: its metrics so far, status incomplete,
+    the message; the run ends KILLED (not FINISHED: its output is not complete)."""
+    tracker.log_metrics({**e.metrics, "stage_seconds": seconds})
+    tracker.set_tags({TAG_STATUS: "incomplete", "mlflow.note.content": str(e)})
+    tracker.log_text(f"{e}\n", "incomplete.txt")
+    tracker.client.set_terminated(tracker.run_id, "KILLED")
+
+
 def run_stage(
     stages: dict[str, Stage],
     name: str,
@@ -168,14 +216,23 @@ def run_stage(
     parent_id: str,
     config_yaml: str,
 ) -> dict:
-    """Run (or skip) one stage; returns its manifest."""
+    """Run (or skip) one stage; returns its manifest.
+
+    Raises :class:`StageIncomplete` (after recording it, and without a manifest) when the
+    stage stopped early on purpose; any other error marks the run FAILED and propagates.
+    """
     res = resolve(stages, name, cfg)
     stage, out_dir = res.stage, res.out_dir
+    code = provenance.current()
     manifest = read_manifest(out_dir)
     if manifest is not None and not force:
-        log.info("[%s] skipped: %s already complete", name, out_dir)
-        _skip(client, exp_id, parent_id, stage, out_dir, manifest)
-        return manifest
+        reason = stage.stale(cfg, manifest) if stage.stale is not None else None
+        if not reason:
+            log.info("[%s] skipped: %s already complete", name, out_dir)
+            _skip(client, exp_id, parent_id, stage, out_dir, manifest, code)
+            return manifest
+        log.info("[%s] rerunning in %s: %s", name, out_dir, reason)
+        retract_manifest(out_dir)
     inputs, manifests = {}, {}
     for inp, h in res.inputs.items():
         in_dir = cfg.workdir_path / inp / h
@@ -197,6 +254,7 @@ def run_stage(
             TAG_STAGE: name,
             TAG_STATUS: "running",
             TAG_OUTPUT: str(out_dir),
+            **code_tags(code),
         },
     )
     tracker = MlflowTracker(client, run.info.run_id)
@@ -211,6 +269,10 @@ def run_stage(
     started = time.time()
     try:
         result = stage.run(ctx) or {}
+    except StageIncomplete as e:
+        _incomplete(tracker, e, time.time() - started)
+        log.warning("[%s] incomplete, output kept for resuming: %s", name, out_dir)
+        raise
     except BaseException:
         tracker.set_tags({TAG_STATUS: "failed"})
         tracker.log_text(traceback.format_exc(), "error.txt")
@@ -225,6 +287,7 @@ def run_stage(
         "metrics": result.get("metrics", {}),
         "timings": {"started": started, "finished": finished, "seconds": finished - started},
         "config": to_dict(section) if hasattr(section, "__dataclass_fields__") else None,
+        "code": dict(code),
         "mlflow_run_id": run.info.run_id,
         "mlflow_experiment_id": exp_id,
     }
@@ -236,6 +299,13 @@ def run_stage(
     client.set_terminated(run.info.run_id, "FINISHED")
     log.info("[%s] done in %.1fs: %s", name, finished - started, manifest["counts"])
     return manifest
+
+
+def preflight(cfg: Config, names: list[str]) -> None:
+    """Checks of the config against the world, before anything is written: every configured
+    benchmark of an ``evaluate`` that will run has its data (unless ``optional: true``)."""
+    if "evaluate" in names:
+        check_benchmarks(cfg.evaluate, world_stage="world" in cfg.pipeline.stages)
 
 
 def main(only: str | None = None, argv: list[str] | None = None) -> int:
@@ -254,11 +324,12 @@ def main(only: str | None = None, argv: list[str] | None = None) -> int:
         names = [only] if only else order(STAGES, list(cfg.pipeline.stages), cfg)
         for n in names:
             resolve(STAGES, n, cfg)  # validates stage names before anything is written
+        preflight(cfg, names)
         workdir = check_workdir(cfg)
         client, exp_id, uri = connect_mlflow(cfg.experiment)
-    except (ConfigError, PipelineError, KeyError, ValueError) as e:
+    except (ConfigError, PipelineError, BenchmarkMissing, KeyError, ValueError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     init_ray(cfg)
     config_yaml = to_yaml(cfg)
     parent = client.create_run(
@@ -268,6 +339,7 @@ def main(only: str | None = None, argv: list[str] | None = None) -> int:
             "ovs.kind": "pipeline",
             "ovs.stages": ",".join(names),
             "mlflow.source.name": only or "full",
+            **code_tags(provenance.current()),
         },
     )
     pid = parent.info.run_id
@@ -275,14 +347,22 @@ def main(only: str | None = None, argv: list[str] | None = None) -> int:
     ptracker.log_params(flatten(to_dict(cfg)))
     ptracker.log_text(config_yaml, "config.yaml")
     started = time.time()
+    n = ""
     try:
         for n in names:
             m = run_stage(STAGES, n, cfg, args.force, client, exp_id, pid, config_yaml)
             ptracker.log_metrics({f"{n}.{k}": v for k, v in m.get("metrics", {}).items()})
+    except StageIncomplete as e:
+        ptracker.log_metrics({f"{n}.{k}": v for k, v in e.metrics.items()})
+        ptracker.set_tags({TAG_STATUS: "incomplete", TAG_INCOMPLETE_STAGE: n})
+        client.set_terminated(pid, "KILLED")
+        message = " ".join(str(e).split())
+        print(f"incomplete: stage {n!r}: {message}", file=sys.stderr)
+        return EXIT_INCOMPLETE
     except PipelineError as e:
         client.set_terminated(pid, "FAILED")
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     except BaseException:
         client.set_terminated(pid, "FAILED")
         raise

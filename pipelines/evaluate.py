@@ -9,9 +9,12 @@ Inputs: ``train`` (its ``model/latest.pt``) and ``world`` (when ``world`` is in
 trained model, then ``evaluate.baselines``), one Ray Data pass covers every protocol
 (``evaluate.protocols``) × dataset task: ``ray.data.from_items(image indices)`` →
 ``map_batches(ShardEvaluator, compute=ActorPoolStrategy(size=num_actors))`` (each actor loads
-the method once) → rows summed per task with ``combine_rows`` → ``shard_metrics``. Benchmarks
-whose root is empty or holds no data are skipped with one warning each and counted
-(``datasets_missing``).
+the method once) → rows summed per task with ``combine_rows`` → ``shard_metrics``. A
+configured benchmark without data fails the pipeline before it starts
+(``pipelines/common.py::preflight``) unless its entry says ``optional: true``: then it is
+skipped with one warning and counted (``datasets_missing``), and once its data appears the
+next run evaluates it in the same output directory (``stale``; the other benchmarks'
+results are kept).
 
 Outputs, per combination, in ``<out>/<method>/<protocol>/<dataset>/``: ``per_class_iou.json``
 (table), ``per_class_iou.png`` (bar chart), ``overlays.png`` (image / prediction / GT rows) and
@@ -31,14 +34,15 @@ import json
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ovs.config import Config, flatten, to_dict
-from ovs.eval.config import EvalConfig, EvalDatasetConfig
-from ovs.eval.datasets import SegDataset
+from ovs.eval.config import BenchmarkMissing, EvalConfig, EvalDatasetConfig
+from ovs.eval.datasets import SegDataset, build_dataset
 from ovs.eval.method import MethodSpec
 from ovs.eval.protocol import EvalShard, ProtocolConfig
 from ovs.eval.runner import EvalTask
@@ -54,38 +58,66 @@ def _inputs(cfg: Config) -> tuple[str, ...]:
     return ("train", "world") if "world" in cfg.pipeline.stages else ("train",)
 
 
+def dataset_root(d: EvalDatasetConfig, world_dir: Path | None) -> str:
+    """Where entry ``d``'s data lives (``from_stage: world`` roots are under the world output)."""
+    if d.from_stage == "world":
+        if world_dir is None:
+            raise BenchmarkMissing(f"benchmark {d.name}: from_stage world, but no world input")
+        return str(world_dir / d.root)
+    return d.root
+
+
 def find_datasets(
     ctx: StageContext,
 ) -> tuple[list[tuple[EvalDatasetConfig, int]], list[tuple[str, str]]]:
     """``([(dataset config, images to evaluate)], [(benchmark, why it is missing)])``.
 
     The world (from the ``world`` input) comes first; a configured benchmark is missing when
-    its root is empty, its layout is not found, or it holds no samples.
+    its root is empty, its layout is not found, or it holds no samples. Only ``optional``
+    entries may be missing (the pipeline checks the others before it starts); a required one
+    whose data has gone since raises :class:`BenchmarkMissing`.
     """
-    from ovs.eval.datasets import build_dataset
+    from ovs.eval.datasets import missing_reason
 
     cfg: EvalConfig = ctx.section
-    wanted = list(cfg.datasets)
-    if "world" in ctx.inputs:
+    world_dir = ctx.inputs.get("world")
+    wanted = [replace(d, root=dataset_root(d, world_dir)) for d in cfg.datasets]
+    if world_dir is not None:
         if any(d.name == "world" for d in wanted):
             raise ValueError("evaluate.datasets lists 'world', which comes from the world stage")
-        world = EvalDatasetConfig("world", str(ctx.inputs["world"]), "eval", cfg.world_max_images)
+        world = EvalDatasetConfig(
+            "world", str(world_dir), "eval", cfg.world_max_images, optional=True
+        )
         wanted.insert(0, world)
     found, missing = [], []
     for d in wanted:
-        if not d.root:
-            missing.append((d.name, "no root configured"))
+        why = missing_reason(d.name, d.root, d.split or None)
+        if why is not None and not d.optional:
+            raise BenchmarkMissing(f"evaluate benchmark {d.name} (root {d.root!r}): {why}")
+        if why is not None:
+            missing.append((d.name, why))
             continue
-        try:
-            n = len(build_dataset(d.name, d.root, d.split or None))
-        except (FileNotFoundError, NotADirectoryError) as e:
-            missing.append((d.name, f"no data at {d.root}: {e}"))
-            continue
-        if n == 0:
-            missing.append((d.name, f"no samples at {d.root}"))
-            continue
+        n = len(build_dataset(d.name, d.root, d.split or None))
         found.append((d, n if d.max_images is None else min(n, d.max_images)))
     return found, missing
+
+
+def stale(cfg: Config, manifest: dict) -> str | None:
+    """Why a completed ``evaluate`` output must run again: an optional benchmark that was
+    missing then (it has no ``<name>.images`` count) has data now. The rerun resumes in the
+    same directory, so only the new benchmark's combinations are computed."""
+    from ovs.eval.datasets import missing_reason
+
+    counts = manifest.get("counts", {})
+    world_hash = manifest.get("inputs", {}).get("world")
+    world_dir = cfg.workdir_path / "world" / world_hash if world_hash else None
+    for d in cfg.evaluate.datasets:
+        if f"{d.name}.images" in counts or (d.from_stage and world_dir is None):
+            continue
+        root = dataset_root(d, world_dir)
+        if missing_reason(d.name, root, d.split or None) is None:
+            return f"benchmark {d.name} was missing when this output was made and now has data at {root}"
+    return None
 
 
 def methods(ctx: StageContext, device: str) -> list[tuple[str, MethodSpec]]:
@@ -192,7 +224,6 @@ def evaluate_method(
     Combinations whose ``result.json`` exists are read back (resume), the rest evaluated in
     one sharded pass and written (pictures first, ``result.json`` last).
     """
-    from ovs.eval.datasets import build_dataset
     from ovs.eval.protocol import shard_metrics
 
     cfg: EvalConfig = ctx.section
@@ -277,6 +308,7 @@ STAGE = Stage(
     run=run,
     inputs=_inputs,
     description="zero-shot mIoU of the trained model and baselines on the world and benchmarks",
+    stale=stale,
 )
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ def _cfg(tmp_path, *extra):
             f"evaluate.custom_protocols=[{SCLIP32}]",
             "evaluate.baselines=[{name: maskclip, method: maskclip, model: tiny, pretrained: null}]",
             f"evaluate.datasets=[{{name: voc21, root: '{voc}'}}, "
-            f"{{name: context60, root: '{tmp_path / 'no_context'}'}}]",
+            f"{{name: context60, root: '{tmp_path / 'no_context'}', optional: true}}]",
             "evaluate.num_actors=2",
             "evaluate.num_cpus=0.5",
             "evaluate.batch_size=2",

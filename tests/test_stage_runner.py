@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from ovs.config import load_config
-from ovs.stage import MANIFEST, Stage, order, read_manifest, resolve
+from ovs.stage import (
+    MANIFEST,
+    Stage,
+    StageIncomplete,
+    order,
+    read_manifest,
+    resolve,
+    write_manifest,
+)
 from pipelines.common import PipelineError, connect_mlflow, run_stage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -215,3 +223,135 @@ def test_world_stage_cli_runs_then_skips(tmp_path):
     assert r2.returncode == 0 and "skipped" in r2.stdout
     (manifest,) = (tmp_path / "w" / "world").glob(f"*/{MANIFEST}")
     assert json.loads(manifest.read_text())["counts"]["train_images"] == 8
+
+
+# ----------------------------------------------------------------------------- incomplete stages
+
+
+def _two_steps(ctx):
+    """Does one step per attempt; stops (resumably) after the first, finishes on the second."""
+    calls.append(ctx.name)
+    done = sorted(p.name for p in ctx.out_dir.glob("step-*"))
+    step = len(done) + 1
+    (ctx.out_dir / f"step-{step}").write_text("ok")
+    if step < 2:
+        raise StageIncomplete(
+            f"stopped at step {step} of 2 (time limit); rerun to continue", {"steps_done": step}
+        )
+    return {"counts": {"steps": step, "resumed_from": len(done)}}
+
+
+INCOMPLETE = {
+    "a": STAGES["a"],
+    "i": Stage("i", run=_two_steps, inputs=("a",)),
+    "after": Stage("after", run=_consume, inputs=("a", "i")),
+}
+
+
+def test_incomplete_stage_writes_no_manifest_and_resumes(env):
+    cfg, client, exp_id, parent = env
+    run_stage(INCOMPLETE, "a", cfg, False, client, exp_id, parent, "")
+    with pytest.raises(StageIncomplete, match="step 1 of 2") as e:
+        run_stage(INCOMPLETE, "i", cfg, False, client, exp_id, parent, "")
+    assert e.value.metrics == {"steps_done": 1}
+    out = resolve(INCOMPLETE, "i", cfg).out_dir
+    assert (out / "step-1").is_file() and read_manifest(out) is None
+    (run,) = client.search_runs([exp_id], filter_string="tags.`ovs.stage` = 'i'")
+    assert run.info.status == "KILLED" and run.data.tags["ovs.status"] == "incomplete"
+    assert run.data.metrics["steps_done"] == 1 and "stage_seconds" in run.data.metrics
+    # Downstream refuses the partial output.
+    with pytest.raises(PipelineError, match="needs the output of stage 'i'"):
+        run_stage(INCOMPLETE, "after", cfg, False, client, exp_id, parent, "")
+    # The rerun continues in the same, unwiped directory.
+    m = run_stage(INCOMPLETE, "i", cfg, False, client, exp_id, parent, "")
+    assert m["counts"] == {"steps": 2, "resumed_from": 1} and read_manifest(out) is not None
+    assert calls == ["a", "i", "i"]
+
+
+def test_pipeline_stops_at_an_incomplete_stage_with_exit_code_3(
+    tmp_path, mlflow_uri, monkeypatch, capsys
+):
+    import pipelines.common as common
+    import pipelines.graph as graph
+
+    monkeypatch.setattr(graph, "STAGES", INCOMPLETE)
+    monkeypatch.setattr(common, "init_ray", lambda cfg: None)  # these stages do not use Ray
+    calls.clear()
+    argv = [f"workdir={tmp_path / 'w'}", "world.num_train=2", "pipeline.stages=[after, i, a]"]
+    assert common.main(argv=argv) == common.EXIT_INCOMPLETE == 3
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # (MLflow logs its DB set-up)
+    assert last == "incomplete: stage 'i': stopped at step 1 of 2 (time limit); rerun to continue"
+    assert calls == ["a", "i"]  # 'after' did not run
+    client, exp_id, _ = connect_mlflow("default")
+    (p,) = client.search_runs([exp_id], filter_string="tags.`ovs.kind` = 'pipeline'")
+    assert p.info.status == "KILLED" and p.data.tags["ovs.status"] == "incomplete"
+    assert p.data.tags["ovs.incomplete_stage"] == "i" and p.data.metrics["i.steps_done"] == 1
+    assert common.main(argv=argv) == 0  # the rerun resumes 'i' and runs what follows
+    assert calls == ["a", "i", "i", "after"]
+
+
+# ----------------------------------------------------------------------------- code version
+
+
+def test_code_version_on_runs_and_manifests(env, caplog):
+    import logging
+
+    from ovs import provenance
+
+    cfg, client, exp_id, parent = env
+    code = provenance.current()
+    assert code["code_hash"]
+    m = run_stage(STAGES, "a", cfg, False, client, exp_id, parent, "")
+    assert m["code"] == code
+    tags = client.get_run(m["mlflow_run_id"]).data.tags
+    assert tags["ovs.code_hash"] == code["code_hash"]
+    assert tags["ovs.git_commit"] == (code["git_commit"] or "unknown")
+    assert tags["ovs.git_dirty"] == (
+        "unknown" if code["git_dirty"] is None else str(code["git_dirty"])
+    )
+    # Reused by the same code: no warning.
+    with caplog.at_level(logging.WARNING, logger="ovs"):
+        run_stage(STAGES, "a", cfg, False, client, exp_id, parent, "")
+    assert "made by other code" not in caplog.text
+    # Reused by other code: a warning naming both versions, not an error.
+    out = resolve(STAGES, "a", cfg).out_dir
+    old = {
+        "git_commit": "0123456789abcdef" * 2 + "01234567",
+        "git_dirty": False,
+        "code_hash": "feedbeef",
+    }
+    write_manifest(out, {**read_manifest(out), "code": old})
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ovs"):
+        run_stage(STAGES, "a", cfg, False, client, exp_id, parent, "")
+    assert "made by other code" in caplog.text and "feedbeef" in caplog.text
+    assert code["code_hash"] in caplog.text
+    if code["git_commit"]:
+        assert "0123456789ab" in caplog.text and code["git_commit"][:12] in caplog.text
+    skipped = client.search_runs(
+        [exp_id], filter_string="tags.`ovs.status` = 'skipped'", order_by=["start_time DESC"]
+    )[0]
+    assert "feedbeef" in skipped.data.tags["ovs.source_code_differs"]
+    assert calls == ["a"]
+
+
+def test_stale_output_reruns_in_place(env):
+    """A stage whose ``stale`` names a reason runs again in its directory (not wiped)."""
+    cfg, client, exp_id, parent = env
+    flag = Path(cfg.workdir_path) / "new-data"
+
+    def grows(ctx):
+        calls.append(ctx.name)
+        (ctx.out_dir / f"item-{len(list(ctx.out_dir.glob('item-*')))}").write_text("x")
+        return {"counts": {"items": len(list(ctx.out_dir.glob("item-*"))), "flag": flag.exists()}}
+
+    def stale(cfg, manifest):
+        return "new data" if flag.exists() and not manifest["counts"]["flag"] else None
+
+    stages = {"g": Stage("g", run=grows, stale=stale)}
+    run_stage(stages, "g", cfg, False, client, exp_id, parent, "")
+    assert run_stage(stages, "g", cfg, False, client, exp_id, parent, "")["counts"]["items"] == 1
+    flag.write_text("now")
+    assert run_stage(stages, "g", cfg, False, client, exp_id, parent, "")["counts"]["items"] == 2
+    run_stage(stages, "g", cfg, False, client, exp_id, parent, "")  # fresh again: skipped
+    assert calls == ["g", "g"]

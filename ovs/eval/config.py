@@ -8,17 +8,28 @@ from typing import ClassVar
 from ovs.eval.protocol import PROTOCOLS, ProtocolConfig
 
 
+class BenchmarkMissing(ValueError):
+    """A configured benchmark has no data (raised before any stage runs; names the dataset,
+    its root and the config key)."""
+
+
 @dataclass
 class EvalDatasetConfig:
     """One benchmark: a key of ``ovs.eval.datasets.DATASETS`` and where it lives.
 
     ``split=""`` uses the dataset's default eval split; ``max_images=None`` evaluates all.
+    ``optional``: if the data is missing, evaluate the rest (and evaluate this one when a
+    later run finds its data) instead of failing before the pipeline starts.
+    ``from_stage``: ``""`` = ``root`` is a path on disk; ``"world"`` = ``root`` is relative to
+    the ``world`` stage's output (data the pipeline itself makes, checked when it exists).
     """
 
     name: str = "world"
     root: str = ""
     split: str = ""
     max_images: int | None = None
+    optional: bool = False
+    from_stage: str = ""
 
 
 @dataclass
@@ -58,6 +69,7 @@ class EvalConfig:
 
     # How the stage runs, not what it computes: left out of the stage hash (ovs.config.hash_view).
     UNHASHED: ClassVar[tuple[str, ...]] = ("num_actors", "num_cpus", "num_gpus")
+    FROM_STAGES: ClassVar[tuple[str, ...]] = ("", "world")
 
     datasets: list[EvalDatasetConfig] = field(default_factory=list)
     world_max_images: int | None = None
@@ -80,6 +92,11 @@ class EvalConfig:
                 raise ValueError(
                     f"evaluate.datasets[{i}].name: unknown benchmark {d.name!r}; "
                     f"choose from {sorted(DATASETS)}"
+                )
+            if d.from_stage not in self.FROM_STAGES:
+                raise ValueError(
+                    f"evaluate.datasets[{i}].from_stage: {d.from_stage!r} is not one of "
+                    f"{list(self.FROM_STAGES)}"
                 )
         keys = [d.name for d in self.datasets]
         if len(set(keys)) != len(keys):
@@ -115,3 +132,46 @@ class EvalConfig:
         if not out or len({p.name for p in out}) != len(out):
             raise ValueError(f"evaluate.protocols must be non-empty and unique: {self.protocols}")
         return out
+
+
+def missing_benchmarks(cfg: EvalConfig) -> list[tuple[int, EvalDatasetConfig, str]]:
+    """``(index, entry, why)`` of every entry of ``cfg.datasets`` on disk whose data is
+    missing (see :func:`ovs.eval.datasets.missing_reason`); ``from_stage`` entries are left
+    out (their data does not exist before the pipeline makes it)."""
+    from ovs.eval.datasets import missing_reason
+
+    out = []
+    for i, d in enumerate(cfg.datasets):
+        if d.from_stage:
+            continue
+        why = missing_reason(d.name, d.root, d.split or None)
+        if why is not None:
+            out.append((i, d, why))
+    return out
+
+
+def check_benchmarks(cfg: EvalConfig, world_stage: bool) -> None:
+    """Raise :class:`BenchmarkMissing` if a benchmark that is not ``optional`` has no data.
+
+    One message: the first such entry's config key, name, root and why, then the names of
+    any others. ``world_stage``: whether the pipeline runs the ``world`` stage, which
+    ``from_stage: world`` entries need.
+    """
+    for i, d in enumerate(cfg.datasets):
+        if d.from_stage == "world" and not world_stage:
+            raise BenchmarkMissing(
+                f"evaluate.datasets[{i}] ({d.name}): from_stage world, but 'world' is not in "
+                "pipeline.stages"
+            )
+    missing = [(i, d, why) for i, d, why in missing_benchmarks(cfg) if not d.optional]
+    if not missing:
+        return
+    i, d, why = missing[0]
+    msg = (
+        f"evaluate.datasets[{i}] ({d.name}): benchmark data missing at root {d.root!r}: {why}; "
+        f"set evaluate.datasets[{i}].root, or optional: true to skip it while it is missing"
+    )
+    if len(missing) > 1:
+        others = ", ".join(f"[{j}] {e.name} ({e.root!r})" for j, e, _ in missing[1:])
+        msg += f"; also missing: {others}"
+    raise BenchmarkMissing(msg)

@@ -342,3 +342,19 @@ def build_dataset(name: str, root: str | Path, split: str | None = None) -> SegD
         raise KeyError(f"unknown dataset {name!r}; choose from {sorted(DATASETS)}")
     builder, default_split = DATASETS[name]
     return builder(root, split or default_split)
+
+
+def missing_reason(name: str, root: str | Path, split: str | None = None) -> str | None:
+    """Why benchmark ``name`` has no data at ``root``, or None when it is present.
+
+    Present means what evaluating it needs: the layout of the table above is found (e.g.
+    VOC: ``ImageSets/Segmentation/<split>.txt``) and at least one listed sample has both its
+    image (``JPEGImages/<id>.jpg``) and its label (``SegmentationClass/<id>.png``).
+    """
+    if not str(root):
+        return "no root configured"
+    try:
+        n = len(build_dataset(name, root, split))
+    except (FileNotFoundError, NotADirectoryError) as e:
+        return f"no data at {root}: {e}"
+    return None if n else f"no samples at {root} (split {split or DATASETS[name][1]!r})"
