@@ -35,6 +35,7 @@ class TrainConfig:
         "log_every",
         "checkpoint_every",
         "max_failures",
+        "time_limit_s",
     )
 
     model: SSegConfig = field(default_factory=SSegConfig)
@@ -51,7 +52,9 @@ class TrainConfig:
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0  # max global grad norm; 0 disables
-    amp_dtype: str = "bfloat16"  # autocast dtype on GPU ("" = fp32); CPU always runs fp32
+    # Autocast dtype (ovs.precision.training_dtype): "auto" = bf16 on CUDA, fp32 on CPU;
+    # "bfloat16"/"float16" are honoured on any device; "float32" (or "") = no autocast.
+    amp_dtype: str = "auto"
     log_every: int = 20
     checkpoint_every: int = 250
     keep_checkpoints: int = 2
@@ -65,7 +68,9 @@ class TrainConfig:
     shuffle_buffer: int = 2048  # streaming mode (cache_in_memory false)
     eval_protocol: str = "tiny"  # protocol for the post-training zero-shot evaluation
     eval_limit: int | None = None  # evaluate on the first N eval images (None = all)
-    time_limit_s: float = 600.0  # stop early (and checkpoint) after this much training time
+    # Off by default: no wall clock decides a result. When set and hit (checked at log steps,
+    # agreed across ranks) the loop checkpoints and the stage ends resumable, not complete.
+    time_limit_s: float | None = None
     inject_failure_at_step: int = -1  # tests: worker raises once at this step (failure drill)
 
 
@@ -148,11 +153,16 @@ def noun_prompts(
 
 
 class SampleSource:
-    """Endless batches of joined samples for one rank.
+    """Endless batches of joined samples for one rank, resumable exactly.
 
     In-memory mode decodes the rank's shards once and draws batches from a per-epoch
     permutation; streaming mode reads shards in a per-epoch shuffled order through a shuffle
-    buffer (constant memory at any dataset size). Both are deterministic given the seed.
+    buffer (constant memory at any dataset size) that is drained at the end of each epoch, so
+    an epoch's batches depend only on the RNG state at its start. Both are deterministic given
+    the seed. :meth:`state_dict` is that RNG state, the epoch and the batches delivered in it;
+    after :meth:`load_state_dict` the next batch is the one an uninterrupted source would have
+    delivered (streaming mode re-reads the epoch's prefix to get there; in-memory mode only
+    redraws the permutation).
     """
 
     def __init__(
@@ -167,6 +177,10 @@ class SampleSource:
         self.shards, self.masks_dir, self.texts_dir = shards, masks_dir, texts_dir
         self.image_size, self.cfg = image_size, cfg
         self.rng = np.random.default_rng(seed)
+        self.epoch = 0
+        self._epoch_rng = self.rng.bit_generator.state  # RNG state when the epoch began
+        self._delivered = 0  # batches delivered in the current epoch
+        self._skip = 0  # batches of the current epoch to replay silently (after a resume)
         self.stats = JoinStats()
         self.cache: list[Sample] | None = None
         if cfg.cache_in_memory:
@@ -178,41 +192,69 @@ class SampleSource:
                     f"no usable training samples in {len(shards)} shard(s): {self.stats.as_dict()}"
                 )
 
-    def _stream(self) -> Iterator[Sample]:
-        while True:
-            order = self.rng.permutation(len(self.shards))
-            any_sample = False
-            for i in order:
-                for s in iter_samples(
-                    [self.shards[i]],
-                    self.masks_dir,
-                    self.texts_dir,
-                    self.image_size,
-                    self.stats,
-                    self.cfg.require_cc4m,
-                ):
-                    any_sample = True
-                    yield s
-            if not any_sample:
-                raise RuntimeError(f"no usable training samples: {self.stats.as_dict()}")
+    def state_dict(self) -> dict:
+        """Plain values only (loadable with ``torch.load(weights_only=True)``)."""
+        return {"epoch": self.epoch, "rng": self._epoch_rng, "batches": self._delivered}
 
-    def batches(self, batch_size: int) -> Iterator[list[Sample]]:
-        if self.cache is not None:
-            while True:
-                perm = self.rng.permutation(len(self.cache))
-                for i in range(0, len(perm) - batch_size + 1, batch_size):
-                    yield [self.cache[j] for j in perm[i : i + batch_size]]
-                if len(perm) < batch_size:
-                    yield [self.cache[j] for j in perm]
+    def load_state_dict(self, state: dict) -> None:
+        """Continue where ``state`` was taken; call before the first ``next`` of
+        :meth:`batches`."""
+        self.epoch = int(state["epoch"])
+        self.rng.bit_generator.state = state["rng"]
+        self._epoch_rng = state["rng"]
+        self._skip = int(state["batches"])
+
+    def _epoch_stream(self, batch_size: int) -> Iterator[list[Sample]]:
+        """One streaming epoch: shards in a random order through the shuffle buffer."""
         buffer: list[Sample] = []
         fill = max(batch_size, self.cfg.shuffle_buffer)
-        for s in self._stream():
-            buffer.append(s)
-            if len(buffer) < fill:
-                continue
-            batch = []
-            for _ in range(batch_size):  # draw without replacement: swap-remove
-                j = int(self.rng.integers(len(buffer)))
-                buffer[j], buffer[-1] = buffer[-1], buffer[j]
-                batch.append(buffer.pop())
-            yield batch
+        seen, yielded = 0, False
+        for i in self.rng.permutation(len(self.shards)):
+            for s in iter_samples(
+                [self.shards[i]],
+                self.masks_dir,
+                self.texts_dir,
+                self.image_size,
+                self.stats,
+                self.cfg.require_cc4m,
+            ):
+                seen += 1
+                buffer.append(s)
+                if len(buffer) >= fill:
+                    yielded = True
+                    yield self._draw(buffer, batch_size)
+        if not seen:
+            raise RuntimeError(f"no usable training samples: {self.stats.as_dict()}")
+        while len(buffer) >= batch_size:  # drain: the next epoch starts from an empty buffer
+            yielded = True
+            yield self._draw(buffer, batch_size)
+        if not yielded:  # fewer samples than one batch
+            yield self._draw(buffer, len(buffer))
+
+    def _draw(self, buffer: list[Sample], n: int) -> list[Sample]:
+        batch = []
+        for _ in range(n):  # draw without replacement: swap-remove
+            j = int(self.rng.integers(len(buffer)))
+            buffer[j], buffer[-1] = buffer[-1], buffer[j]
+            batch.append(buffer.pop())
+        return batch
+
+    def _epoch_cached(self, batch_size: int) -> Iterator[list[Sample]]:
+        assert self.cache is not None
+        perm = self.rng.permutation(len(self.cache))
+        for i in range(0, len(perm) - batch_size + 1, batch_size):
+            yield [self.cache[j] for j in perm[i : i + batch_size]]
+        if len(perm) < batch_size:
+            yield [self.cache[j] for j in perm]
+
+    def batches(self, batch_size: int) -> Iterator[list[Sample]]:
+        while True:
+            self._epoch_rng = self.rng.bit_generator.state
+            epoch = self._epoch_cached if self.cache is not None else self._epoch_stream
+            for b, batch in enumerate(epoch(batch_size)):
+                if b < self._skip:
+                    continue  # replayed after a resume: consumed before the checkpoint
+                self._delivered = b + 1
+                yield batch
+            self.epoch += 1
+            self._delivered = self._skip = 0

@@ -37,7 +37,19 @@ import torch
 from ovs.config import Config
 from ovs.selftrain.training import SelfTrainConfig
 from ovs.stage import Stage, StageContext
-from pipelines.ray_train import any_rank, fit_and_export, rank0_tracker, report, resume_state
+from pipelines.ray_train import (
+    Window,
+    any_rank,
+    check_complete,
+    fit_and_export,
+    prepare,
+    rank0_tracker,
+    rank_state,
+    report,
+    resume_state,
+    rng_state,
+    set_rng_state,
+)
 
 LABEL_COLUMNS = ("key", "image_path", "label_png", "conf_png", "gt_png", "status")
 
@@ -263,6 +275,23 @@ def _build(config: dict):
     return model
 
 
+def setup(config: dict, device: torch.device, state: dict | None):
+    """Segmenter → device → optimiser and schedule → resume ``state`` (the order that keeps
+    the optimiser state on the parameters' device). Returns ``(model, opt, sched, start)``."""
+    from ovs.selftrain.training import build_optimizer, lr_factor
+
+    cfg: SelfTrainConfig = config["cfg"]
+    model = _build(config)
+    opt, sched, start = prepare(
+        model,
+        device,
+        lambda m: build_optimizer(m, cfg),
+        lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, cfg)),
+        state,
+    )
+    return model, opt, sched, start
+
+
 def train_loop(config: dict) -> None:
     """One Ray Train worker. ``config``: cfg, seed, num_classes, shards, thresholds,
     sseg_checkpoint, out_dir, mlflow."""
@@ -271,34 +300,40 @@ def train_loop(config: dict) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     from ovs.models.upernet import save_segmenter
+    from ovs.precision import training_dtype
     from ovs.selftrain.loss import pixel_cross_entropy
-    from ovs.selftrain.training import batches, build_optimizer, load_rows, lr_factor
+    from ovs.selftrain.training import batches, load_rows
 
     cfg: SelfTrainConfig = config["cfg"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, cfg.cpus_per_worker))
     device = ray.train.torch.get_device()
-    model = _build(config)
-    opt = build_optimizer(model, cfg)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
-    start = resume_state(model, opt, sched)
-    model.to(device).train()
+    state = resume_state()
+    model, opt, sched, start = setup(config, device, state)
+    model.train()
     net = DistributedDataParallel(model) if world > 1 else model
     shards = [Path(p) for p in config["shards"]][rank::world]
     rows, counts = load_rows(shards, np.array(config["thresholds"]), cfg.cache_in_memory)
-    rng = np.random.default_rng([config["seed"], rank, start])
-    stream = batches(rows, cfg.batch_size, cfg.augment, rng)
+    stream = batches(
+        rows, cfg.batch_size, cfg.augment, np.random.default_rng([config["seed"], rank])
+    )
+    own = rank_state(state, rank, world)
+    if own is not None:  # continue the batch stream and the RNGs where the checkpoint left them
+        stream.load_state_dict(own["stream"])
+        set_rng_state(own["torch"], device)
     tracker = rank0_tracker(config, rank)
-    use_amp = device.type == "cuda" and bool(cfg.amp_dtype)
-    amp_dtype = getattr(torch, cfg.amp_dtype) if use_amp else torch.float32
+    amp_dtype = training_dtype(cfg.amp_dtype, device)
     marker = Path(config["out_dir"]) / ".injected_failure"
     t_start = time.monotonic()
-    window, n_window, window_t, window_imgs = 0.0, 0, time.monotonic(), 0
+    window, window_t = Window(), time.monotonic()
+    wait_fractions: list[float] = []
     step = start
     while step < cfg.steps:
+        t_data = time.monotonic()
         images, labels = next(stream)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+        window.data_wait_s += time.monotonic() - t_data
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = net(images.to(device))
         loss = pixel_cross_entropy(logits, labels.to(device))
         opt.zero_grad(set_to_none=True)
@@ -311,36 +346,47 @@ def train_loop(config: dict) -> None:
         if step == cfg.inject_failure_at_step and rank == world - 1 and not marker.exists():
             marker.touch()
             raise RuntimeError(f"injected worker failure at step {step} (failure drill)")
-        window, n_window, window_imgs = (
-            window + loss.item(),
-            n_window + 1,
-            window_imgs + len(images),
+        window.add({"loss": loss}, len(images))
+        log_step = step % cfg.log_every == 0 or step >= cfg.steps
+        out_of_time = log_step and any_rank(
+            cfg.time_limit_s is not None and time.monotonic() - t_start > cfg.time_limit_s,
+            device,
+            world,
         )
-        out_of_time = any_rank(time.monotonic() - t_start > cfg.time_limit_s, device, world)
         last = step >= cfg.steps or out_of_time
-        metrics = None
-        if step % cfg.log_every == 0 or last:
-            dt = time.monotonic() - window_t
+        metrics: dict | None = None
+        if log_step:
+            dt = max(time.monotonic() - window_t, 1e-9)
             metrics = {
-                "self_train/loss": window / max(n_window, 1),
+                "self_train/loss": window.means()["loss"],
                 "self_train/lr": sched.get_last_lr()[-1],
-                "self_train/img_per_s": window_imgs * world / max(dt, 1e-9),
+                "self_train/img_per_s": window.images * world / dt,
+                "self_train/data_wait_fraction": window.data_wait_s / dt,
                 "step": step,
             }
+            wait_fractions.append(metrics["self_train/data_wait_fraction"])
             if tracker is not None:
                 tracker.log_metrics(metrics, step=step)
-            window, n_window, window_t, window_imgs = 0.0, 0, time.monotonic(), 0
+            window, window_t = Window(), time.monotonic()
         if step % cfg.checkpoint_every == 0 or last:
-            metrics = metrics or {"step": step}
+            metrics = dict(metrics or {"step": step})
             metrics["rows_used"] = counts["used"]
-            report(metrics, rank, model, opt, sched, step, save_segmenter)
+            metrics["data_wait_fraction"] = float(np.mean(wait_fractions or [0.0]))
+            own_state = {"stream": stream.state_dict(), "torch": rng_state(device)}
+            report(metrics, rank, world, model, opt, sched, step, save_segmenter, own_state)
         if out_of_time:
             break
 
 
-def fit(ctx: StageContext, shards: list[Path], thresholds: np.ndarray, num_classes: int) -> Path:
-    """Step 2: Ray Train; returns the final segmenter checkpoint under the stage output."""
+def fit(
+    ctx: StageContext, shards: list[Path], thresholds: np.ndarray, num_classes: int
+) -> tuple[Path, dict]:
+    """Step 2: Ray Train; returns the final segmenter checkpoint under the stage output and
+    rank 0's last reported metrics (``step``: the steps done)."""
+    from ovs.precision import resolve_dtype
+
     cfg: SelfTrainConfig = ctx.section
+    resolve_dtype(cfg.amp_dtype, torch.device("cpu"))  # an unknown name fails before Ray Train
     tracker: Any = ctx.tracker  # an MlflowTracker: workers reopen its run by id
     loop_config = {
         "cfg": cfg,
@@ -482,8 +528,14 @@ def run(ctx: StageContext) -> dict:
     files, thresholds, counts, metrics = pseudo_labels(ctx, num_classes)
     ctx.tracker.log_metrics(metrics)
     t0 = time.time()
-    final = fit(ctx, files, thresholds, num_classes)
+    final, reported = fit(ctx, files, thresholds, num_classes)
     metrics["train_seconds"] = time.time() - t0
+    check_complete(int(reported.get("step", 0)), cfg.steps, "self_train", cfg.time_limit_s)
+    metrics.update(
+        steps_done=float(reported["step"]),
+        steps=float(cfg.steps),
+        data_wait_fraction=float(reported.get("data_wait_fraction", 0.0)),
+    )
     plus, base, rows = evaluate_both(ctx, final)
     metrics.update(
         miou=plus["miou"],

@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -27,11 +28,45 @@ import torch
 from ovs.objective import SSegLossConfig
 from ovs.stage import Stage, StageContext
 from ovs.training import TrainConfig
-from pipelines.ray_train import any_rank, fit_and_export, rank0_tracker, report, resume_state
+from pipelines.ray_train import (
+    Window,
+    any_rank,
+    check_complete,
+    fit_and_export,
+    prepare,
+    rank0_tracker,
+    rank_state,
+    report,
+    resume_state,
+    rng_state,
+    set_rng_state,
+)
+
+
+def setup(config: dict, device: torch.device, state: dict | None):
+    """Model → device → optimiser and schedule → resume ``state`` (the order that keeps the
+    optimiser state on the parameters' device). Returns ``(model, objective, opt, sched,
+    start step)``; the model is identical on every rank (same seed)."""
+    from ovs.objective import SSegObjective
+    from ovs.training import build_model, build_optimizer, lr_factor
+
+    cfg: TrainConfig = config["cfg"]
+    model = build_model(cfg, config["seed"])
+    objective = SSegObjective(model, config["loss"])
+    objective.to(device)  # the model and the objective's own parameters, if any
+    opt, sched, start = prepare(
+        model,
+        device,
+        lambda m: build_optimizer(m, cfg),
+        lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, cfg)),
+        state,
+    )
+    return model, objective, opt, sched, start
 
 
 def train_loop(config: dict) -> None:
-    """One Ray Train worker. ``config``: cfg, seed, shards, masks_dir, texts_dir, mlflow."""
+    """One Ray Train worker. ``config``: cfg, seed, shards, masks_dir, texts_dir, loss,
+    class_texts, decode_size, out_dir, mlflow."""
     import ray.train
     import ray.train.torch
     from torch.nn.parallel import DistributedDataParallel
@@ -39,27 +74,17 @@ def train_loop(config: dict) -> None:
     from ovs.data.train_data import shards_for_rank
     from ovs.models.sseg import save_checkpoint
     from ovs.models.text import tokenize
-    from ovs.objective import SSegObjective
-    from ovs.training import (
-        SampleSource,
-        build_model,
-        build_optimizer,
-        lr_factor,
-        make_batch,
-        noun_prompts,
-    )
+    from ovs.precision import training_dtype
+    from ovs.training import SampleSource, make_batch, noun_prompts
 
     cfg: TrainConfig = config["cfg"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, cfg.cpus_per_worker))
     device = ray.train.torch.get_device()
-    model = build_model(cfg, config["seed"])  # identical init on every rank
-    opt = build_optimizer(model, cfg)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
-    start = resume_state(model, opt, sched)
+    state = resume_state()
+    model, objective, opt, sched, start = setup(config, device, state)
     loss_cfg = config["loss"]
-    objective = SSegObjective(model, loss_cfg).to(device)
     class_tokens = None
     if config.get("class_texts"):
         class_tokens = tokenize(config["class_texts"], cfg.model.text.context_length).to(device)
@@ -71,19 +96,24 @@ def train_loop(config: dict) -> None:
         Path(config["texts_dir"]),
         config["decode_size"],
         cfg,
-        seed=config["seed"] * 1000 + rank * 7 + start,
+        seed=config["seed"] * 1000 + rank * 7,
     )
+    rng = np.random.default_rng([config["seed"], rank])  # augmentation and noun draws
+    own = rank_state(state, rank, world)
+    if own is not None:  # continue the data stream and every RNG where the checkpoint left them
+        source.load_state_dict(own["source"])
+        rng.bit_generator.state = own["rng"]
+        set_rng_state(own["torch"], device)
     batches = source.batches(cfg.batch_size)
-    rng = np.random.default_rng([config["seed"], rank, start])
     tracker = rank0_tracker(config, rank)
-    use_amp = device.type == "cuda" and cfg.amp_dtype
-    amp_dtype = getattr(torch, cfg.amp_dtype) if use_amp else torch.float32
+    amp_dtype = training_dtype(cfg.amp_dtype, device)
     marker = Path(config["out_dir"]) / ".injected_failure"
     t_start = time.monotonic()
-    window: dict[str, float] = {}
-    window_t, window_imgs = time.monotonic(), 0
+    window, window_t = Window(), time.monotonic()
+    wait_fractions: list[float] = []
     step = start
     while step < cfg.steps:
+        t_data = time.monotonic()
         samples = next(batches)
         images, labels, texts = make_batch(samples, cfg, cfg.model, rng)
         tokens = tokenize(texts, cfg.model.text.context_length)
@@ -96,7 +126,8 @@ def train_loop(config: dict) -> None:
                 tokenize(prompts, cfg.model.text.context_length).to(device),
                 torch.from_numpy(targets).to(device),
             )
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=bool(use_amp)):
+        window.data_wait_s += time.monotonic() - t_data
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             out = net(
                 images.to(device),
                 labels.to(device),
@@ -109,7 +140,7 @@ def train_loop(config: dict) -> None:
         grad_norm = (
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             if cfg.grad_clip > 0
-            else torch.tensor(0.0)
+            else torch.zeros((), device=device)
         )
         opt.step()
         sched.step()
@@ -117,33 +148,40 @@ def train_loop(config: dict) -> None:
         if step == cfg.inject_failure_at_step and rank == world - 1 and not marker.exists():
             marker.touch()
             raise RuntimeError(f"injected worker failure at step {step} (failure drill)")
-        for k, v in out.items():
-            window[k] = window.get(k, 0.0) + float(v.detach())
-        window["grad_norm"] = window.get("grad_norm", 0.0) + float(grad_norm)
-        window["_n"] = window.get("_n", 0.0) + 1
-        window_imgs += images.shape[0]
-        out_of_time = any_rank(time.monotonic() - t_start > cfg.time_limit_s, device, world)
+        window.add({**out, "grad_norm": grad_norm}, images.shape[0])
+        log_step = step % cfg.log_every == 0 or step >= cfg.steps
+        out_of_time = log_step and any_rank(
+            cfg.time_limit_s is not None and time.monotonic() - t_start > cfg.time_limit_s,
+            device,
+            world,
+        )
         last = step >= cfg.steps or out_of_time
-        if step % cfg.log_every == 0 or last:
-            n = window.pop("_n")
-            metrics = {f"train/{k}": v / n for k, v in window.items()}
-            dt = time.monotonic() - window_t
+        metrics: dict | None = None
+        if log_step:
+            dt = max(time.monotonic() - window_t, 1e-9)
+            metrics = {f"train/{k}": v for k, v in window.means().items()}
             metrics.update(
                 {
                     "train/lr": sched.get_last_lr()[0],
                     "step": step,
-                    "train/img_per_s": window_imgs * world / max(dt, 1e-9),
+                    "train/img_per_s": window.images * world / dt,
+                    "train/data_wait_fraction": window.data_wait_s / dt,
                 }
             )
+            wait_fractions.append(metrics["train/data_wait_fraction"])
             if tracker is not None:
                 tracker.log_metrics(metrics, step=step)
-            window, window_t, window_imgs = {}, time.monotonic(), 0
-        else:
-            metrics = None
+            window, window_t = Window(), time.monotonic()
         if step % cfg.checkpoint_every == 0 or last:
-            metrics = metrics or {"step": step}
+            metrics = dict(metrics or {"step": step})
             metrics["train/join_" + "used"] = source.stats.counts.get("used", 0)
-            report(metrics, rank, model, opt, sched, step, save_checkpoint)
+            metrics["data_wait_fraction"] = float(np.mean(wait_fractions or [0.0]))
+            own_state = {
+                "source": source.state_dict(),
+                "rng": rng.bit_generator.state,
+                "torch": rng_state(device),
+            }
+            report(metrics, rank, world, model, opt, sched, step, save_checkpoint, own_state)
         if out_of_time:
             break
 
@@ -172,10 +210,14 @@ def _gt_supervision(ctx: StageContext) -> tuple[Path, SSegLossConfig, list[str]]
     return out, loss, apply_templates(names, (template,))
 
 
-def fit(ctx: StageContext) -> Path:
-    """Run Ray Train; returns the final inference checkpoint path under the stage output."""
+def fit(ctx: StageContext) -> tuple[Path, dict]:
+    """Run Ray Train; returns the final inference checkpoint path under the stage output and
+    rank 0's last reported metrics (``step``: the steps done)."""
+    from ovs.precision import resolve_dtype
+
     cfg: TrainConfig = ctx.section
-    tracker = ctx.tracker
+    resolve_dtype(cfg.amp_dtype, torch.device("cpu"))  # an unknown name fails before Ray Train
+    tracker: Any = ctx.tracker  # an MlflowTracker: workers reopen its run by id
     masks_dir, loss, class_texts = ctx.inputs["pseudo_masks"] / "masks", cfg.loss, None
     if cfg.supervision == "gt":
         masks_dir, loss, class_texts = _gt_supervision(ctx)
@@ -254,9 +296,15 @@ def run(ctx: StageContext) -> dict:
     if not init.exists():
         save_checkpoint(build_model(cfg, ctx.cfg.seed), init, {"step": 0})
     t0 = time.time()
-    final = fit(ctx)
+    final, reported = fit(ctx)
     train_seconds = time.time() - t0
-    metrics: dict[str, float] = {"train_seconds": train_seconds}
+    check_complete(int(reported.get("step", 0)), cfg.steps, "train", cfg.time_limit_s)
+    metrics: dict[str, float] = {
+        "train_seconds": train_seconds,
+        "steps_done": float(reported["step"]),
+        "steps": float(cfg.steps),
+        "data_wait_fraction": float(reported.get("data_wait_fraction", 0.0)),
+    }
     counts: dict[str, int] = {}
     if "world" in ctx.inputs:
         at_init = zero_shot(ctx, init, "init")

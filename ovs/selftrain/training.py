@@ -7,7 +7,6 @@ The distributed loop (Ray Train workers, DDP, checkpoints, MLflow from rank 0) i
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -48,6 +47,7 @@ class SelfTrainConfig:
         "log_every",
         "checkpoint_every",
         "max_failures",
+        "time_limit_s",
     )
 
     target: TargetConfig = field(default_factory=TargetConfig)
@@ -73,13 +73,17 @@ class SelfTrainConfig:
     poly_power: float = 1.0
     min_lr_ratio: float = 0.0  # poly decays to lr * min_lr_ratio (mmseg: 0)
     grad_clip: float = 0.0  # max global grad norm; 0 disables (mmseg UperNet: none)
-    amp_dtype: str = "bfloat16"  # autocast dtype on GPU ("" = fp32); CPU always runs fp32
+    # Autocast dtype (ovs.precision.training_dtype): "auto" = bf16 on CUDA, fp32 on CPU;
+    # "bfloat16"/"float16" are honoured on any device; "float32" (or "") = no autocast.
+    amp_dtype: str = "auto"
     cache_in_memory: bool = True  # keep decoded images in RAM (small datasets)
     log_every: int = 50
     checkpoint_every: int = 250
     keep_checkpoints: int = 2
     max_failures: int = 2  # worker-group restarts (Ray Train FailureConfig)
-    time_limit_s: float = 600.0  # stop early (and checkpoint) after this much training time
+    # Off by default: no wall clock decides a result. When set and hit (checked at log steps,
+    # agreed across ranks) the loop checkpoints and the stage ends resumable, not complete.
+    time_limit_s: float | None = None
     eval_limit: int | None = None  # evaluate on the first N held-out images (None = all)
     inject_failure_at_step: int = -1  # tests: worker raises once at this step (failure drill)
 
@@ -103,7 +107,6 @@ def paper_self_train(dataset: str, root: str) -> SelfTrainConfig:
         weight_decay=0.05,
         log_every=50,
         checkpoint_every=2000,
-        time_limit_s=3 * 24 * 3600.0,
     )
 
 
@@ -205,28 +208,66 @@ def load_rows(
     return rows, counts
 
 
-def batches(
-    rows: list[LabelledRow], batch_size: int, augment: AugmentConfig, rng: np.random.Generator
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+class BatchStream:
     """Endless augmented batches ``(images [B,3,S,S] float in [0,1], labels [B,S,S] int64)``
-    from per-epoch permutations of ``rows`` (images read from disk when not cached)."""
-    if not rows:
-        raise RuntimeError("no pseudo-labelled rows to train on")
-    while True:
-        perm = rng.permutation(len(rows))
-        step = min(batch_size, len(perm))
-        for i in range(0, len(perm) - step + 1, step):
+    from per-epoch permutations of ``rows`` (images read from disk when not cached).
+
+    One ``numpy`` generator draws the permutations and the augmentations. :meth:`state_dict`
+    (the generator's state, the epoch's permutation and the position in it, plain values and
+    tensors only) taken after a batch resumes the stream exactly at the next one.
+    """
+
+    def __init__(
+        self,
+        rows: list[LabelledRow],
+        batch_size: int,
+        augment: AugmentConfig,
+        rng: np.random.Generator,
+    ) -> None:
+        if not rows:
+            raise RuntimeError("no pseudo-labelled rows to train on")
+        self.rows, self.batch_size, self.augment, self.rng = rows, batch_size, augment, rng
+        self._perm: np.ndarray | None = None
+        self._pos = 0
+
+    def state_dict(self) -> dict:
+        perm = None if self._perm is None else torch.from_numpy(self._perm.astype(np.int64))
+        return {"rng": self.rng.bit_generator.state, "perm": perm, "pos": self._pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        perm = state["perm"]
+        self._perm = None if perm is None else perm.numpy()
+        self._pos = int(state["pos"])
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        step = min(self.batch_size, len(self.rows))
+        while True:
+            if self._perm is None or self._pos + step > len(self._perm):
+                self._perm, self._pos = self.rng.permutation(len(self.rows)), 0
+            chosen = self._perm[self._pos : self._pos + step]
+            self._pos += step
             images, labels = [], []
-            for j in perm[i : i + step]:
-                row = rows[j]
+            for j in chosen:
+                row = self.rows[j]
                 try:
                     image = row.image if row.image is not None else read_image(row.image_path)
                 except (OSError, ValueError):  # vanished/corrupt since labelling: skip it
                     continue
                 img = torch.from_numpy(image).permute(2, 0, 1)
                 lab = torch.from_numpy(row.label.astype(np.int64))
-                img, lab = augment_pair(img, lab, augment, rng)
+                img, lab = augment_pair(img, lab, self.augment, self.rng)
                 images.append(img)
                 labels.append(lab)
             if images:
-                yield torch.stack(images), torch.stack(labels)
+                return torch.stack(images), torch.stack(labels)
+
+
+def batches(
+    rows: list[LabelledRow], batch_size: int, augment: AugmentConfig, rng: np.random.Generator
+) -> BatchStream:
+    """The :class:`BatchStream` over ``rows`` (raises ``RuntimeError`` when there are none)."""
+    return BatchStream(rows, batch_size, augment, rng)

@@ -1,0 +1,241 @@
+"""The training loops' pieces that need no Ray: set-up order on a device stand-in, resume-state
+loading (``weights_only``), exact data-stream resume, device-side metric windows, the
+incomplete-stage rule and the training precision."""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from ovs.data.augment import AugmentConfig
+from ovs.objective import SSegLossConfig
+from ovs.precision import training_dtype
+from ovs.selftrain.training import LabelledRow, SelfTrainConfig, batches
+from ovs.stage import StageIncomplete
+from ovs.training import SampleSource, TrainConfig
+from pipelines import self_train, train
+from pipelines.ray_train import Window, check_complete, load_state, rank_state
+from tests.test_shards import make_shard
+
+pytestmark = pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter")
+
+META = torch.device("meta")  # a device that is not the CPU, without a GPU
+
+
+def _tiny_train_cfg(**kw) -> TrainConfig:
+    from ovs.config import load_config
+
+    cfg = load_config(None, ["train.model.input_size=32", "train.augment.size=32"]).train
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def _trained_state(model: torch.nn.Module, opt, sched, step: int) -> dict:
+    """A real CPU training state after ``step`` optimiser steps, as the loop saves it."""
+    for _ in range(step):
+        opt.zero_grad()
+        torch.stack([(p.float() ** 2).sum() for p in model.parameters()]).sum().backward()
+        opt.step()
+        sched.step()
+    buf = io.BytesIO()
+    torch.save(
+        {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()}
+        | {"step": step, "ranks": []},
+        buf,
+    )
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+def _assert_on(device: torch.device, model: torch.nn.Module, opt: torch.optim.Optimizer):
+    assert {p.device.type for p in model.parameters()} == {device.type}
+    moments = [
+        v for st in opt.state.values() for k, v in st.items() if k in ("exp_avg", "exp_avg_sq")
+    ]
+    assert moments, "the resumed optimiser has Adam moments"
+    assert {v.device.type for v in moments} == {device.type}, "optimizer state off-device"
+    for p, st in opt.state.items():
+        assert st["exp_avg"].device == p.device
+
+
+def test_train_setup_moves_model_before_loading_optimizer_state():
+    cfg = _tiny_train_cfg()
+    config = {"cfg": cfg, "seed": 0, "loss": SSegLossConfig()}
+    cpu = torch.device("cpu")
+    model, _, opt, sched, start = train.setup(config, cpu, None)
+    assert start == 0 and not opt.state
+    state = _trained_state(model, opt, sched, 2)
+    model, objective, opt, sched, start = train.setup(config, META, state)
+    assert start == 2 and sched.last_epoch == 2
+    _assert_on(META, model, opt)
+    assert {p.device.type for p in objective.parameters()} == {"meta"}
+
+
+def test_self_train_setup_moves_model_before_loading_optimizer_state():
+    config = {"cfg": SelfTrainConfig(), "seed": 0, "num_classes": 3}
+    model, opt, sched, start = self_train.setup(config, torch.device("cpu"), None)
+    state = _trained_state(model, opt, sched, 1)
+    model, opt, sched, start = self_train.setup(config, META, state)
+    assert start == 1
+    _assert_on(META, model, opt)
+
+
+class Payload:
+    """Unpickling this runs code (``__reduce__``): what a hostile checkpoint would hold."""
+
+    def __reduce__(self):
+        return (Path.touch, (Path("/tmp/ovs-test-never-created"),))
+
+
+def test_resume_state_loads_only_tensors_and_plain_values(tmp_path):
+    good = tmp_path / "good.pt"
+    rng = np.random.default_rng([1, 2])
+    state = {
+        "model": {"w": torch.ones(2)},
+        "step": 3,
+        "ranks": [{"rng": rng.bit_generator.state, "torch": {"cpu": torch.get_rng_state()}}],
+    }
+    torch.save(state, good)
+    loaded = load_state(good)
+    assert loaded["ranks"][0]["rng"] == rng.bit_generator.state
+    bad = tmp_path / "bad.pt"
+    torch.save({"step": 3, "evil": Payload()}, bad)
+    with pytest.raises(pickle.UnpicklingError):
+        load_state(bad)
+    assert not Path("/tmp/ovs-test-never-created").exists()
+
+
+def test_rank_state_needs_the_same_world_size():
+    state = {"ranks": [{"a": 0}, {"a": 1}]}
+    assert rank_state(state, 1, 2) == {"a": 1}
+    assert rank_state(None, 0, 1) is None
+    with pytest.warns(UserWarning, match="saved by 2 ranks"):
+        assert rank_state(state, 0, 3) is None
+
+
+def _jpg(colour: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((8, 8, 3), colour, np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def joined(tmp_path) -> tuple[list[Path], Path, Path]:
+    """3 shards of 5 samples each, every one joined with a mask and a text."""
+    shards, masks, texts = tmp_path / "s", tmp_path / "m", tmp_path / "t"
+    for d in (shards, masks, texts):
+        d.mkdir()
+    for s in range(3):
+        keys = [f"{s:05d}{i:04d}" for i in range(5)]
+        make_shard(
+            shards, f"{s:05d}", [(k, {"jpg": _jpg(10 * i), "txt": k}) for i, k in enumerate(keys)]
+        )
+        grid = np.zeros((4, 4), np.uint8)
+        pq.write_table(
+            pa.table({"key": keys, "label_png": [_png(grid)] * 5, "status": ["ok"] * 5}),
+            masks / f"{s:05d}.parquet",
+        )
+        pq.write_table(
+            pa.table({"key": keys, "text": keys, "keep": [True] * 5, "status": ["ok"] * 5}),
+            texts / f"{s:05d}.parquet",
+        )
+    return sorted(shards.glob("*.tar")), masks, texts
+
+
+@pytest.mark.parametrize("cache", [True, False])
+@pytest.mark.parametrize("cut", [1, 3, 4, 7])  # mid-epoch and at an epoch's end
+def test_sample_source_resumes_exactly(joined, cache, cut):
+    shards, masks, texts = joined
+    cfg = TrainConfig(cache_in_memory=cache, shuffle_buffer=6)
+
+    def source() -> SampleSource:
+        return SampleSource(shards, masks, texts, 8, cfg, seed=5)
+
+    def keys(batch) -> list[str]:
+        return [s.key for s in batch]
+
+    want = [keys(b) for b, _ in zip(source().batches(4), range(12))]
+    first = source()
+    it = first.batches(4)
+    got = [keys(next(it)) for _ in range(cut)]
+    state = first.state_dict()
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    resumed = source()
+    resumed.load_state_dict(torch.load(buf, weights_only=True))
+    it = resumed.batches(4)
+    got += [keys(next(it)) for _ in range(12 - cut)]
+    assert got == want
+    # Every epoch covers the data once: 15 samples -> 3 batches of 4, each key once per epoch.
+    epoch = [k for b in want[:3] for k in b]
+    assert len(epoch) == len(set(epoch)) == 12
+
+
+def test_self_train_batch_stream_resumes_exactly():
+    rng = np.random.default_rng(0)
+    rows = [
+        LabelledRow(
+            str(i),
+            "",
+            rng.integers(0, 3, (8, 8), dtype=np.uint8),
+            rng.integers(0, 255, (8, 8, 3), dtype=np.uint8),
+        )
+        for i in range(5)
+    ]
+    aug = AugmentConfig(size=8, scale=(0.5, 1.0))
+    want = [b for b, _ in zip(batches(rows, 2, aug, np.random.default_rng(3)), range(6))]
+    first = batches(rows, 2, aug, np.random.default_rng(3))
+    got = [next(first) for _ in range(3)]
+    state = first.state_dict()
+    resumed = batches(rows, 2, aug, np.random.default_rng(99))
+    resumed.load_state_dict(state)
+    got += [next(resumed) for _ in range(3)]
+    for (gi, gl), (wi, wl) in zip(got, want):
+        assert torch.equal(gi, wi) and torch.equal(gl, wl)
+    with pytest.raises(RuntimeError, match="no pseudo-labelled rows"):
+        batches([], 2, aug, rng)
+
+
+def test_window_sums_on_device_equal_a_float_loop():
+    values = [torch.tensor(v, dtype=torch.float32) for v in (0.1, 1e-8, 3.3333, 7.25, 1e6)]
+    window = Window()
+    expected = 0.0
+    for v in values:
+        window.add({"loss": v * 2, "grad_norm": v}, images=4)
+        expected += float(v)
+    means = window.means()
+    assert means["grad_norm"] == expected / len(values)  # bit for bit, not approximately
+    assert means["loss"] == sum(float(v * 2) for v in values) / len(values)
+    assert window.images == 20 and window.n == 5
+
+
+def test_check_complete_raises_stage_incomplete_with_steps_done():
+    check_complete(10, 10, "train", None)
+    with pytest.raises(StageIncomplete, match="step 4 of 10") as e:
+        check_complete(4, 10, "train", 60.0)
+    assert e.value.metrics == {"steps_done": 4.0, "steps": 10.0}
+    assert "rerun the same command" in str(e.value)
+
+
+def test_training_precision_defaults():
+    assert TrainConfig().amp_dtype == SelfTrainConfig().amp_dtype == "auto"
+    assert TrainConfig().time_limit_s is None and SelfTrainConfig().time_limit_s is None
+    assert "time_limit_s" in TrainConfig.UNHASHED and "time_limit_s" in SelfTrainConfig.UNHASHED
+    assert training_dtype("auto", torch.device("cpu")) is None
+    assert training_dtype("bfloat16", torch.device("cpu")) is torch.bfloat16
