@@ -120,7 +120,7 @@ def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: tree}
 
 
-def resolved(name: str, overrides: list[str] = ()) -> Config:
+def resolved(name: str, overrides: tuple[str, ...] | list[str] = ()) -> Config:
     return load_config(CONF / name, [f"workdir={WORKDIR}", *overrides])
 
 
