@@ -104,3 +104,72 @@ def test_section_validation_error_names_the_file(tmp_path):
     p = write(tmp_path, "download:\n  url_list: [/x/a.tsv]\n  header: false\n")
     with pytest.raises(ConfigError, match=rf"{p}: download.header is false"):
         load_config(p)
+
+
+# ----------------------------------------------------------------------------- benchmark data
+
+
+def _voc_layout(root: Path, ids=("2007_000001",), val=True) -> Path:
+    """The files ovs.eval.datasets.pascal_voc needs, with tiny images."""
+    import numpy as np
+    from PIL import Image
+
+    base = root / "VOCdevkit" / "VOC2012"
+    for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (base / d).mkdir(parents=True, exist_ok=True)
+    for sid in ids:
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(base / "JPEGImages" / f"{sid}.jpg")
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(base / "SegmentationClass" / f"{sid}.png")
+    if val:
+        (base / "ImageSets/Segmentation/val.txt").write_text("\n".join(ids) + "\n")
+    return root
+
+
+def _bench_cfg(*entries: str):
+    return load_config(None, [f"evaluate.datasets=[{', '.join(entries)}]"]).evaluate
+
+
+def test_missing_benchmark_data_fails_naming_dataset_root_and_key(tmp_path):
+    from ovs.eval.config import BenchmarkMissing, check_benchmarks
+
+    voc = _voc_layout(tmp_path / "voc")
+    check_benchmarks(_bench_cfg(f"{{name: voc21, root: '{voc}'}}"), world_stage=True)
+    nope = tmp_path / "nope"
+    cfg = _bench_cfg(f"{{name: voc21, root: '{voc}'}}", f"{{name: context60, root: '{nope}'}}")
+    with pytest.raises(BenchmarkMissing) as e:
+        check_benchmarks(cfg, world_stage=True)
+    msg = str(e.value)
+    assert "evaluate.datasets[1]" in msg and "context60" in msg and str(nope) in msg
+    assert "\n" not in msg and "optional: true" in msg
+    # "Present" is the layout with its split list and at least one sample on disk.
+    no_list = _voc_layout(tmp_path / "no_list", val=False)
+    with pytest.raises(BenchmarkMissing, match=r"\[0\] \(voc21\).*ImageSets/Segmentation/val.txt"):
+        check_benchmarks(_bench_cfg(f"{{name: voc21, root: '{no_list}'}}"), world_stage=True)
+    empty = _voc_layout(tmp_path / "empty", ids=())
+    (empty / "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt").write_text("2007_000009\n")
+    with pytest.raises(BenchmarkMissing, match="no samples"):
+        check_benchmarks(_bench_cfg(f"{{name: voc21, root: '{empty}'}}"), world_stage=True)
+    with pytest.raises(BenchmarkMissing, match="no root configured"):
+        check_benchmarks(_bench_cfg("{name: voc21}"), world_stage=True)
+    # Two missing: one line, the first in full, the other named.
+    two = _bench_cfg(f"{{name: voc21, root: '{nope}'}}", f"{{name: ade150, root: '{nope}'}}")
+    with pytest.raises(
+        BenchmarkMissing, match=r"datasets\[0\] \(voc21\).*also missing: \[1\] ade150"
+    ):
+        check_benchmarks(two, world_stage=True)
+
+
+def test_optional_and_pipeline_made_benchmarks_are_not_checked_before_the_run(tmp_path):
+    from ovs.eval.config import BenchmarkMissing, check_benchmarks, missing_benchmarks
+
+    nope = tmp_path / "nope"
+    cfg = _bench_cfg(
+        f"{{name: voc21, root: '{nope}', optional: true}}",
+        "{name: context60, root: data/VOCdevkit/VOC2010, from_stage: world}",
+    )
+    check_benchmarks(cfg, world_stage=True)
+    assert [(i, d.name) for i, d, _ in missing_benchmarks(cfg)] == [(0, "voc21")]
+    with pytest.raises(BenchmarkMissing, match=r"datasets\[1\] \(context60\).*not in pipeline"):
+        check_benchmarks(cfg, world_stage=False)
+    with pytest.raises(ConfigError, match="from_stage"):
+        load_config(None, ["evaluate.datasets=[{name: voc21, root: /x, from_stage: train}]"])

@@ -355,3 +355,23 @@ def test_stale_output_reruns_in_place(env):
     assert run_stage(stages, "g", cfg, False, client, exp_id, parent, "")["counts"]["items"] == 2
     run_stage(stages, "g", cfg, False, client, exp_id, parent, "")  # fresh again: skipped
     assert calls == ["g", "g"]
+
+
+def test_missing_benchmark_fails_before_anything_is_written(tmp_path):
+    wd, nope = tmp_path / "w", tmp_path / "no_voc"
+    args = [
+        "pipelines/full.py",
+        f"workdir={wd}",
+        f"evaluate.datasets=[{{name: voc21, root: '{nope}'}}]",
+    ]
+    r = _cli(args, tmp_path)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr[-2000:]
+    assert "evaluate.datasets[0] (voc21)" in r.stderr and str(nope) in r.stderr
+    assert not wd.exists() and not (tmp_path / "ml.db").exists()
+    # Stages other than evaluate are not held up by evaluate's data.
+    from pipelines.common import preflight
+
+    cfg = load_config(None, args[1:])
+    preflight(cfg, ["world", "download", "train"])
+    with pytest.raises(ValueError, match=r"evaluate.datasets\[0\] \(voc21\)"):
+        preflight(cfg, ["train", "evaluate"])

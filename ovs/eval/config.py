@@ -20,8 +20,9 @@ class EvalDatasetConfig:
     ``split=""`` uses the dataset's default eval split; ``max_images=None`` evaluates all.
     ``optional``: if the data is missing, evaluate the rest (and evaluate this one when a
     later run finds its data) instead of failing before the pipeline starts.
-    ``from_stage``: ``""`` = ``root`` is a path on disk; ``"world"`` = ``root`` is relative to
-    the ``world`` stage's output (data the pipeline itself makes, checked when it exists).
+    ``from_stage``: ``""`` = the data exists before the pipeline runs (checked before any
+    stage starts); ``"world"`` = the ``world`` stage makes it (checked when ``evaluate`` runs;
+    a relative ``root`` is taken under the world stage's output directory).
     """
 
     name: str = "world"
