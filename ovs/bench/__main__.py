@@ -10,6 +10,7 @@ BENCHMARKS = {
     "pseudo_masks": "ovs.bench.pseudo_masks",
     "train_step": "ovs.bench.train_step",
     "evaluate": "ovs.bench.evaluate",
+    "ingest": "ovs.bench.ingest",
 }
 
 

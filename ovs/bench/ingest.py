@@ -1,0 +1,205 @@
+"""Benchmark training ingest: img/s delivered to a loop that does nothing, 512-px JPEG shards to
+224-px crops, the Ray Data plan (``pipelines/ingest.py``) against today's loader.
+
+    python -m ovs.bench ingest [--shards 8] [--per-shard 96] [--batch 32] [--draft image]
+
+Shards are generated in a temp dir in the real format (img2dataset webdataset ``.tar`` +
+``.parquet`` + ``_stats.json``, pseudo-mask parquet with 28x28 label PNGs, entity-text
+parquet): smooth random colour fields with texture, JPEG quality 90, about as costly to decode
+as photos. Measured, all in this run:
+
+- ``current``: ``SampleSource`` streaming + ``make_batch`` (decode to 224, float crop), one
+  process, one torch thread: img/s = img/s per core.
+- ``local``: the new per-batch functions in this process, one core (no Ray).
+- ``ray_1``/``ray_2``: the Ray Data plan on a local Ray with 1 and 2 CPUs (one task per CPU);
+  the consuming loop is this process. Per core = img/s / CPUs.
+
+Each rate excludes start-up (Ray start, first block); the consumer counts images of batches
+received between the first and the last. The last stdout line is JSON with
+``img_per_s_per_core`` (ray_1), ``ratio`` (ray_1 per core / current) and ``scaling_1_to_2``
+(ray_2 / ray_1 img/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from ovs.data.augment import AugmentConfig
+from ovs.data.ingest import IngestConfig
+from ovs.pseudo_masks import encode_label_png
+
+_WORDS = "dog cat car tree boat person bus horse chair bottle sky grass water sand".split()
+
+
+def synthetic_jpeg(rng: np.random.Generator, size: int, quality: int = 90) -> bytes:
+    """A photo-like ``size x size`` JPEG: bilinear-upsampled colour field + grain."""
+    coarse = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    field = np.asarray(Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC))
+    grain = rng.normal(0, 12, (size, size, 3))
+    img = np.clip(field + grain, 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def write_shards(
+    root: Path, shards: int, per_shard: int, size: int = 512, grid: int = 28, seed: int = 0
+) -> tuple[Path, Path, Path]:
+    """Shards + pseudo-masks + texts in the pipeline's formats under ``root``; returns
+    ``(shard_dir, masks_dir, texts_dir)``."""
+    rng = np.random.default_rng(seed)
+    dirs = tuple(root / d for d in ("shards", "masks", "texts"))
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+    shard_dir, masks_dir, texts_dir = dirs
+    for s in range(shards):
+        stem = f"{s:05d}"
+        keys = [f"{s:05d}{i:04d}" for i in range(per_shard)]
+        texts = [" ".join(rng.choice(_WORDS, 4)) for _ in keys]
+        with tarfile.open(shard_dir / f"{stem}.tar", "w") as tar:
+            for key, text in zip(keys, texts, strict=True):
+                members = {
+                    "jpg": synthetic_jpeg(rng, size),
+                    "txt": text.encode(),
+                    "json": json.dumps({"key": key}).encode(),
+                }
+                for ext, data in members.items():
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        pq.write_table(
+            pa.table({"key": keys, "caption": texts, "status": ["success"] * per_shard}),
+            shard_dir / f"{stem}.parquet",
+        )
+        (shard_dir / f"{stem}_stats.json").write_text(json.dumps({"successes": per_shard}))
+        blocks = rng.integers(0, 8, (per_shard, grid // 4, grid // 4), dtype=np.uint8)
+        pngs = [encode_label_png(np.kron(b, np.ones((4, 4), np.uint8))) for b in blocks]
+        pq.write_table(
+            pa.table({"key": keys, "label_png": pngs, "status": ["ok"] * per_shard}),
+            masks_dir / f"{stem}.parquet",
+        )
+        pq.write_table(
+            pa.table(
+                {
+                    "key": keys,
+                    "text": texts,
+                    "keep": [True] * per_shard,
+                    "status": ["ok"] * per_shard,
+                    "nouns": [t.split() for t in texts],
+                }
+            ),
+            texts_dir / f"{stem}.parquet",
+        )
+    return shard_dir, masks_dir, texts_dir
+
+
+def _time_batches(batches: Iterator, n: int, size_of) -> float:
+    next(batches)  # start-up: Ray start, first block, shuffle-buffer fill
+    count, t0 = 0, time.perf_counter()
+    for _ in range(n):
+        count += size_of(next(batches))
+    return count / (time.perf_counter() - t0)
+
+
+def current_rate(dirs: tuple[Path, Path, Path], batch: int, n: int, seed: int) -> float:
+    """Today's streaming loader (SampleSource + make_batch), one process, one thread."""
+    import torch
+
+    from ovs.data.shards import list_shards
+    from ovs.training import SampleSource, TrainConfig, make_batch
+
+    torch.set_num_threads(1)
+    cfg = TrainConfig(
+        augment=AugmentConfig(size=224, scale=(0.08, 1.0)),
+        cache_in_memory=False,
+        shuffle_buffer=batch,
+    )
+    shard_dir, masks_dir, texts_dir = dirs
+    source = SampleSource(list_shards(shard_dir), masks_dir, texts_dir, 224, cfg, seed)
+    rng = np.random.default_rng(seed)
+
+    def loop() -> Iterator:
+        for samples in source.batches(batch):
+            yield make_batch(samples, cfg, cfg.model, rng)
+
+    return _time_batches(loop(), n, lambda b: b[0].shape[0])
+
+
+def ingest_rate(
+    dirs: tuple[Path, Path, Path], cfg: IngestConfig, n: int, seed: int, executor: str
+) -> float:
+    from ovs.data.shards import list_shards
+    from pipelines.ingest import RankIngest
+
+    shard_dir, masks_dir, texts_dir = dirs
+    ingest = RankIngest(list_shards(shard_dir), masks_dir, texts_dir, cfg, seed, executor=executor)
+    return _time_batches(ingest.batches(), n, lambda b: b.images.shape[0])
+
+
+def ray_rate(dirs: tuple[Path, Path, Path], cfg: IngestConfig, n: int, seed: int, cpus: int):
+    import ray
+
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        return ingest_rate(dirs, cfg, n, seed, "ray")
+    finally:
+        ray.shutdown()
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m ovs.bench ingest")
+    p.add_argument("--shards", type=int, default=8)
+    p.add_argument("--per-shard", type=int, default=96)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--chunk", type=int, default=32)
+    p.add_argument("--draft", default="image", choices=["image", "crop", "off"])
+    p.add_argument("--current-batches", type=int, default=6)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        dirs = write_shards(Path(d), args.shards, args.per_shard)
+        print(f"wrote {args.shards} x {args.per_shard} 512-px samples in "
+              f"{time.perf_counter() - t0:.1f}s", flush=True)  # fmt: skip
+        cfg = IngestConfig(
+            augment=AugmentConfig(size=224, scale=(0.08, 1.0)),
+            batch_size=args.batch,
+            window_shards=2,
+            chunk_rows=args.chunk,
+            draft=args.draft,
+        )
+        per_epoch = args.shards * args.per_shard // args.batch
+        n = max(2, per_epoch - 2)
+        rates = {"current": current_rate(dirs, args.batch, args.current_batches, args.seed)}
+        print(f"current loader: {rates['current']:.1f} img/s (1 core)", flush=True)
+        rates["local"] = ingest_rate(dirs, cfg, n, args.seed, "local")
+        print(f"new, in-process: {rates['local']:.1f} img/s (1 core)", flush=True)
+        for cpus in (1, 2):
+            rates[f"ray_{cpus}"] = ray_rate(dirs, cfg, n, args.seed, cpus)
+            print(f"new, Ray Data {cpus} CPU(s): {rates[f'ray_{cpus}']:.1f} img/s", flush=True)
+    result = {
+        "benchmark": "ingest",
+        "draft": args.draft,
+        "batch": args.batch,
+        "img_per_s": {k: round(v, 1) for k, v in rates.items()},
+        "img_per_s_per_core": round(rates["ray_1"], 1),
+        "img_per_s_per_core_2": round(rates["ray_2"] / 2, 1),
+        "current_img_per_s_per_core": round(rates["current"], 1),
+        "ratio": round(rates["ray_1"] / rates["current"], 2),
+        "ratio_local": round(rates["local"] / rates["current"], 2),
+        "scaling_1_to_2": round(rates["ray_2"] / rates["ray_1"], 2),
+    }
+    print(json.dumps(result))
+    return 0
