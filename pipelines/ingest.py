@@ -57,6 +57,9 @@ def decode_chunk_batch(
     batch: dict[str, np.ndarray], masks_dir: str, texts_dir: str, cfg: IngestConfig, seed: int
 ) -> dict[str, np.ndarray]:
     """Ray Data task body: one plan row (a chunk) -> one block of decoded, augmented rows."""
+    import cv2
+
+    cv2.setNumThreads(1)  # one task per CPU: no OpenCV thread pool inside a task
     chunk = Chunk(
         epoch=int(batch["epoch"][0]),
         window=int(batch["window"][0]),

@@ -287,3 +287,36 @@ def test_ray_data_plan_equals_local(data, ray_local):
     for a, b in zip(local, remote, strict=True):
         _same(a, b)
     assert ray_it.counts["used"] == 40
+
+
+def _worker_loop(config):
+    """Ray Train V2 worker: builds its own rank dataset (no ``datasets=``) and records keys."""
+    import json
+    from pathlib import Path
+
+    import ray.train
+
+    rank = ray.train.get_context().get_world_rank()
+    shards, masks, texts = config["dirs"]
+    ingest = RankIngest(list_shards(shards), masks, texts, _cfg(), seed=3, rank=rank)
+    keys = [b.keys for b in _take(ingest.batches(start_step=1), 2)]
+    Path(config["out"]).write_text(json.dumps({"keys": keys, "used": ingest.counts["used"]}))
+
+
+def test_rank_dataset_inside_ray_train_worker(data, ray_local, tmp_path):
+    import json
+
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    out = tmp_path / "keys.json"
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"dirs": [str(d) for d in data], "out": str(out)},
+        scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+        run_config=ray.train.RunConfig(name="ingest", storage_path=str(tmp_path / "ray")),
+    )
+    trainer.fit()
+    got = json.loads(out.read_text())
+    want = [b.keys for b in _take(_ingest(data).batches(start_step=1), 2)]
+    assert got == {"keys": want, "used": 16}

@@ -279,26 +279,27 @@ def crop_labels(
         rows = _nearest(rows, gh, height)
     if gw != width:
         cols = _nearest(cols, gw, width)
-    return grid[rows[:, None], cols[None, :]]
+    return grid[rows][:, cols]  # two 1-D takes: ~10x faster than one 2-D fancy gather
 
 
 # Below this reduction factor the crop is resized with plain bilinear (OpenCV, one pass);
 # antialiasing would widen the filter by at most this factor and changes almost nothing.
 PLAIN_BILINEAR_MAX_REDUCTION = 1.25
+_CV2_REDUCED = {1: "IMREAD_COLOR", 2: "IMREAD_REDUCED_COLOR_2", 4: "IMREAD_REDUCED_COLOR_4",
+                8: "IMREAD_REDUCED_COLOR_8"}  # fmt: skip
 
 
-def _resize_box(im: Image.Image, box: tuple[float, float, float, float], size: int) -> np.ndarray:
-    """Crop ``box`` (fractional pixels of ``im``) resized to ``[size, size, 3]`` uint8:
+def _resize_box(src: np.ndarray, box: tuple[float, float, float, float], size: int) -> np.ndarray:
+    """Crop ``box`` (fractional pixels of ``src`` uint8 [h,w,3]) resized to ``[size,size,3]``:
     antialiased bilinear (PIL) when it reduces by more than ``PLAIN_BILINEAR_MAX_REDUCTION``,
     else plain bilinear with the same pixel-centre mapping (``cv2.warpAffine``, faster)."""
     x0, y0, x1, y1 = box
     fx, fy = (x1 - x0) / size, (y1 - y0) / size
     if max(fx, fy) > PLAIN_BILINEAR_MAX_REDUCTION:
-        out = im.resize((size, size), Image.Resampling.BILINEAR, box=box)
+        out = Image.fromarray(src).resize((size, size), Image.Resampling.BILINEAR, box=box)
         return np.asarray(out, dtype=np.uint8)
     import cv2
 
-    src = np.asarray(im, dtype=np.uint8)
     m = np.array([[fx, 0.0, x0 + 0.5 * fx - 0.5], [0.0, fy, y0 + 0.5 * fy - 0.5]], np.float64)
     return cv2.warpAffine(
         src,
@@ -309,34 +310,59 @@ def _resize_box(im: Image.Image, box: tuple[float, float, float, float], size: i
     )
 
 
+def _dct_scale(width: int, height: int, want: tuple[int, int]) -> int:
+    """PIL ``draft``'s choice: the largest of 1/8, 1/4, 1/2, 1 keeping ``>= want`` px."""
+    scale = min(width // max(want[0], 1), height // max(want[1], 1))
+    return max(d for d in (1, 2, 4, 8) if d <= max(scale, 1))
+
+
+def decode_rgb(data: bytes, denom: int) -> np.ndarray | None:
+    """Image bytes -> uint8 RGB [h,w,3], JPEGs decoded at DCT scale ``1/denom`` (libjpeg-turbo
+    through OpenCV, EXIF orientation ignored as PIL does); other formats, and anything OpenCV
+    refuses, through PIL at full size; None if undecodable."""
+    import cv2
+
+    flag = getattr(cv2, _CV2_REDUCED[denom]) | cv2.IMREAD_IGNORE_ORIENTATION
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flag) if data else None
+    if bgr is not None and bgr.ndim == 3:
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except Exception:  # noqa: BLE001 - PIL raises many types; a bad image is counted
+        return None
+
+
 def augment_jpeg(
     data: bytes, grid: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator, draft: str
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Decode + random resized crop + flip of one sample, image and label grid alike.
 
     The crop box and flip are drawn exactly as :func:`ovs.data.augment.augment_pair` draws
-    them (box in full-resolution pixels from the JPEG header, then the flip). The image is
-    decoded at the DCT scale ``draft`` asks for and the crop resized straight from it (one
-    pass with a fractional source box, no full-image resize; see :func:`_resize_box`).
+    them (box in full-resolution pixels from the header, then the flip). A JPEG is decoded
+    at the DCT scale ``draft`` asks for and the crop resized straight from it (one pass with
+    a fractional source box, no full-image resize; see :func:`_resize_box`).
     Returns ``(image uint8 [3,S,S], label uint8 [S,S])`` or None when it does not decode.
     """
     s = cfg.size
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            width, height = im.size
-            top, left, h, w = box = sample_crop(height, width, cfg.scale, cfg.ratio, rng)
-            flip = rng.uniform() < cfg.hflip
-            sx = sy = 1.0
-            if draft != "off":
-                want = (s, s) if draft == "image" else (-(-s * width // w), -(-s * height // h))
-                scaled = im.draft("RGB", want)
-                if scaled is not None:
-                    sx, sy = scaled[1][2] / width, scaled[1][3] / height
-            im.load()
-            src = im if im.mode == "RGB" else im.convert("RGB")
-            image = _resize_box(src, (left * sx, top * sy, (left + w) * sx, (top + h) * sy), s)
-    except Exception:  # noqa: BLE001 - PIL raises many types; a bad image is counted
+        with Image.open(io.BytesIO(data)) as im:  # header only
+            width, height, is_jpeg = im.width, im.height, im.format == "JPEG"
+    except Exception:  # noqa: BLE001
         return None
+    top, left, h, w = box = sample_crop(height, width, cfg.scale, cfg.ratio, rng)
+    flip = rng.uniform() < cfg.hflip
+    denom = 1
+    if is_jpeg and draft != "off":
+        want = (s, s) if draft == "image" else (-(-s * width // w), -(-s * height // h))
+        denom = _dct_scale(width, height, want)
+    src = decode_rgb(data, denom)
+    if src is None:
+        return None
+    sx, sy = src.shape[1] / width, src.shape[0] / height  # full-size fallback: 1
+    if denom > 1 and src.shape[1] == -(-width // denom):
+        sx = sy = 1.0 / denom  # libjpeg rounds the size up: the exact scale is 1/denom
+    image = _resize_box(src, (left * sx, top * sy, (left + w) * sx, (top + h) * sy), s)
     label = crop_labels(grid, (height, width), box, s)
     if flip:
         image, label = image[:, ::-1], label[:, ::-1]
