@@ -32,10 +32,16 @@ SCLIP32 = (
 )
 
 
-def _voc(root, n=2, h=24, w=40):
-    """A tiny PASCAL VOC 2012 layout (palette labels with background and border pixels)."""
-    base = root / "VOCdevkit" / "VOC2012"
-    for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+def _voc(root, n=2, h=24, w=40, context=False):
+    """A tiny PASCAL VOC 2012 layout (palette labels with background and border pixels), or
+    with ``context`` the PASCAL Context one (VOC2010, SegmentationClassContext, 60 classes)."""
+    year, labels, lists, classes = (
+        ("VOC2010", "SegmentationClassContext", "SegmentationContext", 60)
+        if context
+        else ("VOC2012", "SegmentationClass", "Segmentation", 21)
+    )
+    base = root / "VOCdevkit" / year
+    for d in ("JPEGImages", labels, f"ImageSets/{lists}"):
         (base / d).mkdir(parents=True)
     rng = np.random.default_rng(0)
     ids = [f"2007_{i:06d}" for i in range(n)]
@@ -43,10 +49,10 @@ def _voc(root, n=2, h=24, w=40):
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
             base / "JPEGImages" / f"{sid}.jpg"
         )
-        label = rng.integers(0, 21, (h, w)).astype(np.uint8)
+        label = rng.integers(0, classes, (h, w)).astype(np.uint8)
         label[0] = 255
-        Image.fromarray(label, mode="L").save(base / "SegmentationClass" / f"{sid}.png")
-    (base / "ImageSets/Segmentation/val.txt").write_text("\n".join(ids) + "\n")
+        Image.fromarray(label, mode="L").save(base / labels / f"{sid}.png")
+    (base / f"ImageSets/{lists}/val.txt").write_text("\n".join(ids) + "\n")
     return root
 
 
@@ -162,3 +168,16 @@ def test_evaluate_stage(tmp_path, mlflow_uri, ray_local, caplog):
     assert m2["metrics"]["maskclip.sclip32.voc21.miou"] == pytest.approx(
         m["metrics"]["maskclip.sclip32.voc21.miou"]
     )
+
+    # The optional benchmark's data appears: the next run evaluates it in the same directory
+    # (the other results kept), then the output is complete again and skipped.
+    _voc(tmp_path / "no_context", context=True)
+    with caplog.at_level(logging.INFO, logger="ovs"):
+        m3 = run_stage(STAGES, "evaluate", cfg, False, client, exp_id, parent, "")
+    assert "benchmark context60 was missing" in caplog.text and "rerunning" in caplog.text
+    assert m3["counts"]["context60.images"] == 2 and m3["counts"]["datasets_missing"] == 0
+    assert m3["mlflow_run_id"] != m2["mlflow_run_id"] and "context60.miou" in m3["metrics"]
+    assert kept.stat().st_mtime_ns == kept_mtime and read_manifest(out) == m3
+    assert m3["metrics"]["voc21.miou"] == pytest.approx(m["metrics"]["voc21.miou"])
+    m4 = run_stage(STAGES, "evaluate", cfg, False, client, exp_id, parent, "")
+    assert m4["mlflow_run_id"] == m3["mlflow_run_id"]  # skipped
