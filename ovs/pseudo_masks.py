@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ovs import precision
 from ovs.device_decode import decode_resize_batch
 from ovs.features import ExtractorArgs, build_extractor
 from ovs.kmeans import kmeans
@@ -40,12 +41,7 @@ STATUS_DECODE_ERROR = "decode_error"
 STATUS_BAD_IMAGE = "bad_image"
 
 DECODE_PLACES = ("cpu", "device")
-
-AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
-    "float32": None,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
+AUTOCAST_CHOICES = tuple(c for c in precision.CHOICES if c)  # auto, float32, bfloat16, float16
 
 
 @dataclass
@@ -55,7 +51,13 @@ class PseudoMaskConfig:
     The tiny default clusters colour + position of the synthetic world's 64x64 images (the
     paper's K-means baseline) and runs in seconds on CPU. Paper scale: ``extractor="dino_vits8"``
     (with ``checkpoint`` offline), ``image_size=224``, ``k=8``, ``batch_size=128``,
-    ``num_gpus=1.0``, ``num_actors`` = number of GPUs, ``autocast="bfloat16"``.
+    ``num_gpus=1.0``, ``num_actors`` = number of GPUs, ``autocast="auto"`` (bf16 there).
+
+    ``autocast: auto`` resolves per machine (:func:`ovs.precision.resolve_dtype`): bfloat16
+    where bf16 is native (CUDA; CPUs with AVX-512 BF16 or AMX), float32 elsewhere, where
+    emulated bf16 runs several times slower. The stage hash holds ``"auto"``, not the
+    resolved dtype, so, as with ``device``, one output directory may hold masks computed in
+    either dtype (they agree to within K-means ties).
     """
 
     # How the stage runs, not what it computes: left out of the stage hash (ovs.config.hash_view).
@@ -92,7 +94,9 @@ class PseudoMaskConfig:
     # their device: nvJPEG on GPUs; ovs.device_decode)
     decode: str = "cpu"
     device: str = "auto"  # "auto" (cuda if available) | "cpu" | "cuda" | "cuda:N"
-    autocast: str = "bfloat16"  # extractor compute dtype: float32 | bfloat16 | float16
+    # Extractor compute dtype: "auto" (bfloat16 where native, else float32; ovs.precision) |
+    # "float32" | "bfloat16" | "float16"
+    autocast: str = "auto"
     # How the extractor runs (ovs.runtimes): "auto" (oneDNN Graph for ViTs on CPU, else eager) |
     # "eager" | "inductor" (torch.compile; try it on GPUs) | "onednn_graph" (CPU)
     runtime: str = "auto"
@@ -203,8 +207,8 @@ class PseudoMasker:
     """
 
     def __init__(self, cfg: PseudoMaskConfig, device: str | None = None) -> None:
-        if cfg.autocast not in AUTOCAST_DTYPES:
-            raise ValueError(f"autocast must be one of {sorted(AUTOCAST_DTYPES)}")
+        if cfg.autocast not in AUTOCAST_CHOICES:
+            raise ValueError(f"autocast must be one of {AUTOCAST_CHOICES}, got {cfg.autocast!r}")
         if cfg.smooth and cfg.smooth % 2 == 0:
             raise ValueError(f"smooth must be 0 or odd, got {cfg.smooth}")
         if cfg.decode not in DECODE_PLACES:
@@ -225,7 +229,8 @@ class PseudoMasker:
         extractor = build_extractor(cfg.extractor, args).to(self.device)
         self.extractor = extractor.to(memory_format=torch.channels_last)
         self.metric = extractor.default_metric if cfg.metric == "auto" else cfg.metric
-        self.autocast_dtype = AUTOCAST_DTYPES[cfg.autocast]
+        # None = float32; "auto" follows the hardware, and the runtime follows the dtype.
+        self.autocast_dtype = precision.resolve_dtype(cfg.autocast, self.device)
         self.runtime = resolve_runtime(cfg.runtime, self.device, extractor, self.autocast_dtype)
         self._forward = build_forward(
             extractor, self.runtime, self.device, self.autocast_dtype, max(1, cfg.batch_size)

@@ -15,9 +15,10 @@ them; ``resolve_runtime`` turns ``"auto"`` into one:
   Each image shape is traced once, for a fixed batch size (short batches are padded), and run
   twice to warm up: TorchScript's profiling executor runs the first call of a graph unfused.
 
-``"auto"`` is ``onednn_graph`` for ViTs on CPU (unless the compute dtype is float16, which
-oneDNN Graph does not run on CPU, or bfloat16 on a CPU without oneDNN bf16 kernels) and
-``eager`` everywhere else. On GPUs, ``inductor`` is the one to try; it is not the default
+``"auto"`` follows the compute dtype the caller resolved (the masker's ``autocast: auto`` is
+bfloat16 only where bf16 is native, :mod:`ovs.precision`): ``onednn_graph`` for ViTs on CPU
+(unless the dtype is float16, which oneDNN Graph does not run on CPU, or bfloat16 on a CPU
+without oneDNN bf16 kernels) and ``eager`` everywhere else. On GPUs, ``inductor`` is the one to try; it is not the default
 because it has not been measured on one here.
 """
 
@@ -30,6 +31,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ovs import precision
 from ovs.features import PixelFeatures, ViTFeatures
 
 RUNTIMES = ("auto", "eager", "inductor", "onednn_graph")
@@ -42,10 +44,7 @@ def onednn_fuses(dtype: torch.dtype | None) -> bool:
     only where oneDNN has bf16 kernels (AVX-512 or AMX); elsewhere it would run unfused."""
     if dtype in (None, torch.float32):
         return True
-    try:
-        return dtype == torch.bfloat16 and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    return dtype == torch.bfloat16 and precision.cpu_native_bf16()
 
 
 def resolve_runtime(

@@ -215,3 +215,62 @@ def test_oracle_on_world_images_beats_random_segments():
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     assert buf.getvalue()[:4] == b"\x89PNG"
+
+
+# ----------------------------------------------------------------------------- precision
+
+
+def test_autocast_auto_follows_the_hardware(monkeypatch):
+    """``autocast: auto`` (the default) is bf16 only where it is native; the runtime follows."""
+    from ovs import precision
+
+    assert PseudoMaskConfig().autocast == "auto"
+    with pytest.raises(ValueError, match="autocast must be one of"):
+        PseudoMasker(PseudoMaskConfig(autocast="bf16"), device="cpu")
+    vit = dict(extractor="dino_vits8", random_init=True, image_size=32, batch_size=2)
+    for native in (True, False):
+        monkeypatch.setattr(precision, "cpu_native_bf16", lambda native=native: native)
+        pixels = PseudoMasker(PseudoMaskConfig(), device="cpu")
+        assert pixels.autocast_dtype == (torch.bfloat16 if native else None)
+        assert pixels.runtime == "eager"
+        masker = PseudoMasker(PseudoMaskConfig(**vit), device="cpu")
+        assert masker.autocast_dtype == (torch.bfloat16 if native else None)
+        assert masker.runtime == "onednn_graph"  # fuses bf16 where native, fp32 elsewhere
+        # An explicit bf16 on a CPU without native bf16 cannot be fused: eager.
+        forced = PseudoMasker(PseudoMaskConfig(**vit, autocast="bfloat16"), device="cpu")
+        assert forced.autocast_dtype == torch.bfloat16
+        assert forced.runtime == ("onednn_graph" if native else "eager")
+
+
+def test_autocast_auto_real_behaviour_on_this_machine():
+    """Unpatched: auto resolves to this CPU's answer and computes exactly what that dtype
+    computes when named explicitly."""
+    from ovs import precision
+
+    resolved = precision.resolve_dtype("auto", torch.device("cpu"))
+    name = "bfloat16" if resolved == torch.bfloat16 else "float32"
+    imgs = np.random.default_rng(3).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    cfg = dict(extractor="dino_vits8", random_init=True, image_size=32, batch_size=2, seed=1)
+    auto = PseudoMasker(PseudoMaskConfig(**cfg), device="cpu")
+    named = PseudoMasker(PseudoMaskConfig(**cfg, autocast=name), device="cpu")
+    assert auto.autocast_dtype == resolved and auto.runtime == named.runtime
+    fa, _ = auto.features(imgs)
+    fn, _ = named.features(imgs)
+    assert fa.dtype == (resolved or torch.float32)
+    torch.testing.assert_close(fa, fn, rtol=0, atol=0)
+
+
+def test_bench_says_what_the_machine_supports_and_which_dtype_ran(capsys):
+    import json
+
+    from ovs import precision
+    from ovs.bench.pseudo_masks import main
+
+    tiny = ["--image-size", "32", "--batch-size", "2", "--naive-images", "1", "--device", "cpu"]
+    assert main([*tiny, "--rounds", "1", "--gemm-size", "64", "--jpeg-size", "32"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    cpu = torch.device("cpu")
+    resolved = precision.resolve_dtype("auto", cpu)
+    assert line["autocast"] == "auto" and line["precision"] == precision.describe(cpu)
+    assert line["dtype"] == line["gemm_dtype"] == str(resolved or torch.float32)[6:]
+    assert line["img_per_s"] > 0

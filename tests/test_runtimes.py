@@ -94,3 +94,16 @@ def test_inductor_runtime_matches_eager():
         (out, grid), (ref, ref_grid) = fwd(x), pixels(x)
     assert grid == ref_grid == (4, 4)
     torch.testing.assert_close(out, ref)
+
+
+def test_auto_runtime_follows_native_bf16(vit, monkeypatch):
+    """bf16 goes to oneDNN Graph only where the CPU has bf16 kernels (ovs.precision)."""
+    from ovs import precision
+
+    for native, expected in ((True, "onednn_graph"), (False, "eager")):
+        monkeypatch.setattr(precision, "cpu_native_bf16", lambda native=native: native)
+        assert onednn_fuses(torch.bfloat16) is native and onednn_fuses(None)
+        assert resolve_runtime("auto", CPU, vit, torch.bfloat16) == expected
+        assert resolve_runtime("auto", CPU, vit, precision.resolve_dtype("auto", CPU)) == (
+            "onednn_graph"
+        )

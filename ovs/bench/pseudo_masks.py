@@ -8,7 +8,10 @@ same weights:
 
 - stage path (``img_per_s``): ``PseudoMasker`` on batches — the extractor forward in the
   config's runtime (``--runtime``, default ``auto``: oneDNN Graph on CPU, see
-  ``ovs.runtimes``) and compute dtype, batched torch K-means, PNG encoding of the label maps;
+  ``ovs.runtimes``) and compute dtype (``--autocast``, default ``auto``: bfloat16 where the
+  machine runs it natively, float32 elsewhere; the JSON line's ``dtype`` is what ran and
+  ``precision`` what the machine supports, :func:`ovs.precision.describe`), batched torch
+  K-means, PNG encoding of the label maps;
 - stage path from JPEG bytes (``jpeg_img_per_s``): the same, starting from ``--jpeg-size``
   JPEGs decoded and resized in the masker (``decode: device``: TorchCodec, nvJPEG on GPUs);
 - naive path (``naive_img_per_s``): per image, a float32 forward of the timm model, then
@@ -37,9 +40,10 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from ovs import precision
 from ovs.kmeans import kmeans
 from ovs.pseudo_masks import (
-    AUTOCAST_DTYPES,
+    AUTOCAST_CHOICES,
     PseudoMaskConfig,
     PseudoMasker,
     cpu_threads,
@@ -61,7 +65,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--batches", type=int, default=1, help="stage batches per round")
     p.add_argument("--naive-images", type=int, default=4, help="naive images per round")
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--autocast", default="bfloat16", choices=sorted(AUTOCAST_DTYPES))
+    p.add_argument(
+        "--autocast",
+        default="auto",
+        choices=AUTOCAST_CHOICES,
+        help="compute dtype; auto = bfloat16 where native, else float32 (ovs.precision)",
+    )
     p.add_argument("--runtime", default="auto", choices=RUNTIMES)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch/sklearn threads (0: default)")
@@ -212,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     jpeg_masker = PseudoMasker(replace(cfg, decode="device"))
     jpeg_batch = {"key": keys, "jpg": _jpegs(args.batch_size, args.jpeg_size)}
     flops_per_img = _forward_flops(masker, args.image_size)
-    dtype = AUTOCAST_DTYPES[args.autocast] or torch.float32
+    dtype = masker.autocast_dtype or torch.float32  # what --autocast resolved to here
     gemm_a = torch.randn(args.gemm_size, args.gemm_size, device=device).to(dtype)
     # The ViT MLP's first GEMM: [batch * tokens, C] @ [C, 4C].
     c = int(getattr(masker.extractor, "feat_dim", 384))
@@ -278,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         "k": args.k,
         "batch_size": args.batch_size,
         "autocast": args.autocast,
+        "dtype": str(dtype).replace("torch.", ""),
+        "precision": precision.describe(device),
         "runtime": masker.runtime,
         "img_per_s": round(img_per_s, 3),
         "jpeg_img_per_s": round(n["jpeg"] / t["jpeg"], 3),
