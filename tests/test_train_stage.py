@@ -1,5 +1,6 @@
 """The train stage through the real runner: Ray Train (2 DDP workers on gloo), MLflow, an
-injected worker failure (restart from checkpoint) and a whole-job restart (resume)."""
+injected worker failure (restart from checkpoint), a whole-job restart and a time limit (both
+resume), each resumed run bit-identical to an uninterrupted one, and reproducible metrics."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from ovs.config import load_config
 from ovs.models.sseg import load_checkpoint
-from ovs.stage import read_manifest, resolve
+from ovs.stage import StageIncomplete, read_manifest, resolve
 from pipelines.common import connect_mlflow, run_stage
 from pipelines.graph import STAGES
 from tests.tiny_world import tiny_world
@@ -35,6 +36,17 @@ def _cfg(tmp_path, *extra):
     )
 
 
+TIMING = {"train_seconds", "data_wait_fraction"}  # how fast, not what: may differ between runs
+
+
+def _weights(out) -> dict[str, torch.Tensor]:
+    return torch.load(out / "model" / "latest.pt", weights_only=True)["model"]
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def _steps_logged(client: MlflowClient, run_id: str) -> list[int]:
     return sorted({m.step for m in client.get_metric_history(run_id, "train/loss")})
 
@@ -53,10 +65,14 @@ def test_train_with_worker_failure_then_job_restart(tmp_path, mlflow_uri, ray_lo
     # Worker group restarted from the step-2 checkpoint: steps 2..6 were logged, none lost.
     assert _steps_logged(client, m["mlflow_run_id"])[-1] == 6
     assert set(m["metrics"]) >= {"miou", "miou_at_init", "oracle_miou", "train_seconds"}
+    assert m["metrics"]["steps_done"] == m["metrics"]["steps"] == 6
+    assert 0.0 < m["metrics"]["data_wait_fraction"] < 1.0
+    waits = client.get_metric_history(m["mlflow_run_id"], "train/data_wait_fraction")
+    assert waits and all(0.0 < w.value < 1.0 for w in waits)
     model = load_checkpoint(out / "model" / "latest.pt")
     assert model.text_embeddings(["cat"]).shape == (1, model.cfg.embed_dim)
     run = client.get_run(m["mlflow_run_id"])
-    assert {"miou", "miou_at_init", "oracle_miou"} <= set(run.data.metrics)
+    assert {"miou", "miou_at_init", "oracle_miou", "steps_done", "steps"} <= set(run.data.metrics)
     arts = {a.path for a in client.list_artifacts(m["mlflow_run_id"])}
     assert {"overlays.png", "per_class_iou.png", "confusion.png", "model"} <= arts
 
@@ -71,14 +87,30 @@ def test_train_with_worker_failure_then_job_restart(tmp_path, mlflow_uri, ray_lo
     assert _steps_logged(client, m2["mlflow_run_id"]) == [4], "resumed at step 2, not step 0"
     assert torch.load(out2 / "model" / "latest.pt", weights_only=True)["step"] == 4
 
-    # Reproducible: the same config trained again from scratch (two DDP ranks, one thread each)
-    # gives bit-identical weights.
-    cfg3 = _cfg(tmp_path, "train.steps=3", "train.eval_limit=1")
-    out3 = resolve(STAGES, "train", cfg3).out_dir
-    weights = []
-    for force in (False, True):  # force: the output is wiped, so the second run trains anew
-        m3 = run_stage(STAGES, "train", cfg3, force, client, exp_id, parent, "")
-        assert _steps_logged(client, m3["mlflow_run_id"])[-1] == 3
-        weights.append(torch.load(out3 / "model" / "latest.pt", weights_only=True)["model"])
-    assert weights[0].keys() == weights[1].keys()
-    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    # A time limit that is hit: the loop checkpoints at its first log step (step 2) and the
+    # stage ends incomplete, without a manifest. The limit is not in the stage hash, so the
+    # rerun without it continues the same output from step 2.
+    limited = _cfg(tmp_path, "train.steps=4", "train.time_limit_s=1e-9")
+    with pytest.raises(StageIncomplete, match="stopped at step 2 of 4") as stopped:
+        run_stage(STAGES, "train", limited, False, client, exp_id, parent, "")
+    assert stopped.value.metrics["steps_done"] == 2
+    out4 = resolve(STAGES, "train", limited).out_dir
+    assert read_manifest(out4) is None
+    unlimited = _cfg(tmp_path, "train.steps=4")
+    assert resolve(STAGES, "train", unlimited).out_dir == out4
+    m4 = run_stage(STAGES, "train", unlimited, False, client, exp_id, parent, "")
+    assert _steps_logged(client, m4["mlflow_run_id"]) == [4], "resumed at step 2"
+    assert m4["metrics"]["steps_done"] == 4
+
+    # Reproducible, and resume equals an uninterrupted run: the same config trained again from
+    # scratch (two DDP ranks, one thread each, force: the output is wiped) gives bit-identical
+    # weights and identical metrics to the run resumed after the time limit, and to the run
+    # resumed after the job failure: data order, augmentation, noun draws and dropout continue
+    # from the checkpoint.
+    resumed = _weights(out4)
+    fresh = run_stage(STAGES, "train", unlimited, True, client, exp_id, parent, "")
+    assert _steps_logged(client, fresh["mlflow_run_id"]) == [2, 4]
+    assert _same(_weights(out4), resumed), "resume after the time limit differs"
+    assert _same(_weights(out2), resumed), "resume after a job failure differs"
+    metrics = [{k: v for k, v in r["metrics"].items() if k not in TIMING} for r in (m4, fresh)]
+    assert metrics[0] == metrics[1] and {"miou", "miou_at_init", "pixel_acc"} <= set(metrics[0])
