@@ -18,12 +18,13 @@ from ovs.data.ingest import (
     IngestConfig,
     augment_jpeg,
     crop_labels,
+    decode_label,
     join_shard,
     plan_epoch,
     sample_rng,
 )
 from ovs.data.shards import list_shards
-from ovs.pseudo_masks import encode_label_png
+from ovs.pseudo_masks import decode_label_png, encode_label_png
 from pipelines.ingest import RankIngest
 from tests.test_shards import make_shard
 
@@ -320,3 +321,11 @@ def test_rank_dataset_inside_ray_train_worker(data, ray_local, tmp_path):
     got = json.loads(out.read_text())
     want = [b.keys for b in _take(_ingest(data).batches(start_step=1), 2)]
     assert got == {"keys": want, "used": 16}
+
+
+def test_decode_label_equals_pil():
+    grid = np.random.default_rng(0).integers(0, 8, (14, 9)).astype(np.uint8)
+    png = encode_label_png(grid)
+    np.testing.assert_array_equal(decode_label(png), decode_label_png(png))
+    np.testing.assert_array_equal(decode_label(png), grid)
+    assert decode_label(b"\x89PNG broken") is None

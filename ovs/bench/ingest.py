@@ -208,7 +208,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--shards", type=int, default=8)
     p.add_argument("--per-shard", type=int, default=128)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--chunk", type=int, default=64)
+    p.add_argument("--chunk", type=int, default=128)
     p.add_argument("--draft", default="image", choices=["image", "crop", "off"])
     p.add_argument("--current-batches", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)

@@ -80,7 +80,7 @@ class IngestConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     batch_size: int = 32
     window_shards: int = 2  # shuffle window: a full permutation over this many shards
-    chunk_rows: int = 128  # rows per decode task (one Ray Data block)
+    chunk_rows: int = 128  # rows per decode task (one Ray Data block, ~25 MB at 224 px)
     require_keep: bool = False  # CC4M entity filter
     draft: str = "image"
 
@@ -369,6 +369,20 @@ def augment_jpeg(
     return image.transpose(2, 0, 1), label
 
 
+def decode_label(png: bytes) -> np.ndarray | None:
+    """Label PNG (mode L) -> uint8 [h, w] through OpenCV (no PIL image round trip); PIL's
+    :func:`ovs.pseudo_masks.decode_label_png` for what OpenCV does not read as one channel."""
+    import cv2
+
+    grid = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+    if grid is not None and grid.ndim == 2 and grid.dtype == np.uint8:
+        return grid
+    try:
+        return decode_label_png(png)
+    except Exception:  # noqa: BLE001 - a corrupt label PNG is an undecodable sample
+        return None
+
+
 def sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
     """The generator of one sample's augmentation: a function of (seed, epoch, key) only."""
     return np.random.default_rng([image_seed(seed, key), epoch])
@@ -403,7 +417,7 @@ def decode_chunk(
             f.seek(int(table.offset[i]))
             data = f.read(int(table.size[i]))
             png = table.label_png[i]
-            grid = decode_label_png(png) if png else None
+            grid = decode_label(png) if png else None
             rng = sample_rng(seed, chunk.epoch, table.keys[i])
             out = (
                 augment_jpeg(data, grid, cfg.augment, rng, cfg.draft) if grid is not None else None
@@ -513,18 +527,18 @@ class BatchAssembler:
             self.counts["empty_batch"] += 1
             self.counts[UNDECODABLE] += len(ok)
             return None
-        src = np.arange(len(ok))
         if len(good) < len(ok):
             self.counts[UNDECODABLE] += int(len(ok) - len(good))
+            src = np.arange(len(ok))
             prev = np.maximum.accumulate(np.where(ok, src, -1))  # previous good row
-            src = np.where(prev >= 0, prev, good[0])
+            cols = {k: v[np.where(prev >= 0, prev, good[0])] for k, v in cols.items()}
         self.counts["used"] += len(good)
         return IngestBatch(
-            images=torch.from_numpy(np.ascontiguousarray(cols["image"][src])),
-            labels=torch.from_numpy(cols["label"][src].astype(np.int64)),
-            texts=[str(t) for t in cols["text"][src]],
-            nouns=[tuple(str(x) for x in n) for n in cols["nouns"][src]],
-            keys=[str(k) for k in cols["key"][src]],
+            images=torch.from_numpy(np.ascontiguousarray(cols["image"])),
+            labels=torch.from_numpy(cols["label"].astype(np.int64)),
+            texts=[str(t) for t in cols["text"]],
+            nouns=[tuple(str(x) for x in n) for n in cols["nouns"]],
+            keys=[str(k) for k in cols["key"]],
             epoch=epoch,
             index=index,
         )
