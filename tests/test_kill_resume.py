@@ -1,10 +1,14 @@
 """Failure drill: SIGKILL a stage's whole process group mid-run, rerun it, and compare with an
 uninterrupted run of the same config in another workdir.
 
-The stage is ``pipelines/pseudo_masks.py`` as a user runs it (its own local Ray, MLflow on
-sqlite) over 6 download shards; the kill lands after its first per-shard output is written and
-before its manifest. The rerun must skip the shards already written, redo the rest, and leave
-outputs equal to the uninterrupted run's: same shard files, same rows, every sample exactly once.
+``pipelines/pseudo_masks.py`` as a user runs it (its own local Ray, MLflow on sqlite) over 6
+download shards; the kill lands after its first per-shard output is written and before its
+manifest. The rerun must skip the shards already written, redo the rest, and leave outputs
+equal to the uninterrupted run's: same shard files, same rows, every sample exactly once.
+
+``pipelines/train.py`` likewise, killed after its second checkpoint: the rerun resumes from the
+last checkpoint and ends with weights (and per-step losses after the resume point) equal to an
+uninterrupted run's, bit for bit.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from ovs.data.shards import iter_shard, list_shards
 from ovs.stage import MANIFEST, resolve
 from pipelines.common import connect_mlflow, run_stage
 from pipelines.graph import STAGES
+from tests.tiny_world import tiny_world
 
 REPO = Path(__file__).resolve().parents[1]
 SHARDS = 6
@@ -74,6 +79,31 @@ def session_pids(sid: int) -> set[int]:
     return pids
 
 
+def kill_when(cmd: list[str], ready, timeout_s: float = 300) -> None:
+    """Run ``cmd`` in its own session and SIGKILL its whole process group as soon as
+    ``ready()`` holds; asserts it was killed and that none of its processes outlive it."""
+    t0 = time.time()
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        while not ready():
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert time.time() - t0 < timeout_s, f"not ready within {timeout_s} s"
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(30)
+        deadline = time.time() + 30
+        while (left := session_pids(proc.pid)) and time.time() < deadline:
+            time.sleep(0.2)
+        for pid in left:  # nothing should be left; never leave strays to other tests
+            os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
+    assert not left, f"processes of the killed stage still alive 30 s later: {left}"
+
+
 def masks(out_dir: Path) -> dict[str, list[dict]]:
     """``shard stem -> rows`` of every per-shard mask file."""
     return {p.stem: pq.read_table(p).to_pylist() for p in sorted(out_dir.glob("masks/*.parquet"))}
@@ -96,25 +126,7 @@ def test_sigkill_mid_stage_then_rerun_equals_uninterrupted(tmp_path, mlflow_uri,
     # The drill: start the stage in its own session, SIGKILL the whole group mid-run.
     out = killed / rel
     t0 = time.time()
-    proc = subprocess.Popen(
-        stage_cmd(killed), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    try:
-        while not list(out.glob("masks/*.parquet")):
-            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-            assert time.time() - t0 < 300, "no shard written within 300 s"
-            time.sleep(0.01)
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait(30)
-        deadline = time.time() + 30
-        while (left := session_pids(proc.pid)) and time.time() < deadline:
-            time.sleep(0.2)
-        for pid in left:  # nothing should be left; never leave strays to other tests
-            os.kill(pid, signal.SIGKILL)
-    assert proc.returncode == -signal.SIGKILL
-    assert not left, f"processes of the killed stage still alive 30 s later: {left}"
+    kill_when(stage_cmd(killed), lambda: bool(list(out.glob("masks/*.parquet"))))
     written = masks(out)
     assert 1 <= len(written) < SHARDS, f"kill landed after {len(written)} of {SHARDS} shards"
     assert not (out / MANIFEST).exists(), "a killed stage must leave no manifest"
@@ -153,3 +165,64 @@ def test_sigkill_mid_stage_then_rerun_equals_uninterrupted(tmp_path, mlflow_uri,
         k: v for k, v in reference["counts"].items() if k != "shards_resumed"
     }
     assert resumed["metrics"]["oracle_miou"] == pytest.approx(reference["metrics"]["oracle_miou"])
+
+
+SMOKE = str(REPO / "conf" / "smoke.yaml")
+
+
+def train_overrides(root: Path) -> list[str]:
+    """One DDP rank, 16 steps, a checkpoint every 2, on a 24-image world."""
+    return [
+        *tiny_world(root, num_train=24, num_eval=4, per_shard=12),
+        "train.num_workers=1",
+        "train.steps=16",
+        "train.warmup_steps=2",
+        "train.log_every=2",
+        "train.checkpoint_every=2",
+        "train.eval_limit=1",
+        "ray.num_cpus=1",
+        "ray.object_store_memory_mb=100",
+    ]
+
+
+def losses(client, run_id: str) -> dict[int, float]:
+    return {m.step: m.value for m in client.get_metric_history(run_id, "train/loss")}
+
+
+@pytest.mark.slow
+def test_sigkill_train_then_rerun_equals_uninterrupted(tmp_path, mlflow_uri, ray_local):
+    import torch
+
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    cfg = load_config(SMOKE, train_overrides(killed))
+    client, exp_id, _ = connect_mlflow(cfg.experiment)
+    parent = client.create_run(exp_id, run_name="upstream").info.run_id
+    for name in ("world", "download", "entities", "pseudo_masks"):
+        run_stage(STAGES, name, cfg, False, client, exp_id, parent, "")
+    shutil.copytree(killed, clean)
+    out = resolve(STAGES, "train", cfg).out_dir
+    cmd = [sys.executable, str(REPO / "pipelines" / "train.py"), "--config", SMOKE]
+    cmd += train_overrides(killed)
+
+    def second_checkpoint() -> bool:  # the first is then registered with Ray Train
+        return len(list(out.glob("ray_train/sseg/checkpoint_*/state.pt"))) >= 2
+
+    kill_when(cmd, second_checkpoint)
+    assert not (out / MANIFEST).exists(), "a killed stage must leave no manifest"
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    resumed = json.loads((out / MANIFEST).read_text())
+    assert resumed["metrics"]["steps_done"] == 16
+    clean_cfg = load_config(SMOKE, train_overrides(clean))
+    reference = run_stage(STAGES, "train", clean_cfg, False, client, exp_id, parent, "")
+
+    after = losses(client, resumed["mlflow_run_id"])
+    assert min(after) > 2 and max(after) == 16, f"the rerun resumed mid-run: {sorted(after)}"
+    want = losses(client, reference["mlflow_run_id"])
+    assert after == {s: want[s] for s in after}, "per-step losses after the resume differ"
+    got = torch.load(out / "model" / "latest.pt", weights_only=True)["model"]
+    ref_out = resolve(STAGES, "train", clean_cfg).out_dir
+    ref = torch.load(ref_out / "model" / "latest.pt", weights_only=True)["model"]
+    assert got.keys() == ref.keys()
+    assert all(torch.equal(got[k], ref[k]) for k in ref), "final weights differ"
+    assert resumed["metrics"]["miou"] == reference["metrics"]["miou"]
