@@ -70,7 +70,7 @@ DRAFTS = ("image", "crop", "off")
 class IngestConfig:
     """How one rank's batches are made.
 
-    ``draft`` picks the JPEG DCT scale the image is decoded at (PIL ``draft``): ``image``
+    ``draft`` picks the JPEG DCT scale (1, 1/2, 1/4, 1/8) the image is decoded at: ``image``
     decodes the whole image at the smallest scale that keeps it at least ``size`` on each side
     (a 512-px image at 1/2: the resolution today's loader resizes every image to), ``crop``
     the smallest that keeps the *crop* at least ``size`` (full resolution for small crops; the
