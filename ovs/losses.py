@@ -54,14 +54,14 @@ def mask_loss(
     focal_weight: float = 20.0,
     alpha: float = 0.25,
     gamma: float = 2.0,
-    num_masks: float | None = None,
+    num_masks: float | torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Mask loss over matched pairs.
 
     ``logits [B,N,h,w]``, ``targets [B,K,h,w]`` {0,1} at the same resolution, ``indices`` from
     :func:`ovs.matching.hungarian_match`. ``num_masks`` (default: the number of matched pairs
-    here, at least 1) is the normaliser; pass the all-reduced average in multi-worker training to
-    make the normaliser global, as MaskFormer does.
+    here, at least 1) is the normaliser, a float or a scalar tensor; pass the all-reduced average
+    in multi-worker training to make the normaliser global, as MaskFormer does.
 
     Returns ``{"loss", "dice", "focal"}`` scalars (``loss`` = weighted sum).
     """
@@ -100,18 +100,22 @@ class _AllGatherGrad(torch.autograd.Function):
         return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n]
 
 
-def _distributed() -> bool:
+def is_distributed() -> bool:
+    """True inside a ``torch.distributed`` group of more than one worker."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """``[B,...]`` on each of W workers -> ``[W*B,...]`` (rank order); identity when not
     distributed. Every worker must pass the same B."""
-    return _AllGatherGrad.apply(x) if _distributed() else x
+    return _AllGatherGrad.apply(x) if is_distributed() else x
 
 
 def contrastive_loss(
-    image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    logit_scale: torch.Tensor,
+    gathered: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Symmetric InfoNCE, L_I->T + L_T->I, negatives from all workers.
 
@@ -119,10 +123,19 @@ def contrastive_loss(
     scalar tensor (1/sigma). Every worker must pass the same B (drop the last partial batch).
     Returns this worker's scalar loss (mean over its B rows in both
     directions); the mean over workers equals the loss of the concatenated global batch.
+
+    Both embeddings travel in one all-gather (and their gradients in one all-reduce), side by
+    side; ``gathered = (all_img [W*B,E], all_txt [W*B,E])`` skips it when the caller already
+    gathered them with :func:`gather_with_grad` (e.g. together with other per-worker values).
     """
-    all_img = gather_with_grad(image_emb)
-    all_txt = gather_with_grad(text_emb)
-    rank = dist.get_rank() if _distributed() else 0
+    if gathered is not None:
+        all_img, all_txt = gathered
+    elif is_distributed():
+        e = image_emb.shape[1]
+        all_img, all_txt = gather_with_grad(torch.cat([image_emb, text_emb], dim=1)).split(e, 1)
+    else:
+        all_img, all_txt = image_emb, text_emb
+    rank = dist.get_rank() if is_distributed() else 0
     b = image_emb.shape[0]
     labels = torch.arange(b, device=image_emb.device) + rank * b
     logits_i2t = logit_scale * image_emb.float() @ all_txt.float().T  # [B, W*B]

@@ -349,3 +349,22 @@ def test_noun_loss_adds_to_objective_and_reaches_the_text_tower():
     assert m.text.token_embedding.weight.grad.abs().sum() > 0
     empty = obj(images, labels, tokens, None, noun_tokens[:0], targets[:, :0])
     assert empty["noun"].item() == 0.0
+
+
+def test_channels_last_max_pool_equals_max_pool_values_and_gradients():
+    from ovs.models.maskformer import ChannelsLastMaxPool
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 8, 11, 10, generator=g).relu()  # ties at 0, as after a ReLU
+    pool = torch.nn.MaxPool2d(3, 2, 1)
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ya, yb = pool(a), ChannelsLastMaxPool(pool)(b)
+    assert yb.is_contiguous() and torch.equal(ya, yb)
+    w = torch.randn(ya.shape, generator=g)
+    (ya * w).sum().backward()
+    (yb * w).sum().backward()
+    torch.testing.assert_close(b.grad, a.grad, rtol=0, atol=0)
+    backbone = Backbone("resnet18", kwargs={"channels": [8, 8, 8, 8]})
+    assert isinstance(backbone.net.maxpool, ChannelsLastMaxPool)
+    assert not any(isinstance(m, torch.nn.MaxPool2d) and n.endswith("maxpool")
+                   for n, m in backbone.named_modules())  # fmt: skip

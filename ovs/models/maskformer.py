@@ -93,6 +93,35 @@ def _conv(cin: int, cout: int, k: int, relu: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class ChannelsLastMaxPool(nn.Module):
+    """``pool`` run on a channels-last copy of its input, the result back in the input's
+    layout. Max pooling picks the same maxima in either layout (the values are identical), but
+    PyTorch's CPU kernel for NCHW with indices is scalar: on a ResNet stem's
+    ``[16,64,32,32]`` map it takes ~16 ms against ~1.5 ms channels-last (one AVX2 core),
+    more than any convolution of the tiny model's step."""
+
+    def __init__(self, pool: nn.MaxPool2d) -> None:
+        super().__init__()
+        self.pool = pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or x.dim() != 4:
+            return self.pool(x)
+        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else None
+        y = self.pool(x.contiguous(memory_format=torch.channels_last))
+        return y if fmt is not None else y.contiguous()
+
+
+def _channels_last_pools(module: nn.Module) -> None:
+    """Wrap every ``nn.MaxPool2d`` child of ``module`` (recursively) in
+    :class:`ChannelsLastMaxPool`; parameters and state-dict keys are unchanged."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.MaxPool2d):
+            setattr(module, name, ChannelsLastMaxPool(child))
+        else:
+            _channels_last_pools(child)
+
+
 class Backbone(nn.Module):
     """A timm ``features_only`` model reduced to its stride 4/8/16/32 outputs, NCHW.
 
@@ -117,6 +146,7 @@ class Backbone(nn.Module):
             pretrained=pretrained or checkpoint is not None,
             **extra,
         )
+        _channels_last_pools(self.net)
         info: Any = self.net.feature_info
         reductions = list(info.reduction())
         channels = list(info.channels())
