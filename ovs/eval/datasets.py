@@ -351,7 +351,7 @@ def missing_reason(name: str, root: str | Path, split: str | None = None) -> str
     VOC: ``ImageSets/Segmentation/<split>.txt``) and at least one listed sample has both its
     image (``JPEGImages/<id>.jpg``) and its label (``SegmentationClass/<id>.png``).
     """
-    if not str(root):
+    if root == "" or (isinstance(root, Path) and not root.parts):  # str(Path("")) is "."
         return "no root configured"
     try:
         n = len(build_dataset(name, root, split))
