@@ -281,6 +281,10 @@ def setup(config: dict, device: torch.device, state: dict | None):
     from ovs.selftrain.training import build_optimizer, lr_factor
 
     cfg: SelfTrainConfig = config["cfg"]
+    # build_segmenter leaves the global RNG alone: seed it, or dropout draws from whatever
+    # state the worker process has (two runs of one config differed). A resume then restores
+    # the checkpointed RNG state over this one.
+    torch.manual_seed(config["seed"])
     model = _build(config)
     opt, sched, start = prepare(
         model,
