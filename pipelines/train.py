@@ -25,7 +25,7 @@ if __package__ in (None, ""):
 import numpy as np
 import torch
 
-from ovs.objective import SSegLossConfig
+from ovs.objective import SSegLossConfig, wrap_ddp
 from ovs.stage import Stage, StageContext
 from ovs.training import TrainConfig
 from pipelines.ray_train import (
@@ -69,8 +69,8 @@ def train_loop(config: dict) -> None:
     class_texts, decode_size, out_dir, mlflow."""
     import ray.train
     import ray.train.torch
-    from torch.nn.parallel import DistributedDataParallel
 
+    from ovs.cpu import keep_freed_memory
     from ovs.data.train_data import shards_for_rank
     from ovs.models.sseg import save_checkpoint
     from ovs.models.text import tokenize
@@ -82,13 +82,15 @@ def train_loop(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, cfg.cpus_per_worker))
     device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        keep_freed_memory()  # no page faults per step (ovs/cpu.py)
     state = resume_state()
     model, objective, opt, sched, start = setup(config, device, state)
     loss_cfg = config["loss"]
     class_tokens = None
     if config.get("class_texts"):
         class_tokens = tokenize(config["class_texts"], cfg.model.text.context_length).to(device)
-    net = DistributedDataParallel(objective) if world > 1 else objective
+    net = wrap_ddp(objective)  # every rank: it creates a process group
     shards = shards_for_rank(config["shards"], rank, world)
     source = SampleSource(
         shards,
