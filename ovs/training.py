@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -27,6 +27,20 @@ class TrainConfig:
     """The ``train`` stage. Defaults: the tiny CPU recipe for the synthetic world (~6-8 min on 2
     cores). Paper (Table 5; ``conf/cc12m.yaml``): AdamW lr 5e-4, wd 0.05, betas (0.9, 0.999),
     global batch 4096, cosine decay, 2 warm-up epochs of 30, random resized crops at 224, bf16.
+
+    Data: ``cache_in_memory: true`` (the embedded default) decodes the rank's shards once and
+    draws batches from RAM (:class:`SampleSource`, augmentation in the training thread).
+    ``cache_in_memory: false`` (the paper path) streams through the Ray Data ingest
+    (``pipelines/ingest.py``: ``RankIngest``): decode, random resized crop and flip of image and
+    pseudo-mask grid run in Ray tasks, shuffled in windows of
+    ``ceil(shuffle_buffer / download.number_sample_per_shard)`` shards, and a resume continues
+    from the step counter. The decode tasks need CPUs that the Train workers do not reserve
+    (``num_workers * cpus_per_worker``). ``ingest_executor`` says where they run: ``ray``
+    (Ray tasks; the stage fails before Ray Train starts, naming the CPU counts, when the cluster
+    has no CPU beyond the workers' reservation), ``local`` (the same plan evaluated in the
+    training process: identical batches, no extra CPU, no overlap with the step) or ``auto``
+    (``ray`` when a CPU is free, else ``local`` with a warning; the tiny sibling on 2 cores
+    has one free: 1 worker x 1 CPU). The executor changes no batch, so it is not hashed.
     """
 
     # How the stage runs, not what it computes: left out of the stage hash (ovs.config.hash_view).
@@ -36,6 +50,7 @@ class TrainConfig:
         "checkpoint_every",
         "max_failures",
         "time_limit_s",
+        "ingest_executor",
     )
 
     model: SSegConfig = field(default_factory=SSegConfig)
@@ -65,7 +80,8 @@ class TrainConfig:
     # against the class-name texts; needs the world stage) - same model, same schedule.
     supervision: str = "pseudo"
     cache_in_memory: bool = True  # small datasets: decode once, sample from RAM
-    shuffle_buffer: int = 2048  # streaming mode (cache_in_memory false)
+    shuffle_buffer: int = 2048  # streaming mode: samples in the shuffle window (in shards)
+    ingest_executor: str = "auto"  # streaming mode: "auto" | "ray" | "local" (see above)
     eval_protocol: str = "tiny"  # protocol for the post-training zero-shot evaluation
     eval_limit: int | None = None  # evaluate on the first N eval images (None = all)
     # Off by default: no wall clock decides a result. When set and hit (checked at log steps,
@@ -135,7 +151,15 @@ def make_batch(
 def noun_prompts(
     samples: list[Sample], per_image: int, template: str, rng: np.random.Generator
 ) -> tuple[list[str], np.ndarray]:
-    """Prompted nouns of a batch for :func:`ovs.losses.noun_contrastive_loss`.
+    """Prompted nouns of a batch for :func:`ovs.losses.noun_contrastive_loss` (reads only
+    each sample's ``nouns``: :func:`prompts_for_nouns` of them)."""
+    return prompts_for_nouns([s.nouns for s in samples], per_image, template, rng)
+
+
+def prompts_for_nouns(
+    noun_lists: Sequence[Sequence[str]], per_image: int, template: str, rng: np.random.Generator
+) -> tuple[list[str], np.ndarray]:
+    """Prompted nouns of a batch given each sample's caption nouns.
 
     Draws up to ``per_image`` distinct nouns of each sample's caption (without replacement),
     keeps each noun once per batch, and returns ``(texts [U], targets bool [B, U])`` where
@@ -143,17 +167,17 @@ def noun_prompts(
     """
     chosen: list[str] = []
     seen: set[str] = set()
-    for s in samples:
-        nouns = sorted(set(s.nouns))
+    for sample_nouns in noun_lists:
+        nouns = sorted(set(sample_nouns))
         if not nouns:
             continue
         for j in rng.choice(len(nouns), size=min(per_image, len(nouns)), replace=False):
             if nouns[j] not in seen:
                 seen.add(nouns[j])
                 chosen.append(nouns[j])
-    noun_sets = [set(s.nouns) for s in samples]
+    noun_sets = [set(n) for n in noun_lists]
     targets = np.array([[n in nouns for n in chosen] for nouns in noun_sets], dtype=bool)
-    return [template.format(n) for n in chosen], targets.reshape(len(samples), len(chosen))
+    return [template.format(n) for n in chosen], targets.reshape(len(noun_lists), len(chosen))
 
 
 class SampleSource:

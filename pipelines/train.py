@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,61 @@ def setup(config: dict, device: torch.device, state: dict | None):
     return model, objective, opt, sched, start
 
 
+def ingest_executor(cfg: TrainConfig, cluster_cpus: float) -> str:
+    """Where the streaming ingest's decode tasks run (``TrainConfig`` docstring): ``local``
+    in-memory mode or no spare CPU under ``auto``; ``ray`` when one is free; ``ray`` asked for
+    with none free fails here, before Ray Train starts, naming the counts."""
+    if cfg.ingest_executor not in ("auto", "ray", "local"):
+        raise ValueError(
+            f"train.ingest_executor must be 'auto', 'ray' or 'local', got {cfg.ingest_executor!r}"
+        )
+    reserved = cfg.num_workers * cfg.cpus_per_worker
+    free = cluster_cpus - reserved
+    if cfg.ingest_executor == "local" or cfg.cache_in_memory:
+        return "local"
+    if free >= 1:
+        return "ray"
+    msg = (
+        f"the cluster has {cluster_cpus:g} CPUs and the Train workers reserve {reserved} "
+        f"(train.num_workers={cfg.num_workers} x train.cpus_per_worker={cfg.cpus_per_worker}): "
+        "no CPU is left for the ingest's decode tasks"
+    )
+    if cfg.ingest_executor == "ray":
+        raise ValueError(
+            f"{msg}; lower train.cpus_per_worker, add CPU nodes or set train.ingest_executor=local"
+        )
+    warnings.warn(f"{msg}: decoding in the training process (ingest_executor local)", stacklevel=2)
+    return "local"
+
+
+def stream_ingest(config: dict, rank: int, world: int) -> Any:
+    """The streaming mode's batch source for one rank: a :class:`pipelines.ingest.RankIngest`
+    over the rank's shards (``shards_for_rank``), seeded by the run seed and the rank.
+    ``.batches(start_step=step)`` resumes at the step counter."""
+    import math
+
+    from ovs.data.ingest import IngestConfig
+    from ovs.data.train_data import shards_for_rank
+    from pipelines.ingest import RankIngest
+
+    cfg: TrainConfig = config["cfg"]
+    window = max(1, math.ceil(cfg.shuffle_buffer / max(1, config["samples_per_shard"])))
+    return RankIngest(
+        shards_for_rank(config["shards"], rank, world),
+        config["masks_dir"],
+        config["texts_dir"],
+        IngestConfig(
+            augment=cfg.augment,
+            batch_size=cfg.batch_size,
+            require_keep=cfg.require_cc4m,
+            window_shards=window,
+        ),
+        seed=config["seed"],
+        rank=rank,
+        executor=config.get("ingest_executor", "ray"),
+    )
+
+
 def train_loop(config: dict) -> None:
     """One Ray Train worker. ``config``: cfg, seed, shards, masks_dir, texts_dir, loss,
     class_texts, decode_size, out_dir, mlflow."""
@@ -71,11 +127,12 @@ def train_loop(config: dict) -> None:
     import ray.train.torch
 
     from ovs.cpu import keep_freed_memory
+    from ovs.data.ingest import as_float
     from ovs.data.train_data import shards_for_rank
     from ovs.models.sseg import save_checkpoint
     from ovs.models.text import tokenize
     from ovs.precision import training_dtype
-    from ovs.training import SampleSource, make_batch, noun_prompts
+    from ovs.training import SampleSource, make_batch, prompts_for_nouns
 
     cfg: TrainConfig = config["cfg"]
     ctx = ray.train.get_context()
@@ -91,22 +148,32 @@ def train_loop(config: dict) -> None:
     if config.get("class_texts"):
         class_tokens = tokenize(config["class_texts"], cfg.model.text.context_length).to(device)
     net = wrap_ddp(objective)  # every rank: it creates a process group
-    shards = shards_for_rank(config["shards"], rank, world)
-    source = SampleSource(
-        shards,
-        Path(config["masks_dir"]),
-        Path(config["texts_dir"]),
-        config["decode_size"],
-        cfg,
-        seed=config["seed"] * 1000 + rank * 7,
-    )
+    streaming = not cfg.cache_in_memory
+    source: SampleSource | None = None
+    ingest: Any = None
+    if streaming:  # Ray Data ingest (pipelines/ingest.py): resumes from the step counter
+        ingest = stream_ingest(config, rank, world)
+    else:
+        source = SampleSource(
+            shards_for_rank(config["shards"], rank, world),
+            Path(config["masks_dir"]),
+            Path(config["texts_dir"]),
+            config["decode_size"],
+            cfg,
+            seed=config["seed"] * 1000 + rank * 7,
+        )
     rng = np.random.default_rng([config["seed"], rank])  # augmentation and noun draws
     own = rank_state(state, rank, world)
     if own is not None:  # continue the data stream and every RNG where the checkpoint left them
-        source.load_state_dict(own["source"])
+        if source is not None:
+            source.load_state_dict(own["source"])
         rng.bit_generator.state = own["rng"]
         set_rng_state(own["torch"], device)
-    batches = source.batches(cfg.batch_size)
+    if ingest is not None:
+        stream = ingest.batches(start_step=start)
+    else:
+        assert source is not None
+        batches = source.batches(cfg.batch_size)
     tracker = rank0_tracker(config, rank)
     amp_dtype = training_dtype(cfg.amp_dtype, device)
     marker = Path(config["out_dir"]) / ".injected_failure"
@@ -116,13 +183,19 @@ def train_loop(config: dict) -> None:
     step = start
     while step < cfg.steps:
         t_data = time.monotonic()
-        samples = next(batches)
-        images, labels, texts = make_batch(samples, cfg, cfg.model, rng)
+        if ingest is not None:  # decoded and augmented in the ingest's tasks
+            b = next(stream)
+            images = as_float(b.images.to(device, non_blocking=True))
+            labels, texts, noun_lists = b.labels.to(device), b.texts, b.nouns
+        else:
+            samples = next(batches)
+            images, labels, texts = make_batch(samples, cfg, cfg.model, rng)
+            noun_lists = [s.nouns for s in samples]
         tokens = tokenize(texts, cfg.model.text.context_length)
         nouns = None
         if loss_cfg.noun_weight > 0:
-            prompts, targets = noun_prompts(
-                samples, loss_cfg.nouns_per_image, loss_cfg.noun_template, rng
+            prompts, targets = prompts_for_nouns(
+                noun_lists, loss_cfg.nouns_per_image, loss_cfg.noun_template, rng
             )
             nouns = (
                 tokenize(prompts, cfg.model.text.context_length).to(device),
@@ -176,13 +249,14 @@ def train_loop(config: dict) -> None:
             window, window_t = Window(), time.monotonic()
         if step % cfg.checkpoint_every == 0 or last:
             metrics = dict(metrics or {"step": step})
-            metrics["train/join_" + "used"] = source.stats.counts.get("used", 0)
             metrics["data_wait_fraction"] = float(np.mean(wait_fractions or [0.0]))
-            own_state = {
-                "source": source.state_dict(),
-                "rng": rng.bit_generator.state,
-                "torch": rng_state(device),
-            }
+            own_state = {"rng": rng.bit_generator.state, "torch": rng_state(device)}
+            if source is not None:
+                metrics["train/join_" + "used"] = source.stats.counts.get("used", 0)
+                own_state["source"] = source.state_dict()
+            else:  # the ingest resumes from the step; its skip counts since this start
+                metrics.update({f"train/join_{k}": v for k, v in ingest.counts.items()})
+                own_state["ingest_step"] = step
             report(metrics, rank, world, model, opt, sched, step, save_checkpoint, own_state)
         if out_of_time:
             break
@@ -225,8 +299,13 @@ def fit(ctx: StageContext) -> tuple[Path, dict]:
         masks_dir, loss, class_texts = _gt_supervision(ctx)
     elif cfg.supervision != "pseudo":
         raise ValueError(f"train.supervision must be 'pseudo' or 'gt', got {cfg.supervision!r}")
+    import ray
+
+    executor = ingest_executor(cfg, float(ray.cluster_resources().get("CPU", 0.0)))
     loop_config = {
         "cfg": cfg,
+        "ingest_executor": executor,
+        "samples_per_shard": ctx.cfg.download.number_sample_per_shard,
         "seed": ctx.cfg.seed,
         "shards": str(ctx.inputs["download"]),
         "masks_dir": str(masks_dir),
@@ -307,7 +386,9 @@ def run(ctx: StageContext) -> dict:
         "steps": float(cfg.steps),
         "data_wait_fraction": float(reported.get("data_wait_fraction", 0.0)),
     }
-    counts: dict[str, int] = {}
+    counts: dict[str, int] = {  # rank 0's join/ingest skip counts (train/join_used, ...)
+        k.removeprefix("train/"): int(v) for k, v in reported.items() if k.startswith("train/join_")
+    }
     if "world" in ctx.inputs:
         at_init = zero_shot(ctx, init, "init")
         result = zero_shot(ctx, final, "final")
