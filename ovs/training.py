@@ -181,16 +181,16 @@ def prompts_for_nouns(
 
 
 class SampleSource:
-    """Endless batches of joined samples for one rank, resumable exactly.
+    """Endless batches of joined samples for one rank from RAM (``cache_in_memory: true``),
+    resumable exactly.
 
-    In-memory mode decodes the rank's shards once and draws batches from a per-epoch
-    permutation; streaming mode reads shards in a per-epoch shuffled order through a shuffle
-    buffer (constant memory at any dataset size) that is drained at the end of each epoch, so
-    an epoch's batches depend only on the RNG state at its start. Both are deterministic given
-    the seed. :meth:`state_dict` is that RNG state, the epoch and the batches delivered in it;
-    after :meth:`load_state_dict` the next batch is the one an uninterrupted source would have
-    delivered (streaming mode re-reads the epoch's prefix to get there; in-memory mode only
-    redraws the permutation).
+    Decodes the rank's shards once and draws batches from a per-epoch permutation,
+    deterministic given the seed. :meth:`state_dict` is the RNG state at the epoch's start,
+    the epoch and the batches delivered in it; after :meth:`load_state_dict` the next batch is
+    the one an uninterrupted source would have delivered (the permutation is redrawn). The
+    streaming mode (``cache_in_memory: false``) is the Ray Data ingest,
+    ``pipelines/ingest.py``; ``ovs/bench/ingest.py`` keeps the old streaming loader as its
+    baseline.
     """
 
     def __init__(
@@ -210,15 +210,18 @@ class SampleSource:
         self._delivered = 0  # batches delivered in the current epoch
         self._skip = 0  # batches of the current epoch to replay silently (after a resume)
         self.stats = JoinStats()
-        self.cache: list[Sample] | None = None
-        if cfg.cache_in_memory:
-            self.cache = list(
-                iter_samples(shards, masks_dir, texts_dir, image_size, self.stats, cfg.require_cc4m)
+        if not cfg.cache_in_memory:
+            raise ValueError(
+                "SampleSource is the in-memory mode; cache_in_memory: false streams through "
+                "pipelines.ingest.RankIngest"
             )
-            if not self.cache:
-                raise RuntimeError(
-                    f"no usable training samples in {len(shards)} shard(s): {self.stats.as_dict()}"
-                )
+        self.cache: list[Sample] = list(
+            iter_samples(shards, masks_dir, texts_dir, image_size, self.stats, cfg.require_cc4m)
+        )
+        if not self.cache:
+            raise RuntimeError(
+                f"no usable training samples in {len(shards)} shard(s): {self.stats.as_dict()}"
+            )
 
     def state_dict(self) -> dict:
         """Plain values only (loadable with ``torch.load(weights_only=True)``)."""
@@ -232,43 +235,7 @@ class SampleSource:
         self._epoch_rng = state["rng"]
         self._skip = int(state["batches"])
 
-    def _epoch_stream(self, batch_size: int) -> Iterator[list[Sample]]:
-        """One streaming epoch: shards in a random order through the shuffle buffer."""
-        buffer: list[Sample] = []
-        fill = max(batch_size, self.cfg.shuffle_buffer)
-        seen, yielded = 0, False
-        for i in self.rng.permutation(len(self.shards)):
-            for s in iter_samples(
-                [self.shards[i]],
-                self.masks_dir,
-                self.texts_dir,
-                self.image_size,
-                self.stats,
-                self.cfg.require_cc4m,
-            ):
-                seen += 1
-                buffer.append(s)
-                if len(buffer) >= fill:
-                    yielded = True
-                    yield self._draw(buffer, batch_size)
-        if not seen:
-            raise RuntimeError(f"no usable training samples: {self.stats.as_dict()}")
-        while len(buffer) >= batch_size:  # drain: the next epoch starts from an empty buffer
-            yielded = True
-            yield self._draw(buffer, batch_size)
-        if not yielded:  # fewer samples than one batch
-            yield self._draw(buffer, len(buffer))
-
-    def _draw(self, buffer: list[Sample], n: int) -> list[Sample]:
-        batch = []
-        for _ in range(n):  # draw without replacement: swap-remove
-            j = int(self.rng.integers(len(buffer)))
-            buffer[j], buffer[-1] = buffer[-1], buffer[j]
-            batch.append(buffer.pop())
-        return batch
-
     def _epoch_cached(self, batch_size: int) -> Iterator[list[Sample]]:
-        assert self.cache is not None
         perm = self.rng.permutation(len(self.cache))
         for i in range(0, len(perm) - batch_size + 1, batch_size):
             yield [self.cache[j] for j in perm[i : i + batch_size]]
@@ -278,8 +245,7 @@ class SampleSource:
     def batches(self, batch_size: int) -> Iterator[list[Sample]]:
         while True:
             self._epoch_rng = self.rng.bit_generator.state
-            epoch = self._epoch_cached if self.cache is not None else self._epoch_stream
-            for b, batch in enumerate(epoch(batch_size)):
+            for b, batch in enumerate(self._epoch_cached(batch_size)):
                 if b < self._skip:
                     continue  # replayed after a resume: consumed before the checkpoint
                 self._delivered = b + 1

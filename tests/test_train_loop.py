@@ -157,11 +157,12 @@ def joined(tmp_path) -> tuple[list[Path], Path, Path]:
     return sorted(shards.glob("*.tar")), masks, texts
 
 
-@pytest.mark.parametrize("cache", [True, False])
 @pytest.mark.parametrize("cut", [1, 3, 4, 7])  # mid-epoch and at an epoch's end
-def test_sample_source_resumes_exactly(joined, cache, cut):
+def test_sample_source_resumes_exactly(joined, cut):
     shards, masks, texts = joined
-    cfg = TrainConfig(cache_in_memory=cache, shuffle_buffer=6)
+    cfg = TrainConfig(cache_in_memory=True)
+    with pytest.raises(ValueError, match="RankIngest"):  # streaming: the Ray Data ingest
+        SampleSource(shards, masks, texts, 8, TrainConfig(cache_in_memory=False), seed=5)
 
     def source() -> SampleSource:
         return SampleSource(shards, masks, texts, 8, cfg, seed=5)

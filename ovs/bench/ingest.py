@@ -8,8 +8,8 @@ Shards are generated in a temp dir in the real format (img2dataset webdataset ``
 parquet): smooth random colour fields with texture, JPEG quality 90, about as costly to decode
 as photos. Measured, all in this run:
 
-- ``current``: ``SampleSource`` streaming + ``make_batch`` (decode to 224, float crop), one
-  process, one torch thread: img/s = img/s per core.
+- ``current``: the old streaming loader (``old_stream``) + ``make_batch`` (decode to 224,
+  float crop), one process, one torch thread: img/s = img/s per core.
 - ``local``: the new per-batch functions in this process, one core (no Ray).
 - ``ray_1``/``ray_2``: the Ray Data plan on a local Ray with 1 and 2 CPUs (one task per CPU);
   the consuming loop is this process.
@@ -34,7 +34,7 @@ import os
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -151,26 +151,59 @@ def _time_batches(batches: Iterable, size_of: Callable[[Any], int]) -> tuple[flo
     return count / wall, count / max(cpu, 1e-9)
 
 
+def old_stream(
+    shards: list[Path],
+    dirs: tuple[Path, Path],
+    image_size: int,
+    batch: int,
+    buffer_size: int,
+    rng: np.random.Generator,
+) -> Iterator[list]:
+    """The streaming loader the train loop used before the Ray Data ingest (one epoch): shards
+    in a random order, each sample decoded whole in this thread (``iter_samples``), drawn
+    without replacement from a shuffle buffer of ``buffer_size`` samples."""
+    from ovs.data.train_data import JoinStats, iter_samples
+
+    stats = JoinStats()
+    buffer: list = []
+    fill = max(batch, buffer_size)
+
+    def draw() -> list:
+        out = []
+        for _ in range(batch):  # swap-remove
+            j = int(rng.integers(len(buffer)))
+            buffer[j], buffer[-1] = buffer[-1], buffer[j]
+            out.append(buffer.pop())
+        return out
+
+    for i in rng.permutation(len(shards)):
+        for s in iter_samples([shards[i]], dirs[0], dirs[1], image_size, stats):
+            buffer.append(s)
+            if len(buffer) >= fill:
+                yield draw()
+    while len(buffer) >= batch:
+        yield draw()
+
+
 def current_rate(
     dirs: tuple[Path, Path, Path], batch: int, n: int, seed: int
 ) -> tuple[float, float]:
-    """Today's streaming loader (SampleSource + make_batch), one process, one thread; ``n``
-    batches with a one-batch shuffle buffer."""
+    """The old streaming loader (:func:`old_stream` + ``make_batch``: decode to 224, float
+    crop), one process, one thread; ``n`` batches with a one-batch shuffle buffer."""
     import torch
 
     from ovs.data.shards import list_shards
-    from ovs.training import SampleSource, TrainConfig, make_batch
+    from ovs.training import TrainConfig, make_batch
 
     torch.set_num_threads(1)
-    cfg = TrainConfig(
-        augment=AugmentConfig(size=224, scale=(0.08, 1.0)),
-        cache_in_memory=False,
-        shuffle_buffer=batch,
-    )
+    cfg = TrainConfig(augment=AugmentConfig(size=224, scale=(0.08, 1.0)))
     shard_dir, masks_dir, texts_dir = dirs
-    source = SampleSource(list_shards(shard_dir), masks_dir, texts_dir, 224, cfg, seed)
-    rng = np.random.default_rng(seed)
-    batches = itertools.islice(source.batches(batch), n)
+    rng = np.random.default_rng(seed)  # augmentation (the stream draws from its own)
+    stream = old_stream(
+        list_shards(shard_dir), (masks_dir, texts_dir), 224, batch, batch,
+        np.random.default_rng(seed),
+    )  # fmt: skip
+    batches = itertools.islice(stream, n)
     return _time_batches(
         (make_batch(samples, cfg, cfg.model, rng) for samples in batches), lambda b: b[0].shape[0]
     )
