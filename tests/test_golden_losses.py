@@ -21,7 +21,6 @@ import torch
 from ovs.config import load_config
 from tests.golden.machine import GOLDEN, REPO, fingerprint
 
-
 FILE = GOLDEN / "train_losses.json"
 STEPS, BATCH, SEED = 50, 8, 1234
 WORDS = ["red", "blue", "cat", "dog", "car", "tree", "sky", "road", "boat", "house"]
@@ -41,8 +40,8 @@ def synthetic_batches(size: int, k: int):
 
 
 def golden_losses() -> list[float]:
-    from ovs.objective import SSegObjective
     from ovs.models.text import tokenize
+    from ovs.objective import SSegObjective
     from ovs.training import build_model, build_optimizer, lr_factor, prompts_for_nouns
 
     torch.set_num_threads(1)
