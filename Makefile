@@ -33,10 +33,10 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
 
 bench: $(STAMP)
-	$(BIN)/python -m ovs.bench entities
-	$(BIN)/python -m ovs.bench pseudo_masks
-	$(BIN)/python -m ovs.bench train_step
-	$(BIN)/python -m ovs.bench evaluate
+	$(BIN)/python -m tools.bench entities
+	$(BIN)/python -m tools.bench pseudo_masks
+	$(BIN)/python -m tools.bench train_step
+	$(BIN)/python -m tools.bench evaluate
 
 cluster-test: $(STAMP)
 	$(BIN)/python -m pytest -q tests/test_cluster.py

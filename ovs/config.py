@@ -31,8 +31,8 @@ import yaml
 from ovs.data.download import DownloadConfig
 from ovs.data.world import WorldConfig
 from ovs.eval.config import EvalConfig
-from ovs.mask_pairs import PairsConfig
-from ovs.pseudo_masks import PseudoMaskConfig
+from ovs.pairs.maker import PairsConfig
+from ovs.pseudo_masks.masker import PseudoMaskConfig
 from ovs.selftrain.training import SelfTrainConfig
 from ovs.text.entities import EntitiesConfig
 from ovs.training import TrainConfig

@@ -2,7 +2,7 @@
 
 :func:`code_version` returns ``{"git_commit", "git_dirty", "code_hash"}``; the pipeline driver
 records it as tags on every MLflow run (``ovs.git_commit``, ``ovs.git_dirty``,
-``ovs.code_hash``; :func:`ovs.tracking.code_tags`) and under ``"code"`` in every stage
+``ovs.code_hash``; :func:`pipelines.tracking.code_tags`) and under ``"code"`` in every stage
 manifest.
 
 - ``git_commit``: ``git rev-parse HEAD`` of the repository the code runs from; where there is

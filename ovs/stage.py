@@ -42,7 +42,7 @@ class StageIncomplete(RuntimeError):
 
 
 class Tracker(Protocol):
-    """What a stage may log (implemented over MLflow in :mod:`ovs.tracking`)."""
+    """What a stage may log (implemented over MLflow in :mod:`pipelines.tracking`)."""
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
     def log_params(self, params: dict[str, Any]) -> None: ...

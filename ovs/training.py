@@ -189,7 +189,7 @@ class SampleSource:
     the epoch and the batches delivered in it; after :meth:`load_state_dict` the next batch is
     the one an uninterrupted source would have delivered (the permutation is redrawn). The
     streaming mode (``cache_in_memory: false``) is the Ray Data ingest,
-    ``pipelines/ingest.py``; ``ovs/bench/ingest.py`` keeps the old streaming loader as its
+    ``pipelines/ingest.py``; ``tools/bench/ingest.py`` keeps the old streaming loader as its
     baseline.
     """
 

@@ -43,7 +43,7 @@ from ovs.stage import (
     retract_manifest,
     write_manifest,
 )
-from ovs.tracking import (
+from pipelines.tracking import (
     TAG_INCOMPLETE_STAGE,
     TAG_OUTPUT,
     TAG_SOURCE_RUN,
@@ -373,5 +373,5 @@ def main(only: str | None = None, argv: list[str] | None = None) -> int:
     print(
         f"Open the UI:  .venv/bin/mlflow ui --backend-store-uri {uri}   (then http://127.0.0.1:5000)"
     )
-    print("Compare runs: .venv/bin/python -m ovs.runs compare --experiment " + cfg.experiment)
+    print("Compare runs: .venv/bin/python -m tools.runs compare --experiment " + cfg.experiment)
     return 0

@@ -27,8 +27,8 @@ import pyarrow.parquet as pq
 from ovs.data.shards import iter_shard, list_shards
 from ovs.io import atomic_write_parquet
 from ovs.stage import Stage, StageContext
+from ovs.text.cross_image import build_pairs, entity_frequency
 from ovs.text.entities import EntitiesConfig, EntityExtractor, summarize
-from ovs.text.pairs import build_pairs, entity_frequency
 
 
 class ShardEntities:

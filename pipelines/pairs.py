@@ -11,7 +11,7 @@ the shards already written. Logged: counts of pairs and unique nouns, top nouns,
 pairs; with the ``world`` stage as input also ``pair_precision`` (chosen mask's majority GT
 class == the noun's class, on the world's train labels) next to the largest-mask,
 random-mask and oracle baselines on the same pairs, and a precision-vs-threshold table.
-See :mod:`ovs.mask_pairs` and :mod:`ovs.mask_pairs_eval`.
+See :mod:`ovs.pairs.maker` and :mod:`ovs.pairs.precision`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ovs.config import Config
-from ovs.mask_pairs import PairMaker, PairsConfig, build_scorer, shard_counts
+from ovs.pairs.maker import PairMaker, PairsConfig, build_scorer, shard_counts
 from ovs.stage import Stage, StageContext
 
 
@@ -42,7 +42,7 @@ class PairWorker:
 
 
 def _evaluate(pairs: str, masks: str, tar: str, gt_dir: str, noun_to_class: dict, area: float):
-    from ovs.mask_pairs_eval import evaluate_shard
+    from ovs.pairs.precision import evaluate_shard
 
     return evaluate_shard(pairs, masks, tar, gt_dir, noun_to_class, area)
 
@@ -102,7 +102,7 @@ def _world_metrics(ctx: StageContext, shards: list[Path], out_dir: Path) -> dict
     import ray
 
     from ovs.data import world
-    from ovs.mask_pairs_eval import noun_classes, precision_curve, precision_metrics
+    from ovs.pairs.precision import noun_classes, precision_curve, precision_metrics
 
     cfg: PairsConfig = ctx.section
     root = ctx.inputs["world"]
@@ -136,7 +136,7 @@ def _world_metrics(ctx: StageContext, shards: list[Path], out_dir: Path) -> dict
 
 
 def _gallery(ctx: StageContext, shards: list[Path], out_dir: Path) -> None:
-    from ovs.mask_pairs_eval import gallery_items, noun_classes, pairs_gallery
+    from ovs.pairs.precision import gallery_items, noun_classes, pairs_gallery
 
     cfg: PairsConfig = ctx.section
     if cfg.gallery_pairs <= 0:

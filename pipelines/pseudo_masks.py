@@ -6,9 +6,9 @@ Input: the ``download`` stage's img2dataset shards. A Ray Data pipeline streams 
 have no output yet: a read task per shard emits ``(shard, idx, total, key, jpg bytes)`` rows,
 CPU tasks decode + resize them into a uint8 ``image`` tensor column (numpy only, never PIL
 objects) — or, with ``decode: device``, the actors decode the bytes themselves on their device
-(nvJPEG on GPUs, ``ovs.device_decode``) — and an actor pool (``num_actors`` actors with
+(nvJPEG on GPUs, ``ovs.pseudo_masks.device_decode``) — and an actor pool (``num_actors`` actors with
 ``num_gpus`` / ``num_cpus`` each, ``batch_size`` images per call) runs
-:class:`~ovs.pseudo_masks.PseudoMasker` once loaded per actor. The driver collects the small
+:class:`~ovs.pseudo_masks.masker.PseudoMasker` once loaded per actor. The driver collects the small
 label-PNG rows and writes ``<out>/masks/<stem>.parquet`` (columns ``key, label_png, grid_h,
 grid_w, k, status``, in tar order) atomically as soon as a shard is complete, so a rerun resumes
 by skipping the shards already written. When the ``world`` stage is an input (``oracle_images >
@@ -31,7 +31,7 @@ if __package__ in (None, ""):
 import numpy as np
 
 from ovs.config import Config
-from ovs.pseudo_masks import (
+from ovs.pseudo_masks.masker import (
     STATUS_BAD_IMAGE,
     STATUS_DECODE_ERROR,
     STATUS_OK,

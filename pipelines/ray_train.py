@@ -145,7 +145,7 @@ def rank0_tracker(config: dict, rank: int) -> Any:
         return None
     from mlflow.tracking import MlflowClient
 
-    from ovs.tracking import MlflowTracker
+    from pipelines.tracking import MlflowTracker
 
     return MlflowTracker(MlflowClient(config["mlflow"]["uri"]), config["mlflow"]["run_id"])
 

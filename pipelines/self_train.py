@@ -212,7 +212,7 @@ def _label_statistics(files: list[Path], num_classes: int) -> dict:
 def _label_quality(stats: dict, thresholds: np.ndarray) -> dict[str, float]:
     """Pseudo-label mIoU / accuracy against the target split's ground truth, before and after
     the confidence rule (kept pixels only), and the kept fraction."""
-    from ovs.metrics import mean_iou, pixel_accuracy
+    from ovs.eval.metrics import mean_iou, pixel_accuracy
     from ovs.selftrain.pseudo_labels import kept_confusion
 
     total = int(stats["hist"].sum())

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ovs.device_decode import decode_resize_batch, resize_uint8
-from ovs.pseudo_masks import PseudoMaskConfig, PseudoMasker, decode_label_png, decode_resize
+from ovs.pseudo_masks.device_decode import decode_resize_batch, resize_uint8
+from ovs.pseudo_masks.masker import PseudoMaskConfig, PseudoMasker, decode_label_png, decode_resize
 
 CPU = torch.device("cpu")
 

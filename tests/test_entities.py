@@ -167,7 +167,7 @@ def test_ray_adapter_batch() -> None:
 
 @pytest.mark.parametrize("mode", ["pos", "parser"])
 def test_fast_attribute_ruler_is_identical(mode: str) -> None:
-    from ovs.bench.entities import make_captions
+    from tools.bench.entities import make_captions
 
     caps = make_captions(150, seed=5) + [
         "Its dog isn't here, it's there.  Don't go!",

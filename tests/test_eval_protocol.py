@@ -237,14 +237,14 @@ def test_background_threshold_end_to_end(tmp_path, method):
 
 
 def test_bench_prints_json_last(capsys):
-    from ovs.bench.__main__ import main
-    from ovs.bench.evaluate import run
+    from tools.bench.__main__ import main
+    from tools.bench.evaluate import run
 
     res = run(["--images", "2", "--height", "32", "--width", "48"])
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(last) == res and res["img_per_s"] > 0
     assert res["pixels_counted"] == 2 * 32 * 48
-    # Through the dispatcher (python -m ovs.bench evaluate): exit code 0, JSON line last.
+    # Through the dispatcher (python -m tools.bench evaluate): exit code 0, JSON line last.
     assert main(["evaluate", "--method", "sseg", "--images", "1", "--height", "32"]) == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert last["method"] == "sseg" and last["pixels_counted"] == 32 * 96

@@ -1,4 +1,4 @@
-"""The user inference CLI ``python -m ovs.segment``."""
+"""The user inference CLI ``python -m tools.segment``."""
 
 import os
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ovs.segment import main, parse_classes
+from tools.segment import main, parse_classes
 
 BASE = ["--method", "maskclip", "--model", "tiny", "--pretrained", "none", "--protocol", "tiny"]
 
@@ -162,7 +162,7 @@ def test_segment_cli_checkpoint_path_workdir_and_run_id(sseg_ckpt, tmp_path, mlf
     from mlflow.tracking import MlflowClient
 
     from ovs.models.sseg import load_checkpoint
-    from ovs.tracking import TAG_SOURCE_RUN
+    from pipelines.tracking import TAG_SOURCE_RUN
 
     model, path, workdir = sseg_ckpt
     a = _image(tmp_path / "a.png", 40, 56)

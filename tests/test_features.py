@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ovs.features import (
+from ovs.pseudo_masks.features import (
     EXTRACTORS,
     TIMM_NAMES,
     ExtractorArgs,

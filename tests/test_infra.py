@@ -321,7 +321,7 @@ def test_runtime_env_excludes_keep_code_and_drop_local_state(tmp_path):
     excludes = _one("ray/runtime_env.yaml")["excludes"]
     keep = [
         "ovs/__init__.py",
-        "ovs/runs.py",  # named like an excluded dir, deeper: must stay
+        "tools/runs.py",  # named like an excluded dir, deeper: must stay
         "ovs/data/shards.py",
         "pipelines/full.py",
         "conf/default.yaml",

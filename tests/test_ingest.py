@@ -11,7 +11,6 @@ import pytest
 import torch
 from PIL import Image
 
-from ovs.bench.ingest import synthetic_jpeg, write_shards
 from ovs.data.augment import AugmentConfig, augment_pair, sample_crop
 from ovs.data.ingest import (
     BatchAssembler,
@@ -24,9 +23,10 @@ from ovs.data.ingest import (
     sample_rng,
 )
 from ovs.data.shards import list_shards
-from ovs.pseudo_masks import decode_label_png, encode_label_png
+from ovs.pseudo_masks.masker import decode_label_png, encode_label_png
 from pipelines.ingest import RankIngest
 from tests.test_shards import make_shard
+from tools.bench.ingest import synthetic_jpeg, write_shards
 
 
 def _cfg(**kw):

@@ -6,7 +6,7 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
-from ovs.kmeans import kmeans, kmeans_plusplus
+from ovs.pseudo_masks.kmeans import kmeans, kmeans_plusplus
 
 
 def _blobs(n_sets: int, std: float, n: int = 600, dim: int = 8, k: int = 6) -> np.ndarray:

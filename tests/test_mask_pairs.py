@@ -1,4 +1,4 @@
-"""OVSeg mask-category pairs (ovs.mask_pairs, ovs.mask_pairs_eval) against plain references."""
+"""OVSeg mask-category pairs (ovs.pairs.maker, ovs.pairs.precision) against plain references."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ovs.config import load_config
-from ovs.mask_pairs import (
+from ovs.pairs.maker import (
     PAIRS_SCHEMA,
     ClipScorer,
     PairMaker,
@@ -30,7 +30,7 @@ from ovs.mask_pairs import (
     shard_counts,
     sseg_mask_embeddings,
 )
-from ovs.mask_pairs_eval import (
+from ovs.pairs.precision import (
     GalleryItem,
     mask_majority,
     noun_classes,
@@ -40,7 +40,7 @@ from ovs.mask_pairs_eval import (
     precision_metrics,
     score_sample,
 )
-from ovs.pseudo_masks import encode_label_png
+from ovs.pseudo_masks.masker import encode_label_png
 from ovs.training import build_model
 
 CPU = torch.device("cpu")

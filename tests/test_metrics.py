@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ovs.metrics import (
+from ovs.eval.metrics import (
     confusion_matrix,
     mean_iou,
     merge_confusions,

@@ -248,7 +248,7 @@ def test_tiny_sseg_overfits_fixed_batch():
 def test_train_step_bench_prints_json_last(capsys):
     import json
 
-    from ovs.bench.train_step import main
+    from tools.bench.train_step import main
 
     argv = ["--config", "tiny", "--batch", "2", "--steps", "1", "--warmup", "0"]
     assert main([*argv, "--scaling", "off"]) == 0
@@ -280,7 +280,7 @@ def test_objective_class_supervision_adds_weighted_ce():
 
 @pytest.mark.slow
 def test_train_step_scaling_runs_two_ray_train_workers(ray_local):
-    from ovs.bench.train_step import scaling_efficiency
+    from tools.bench.train_step import scaling_efficiency
 
     out = scaling_efficiency(batch=2, steps=2, warmup=1)
     assert out["workers1_img_per_s"] > 0 and out["workers2_img_per_s"] > 0

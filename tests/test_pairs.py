@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from ovs.text.pairs import PAIRS_SCHEMA, build_index, build_pairs, entity_frequency
+from ovs.text.cross_image import PAIRS_SCHEMA, build_index, build_pairs, entity_frequency
 
 CLASSES = ["dog", "cat", "people", "car", "tv", "sofa", "bus", "kite"]
 

@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ovs.config import load_config
-from ovs.mask_pairs import PAIRS_SCHEMA
+from ovs.pairs.maker import PAIRS_SCHEMA
 from ovs.stage import MANIFEST, resolve
 from pipelines.common import connect_mlflow, run_stage
 from pipelines.graph import STAGES

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from ovs.data import world
-from ovs.pseudo_masks import (
+from ovs.pseudo_masks.masker import (
     PseudoMaskConfig,
     PseudoMasker,
     decode_label_png,
@@ -264,7 +264,7 @@ def test_bench_says_what_the_machine_supports_and_which_dtype_ran(capsys):
     import json
 
     from ovs import precision
-    from ovs.bench.pseudo_masks import main
+    from tools.bench.pseudo_masks import main
 
     tiny = ["--image-size", "32", "--batch-size", "2", "--naive-images", "1", "--device", "cpu"]
     assert main([*tiny, "--rounds", "1", "--gemm-size", "64", "--jpeg-size", "32"]) == 0

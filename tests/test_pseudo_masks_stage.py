@@ -12,10 +12,10 @@ from PIL import Image
 
 from ovs.config import Config
 from ovs.data import world
-from ovs.pseudo_masks import PseudoMaskConfig, decode_label_png
+from ovs.pseudo_masks.masker import PseudoMaskConfig, decode_label_png
 from ovs.stage import Progress, StageContext
-from ovs.tracking import MlflowTracker
 from pipelines.pseudo_masks import run
+from pipelines.tracking import MlflowTracker
 
 
 @dataclass

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ovs.features import ExtractorArgs, build_extractor
-from ovs.runtimes import (
+from ovs.pseudo_masks.features import ExtractorArgs, build_extractor
+from ovs.pseudo_masks.runtimes import (
     EagerForward,
     InductorForward,
     OneDNNGraphForward,

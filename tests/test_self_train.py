@@ -15,9 +15,9 @@ import torch.nn.functional as F
 
 from ovs.data.augment import AugmentConfig
 from ovs.eval.datasets import SampleRef, SegDataset
+from ovs.eval.metrics import confusion_matrix, summarize
 from ovs.eval.protocol import labels_from_probs, tiny
 from ovs.eval.visualize import png_bytes
-from ovs.metrics import confusion_matrix, summarize
 from ovs.models.sseg import SSeg, SSegConfig
 from ovs.models.upernet import (
     SegmenterConfig,

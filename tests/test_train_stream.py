@@ -5,10 +5,10 @@ decode-task executor follows the CPUs the Train workers leave free."""
 import pytest
 import torch
 
-from ovs.bench.ingest import write_shards
 from ovs.data.augment import AugmentConfig
 from ovs.training import TrainConfig, noun_prompts, prompts_for_nouns
 from pipelines.train import ingest_executor, stream_ingest
+from tools.bench.ingest import write_shards
 
 
 def _config(dirs, executor, **train):

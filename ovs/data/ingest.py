@@ -54,7 +54,7 @@ import torch
 from PIL import Image
 
 from ovs.data.augment import AugmentConfig, sample_crop
-from ovs.pseudo_masks import decode_label_png, image_seed
+from ovs.pseudo_masks.masker import decode_label_png, image_seed
 
 OK = "ok"
 # Metadata reasons, in the order the join checks them (train_data.iter_samples' order).
@@ -371,7 +371,7 @@ def augment_jpeg(
 
 def decode_label(png: bytes) -> np.ndarray | None:
     """Label PNG (mode L) -> uint8 [h, w] through OpenCV (no PIL image round trip); PIL's
-    :func:`ovs.pseudo_masks.decode_label_png` for what OpenCV does not read as one channel."""
+    :func:`ovs.pseudo_masks.masker.decode_label_png` for what OpenCV does not read as one channel."""
     import cv2
 
     grid = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)

@@ -49,7 +49,7 @@ class MethodSpec:
 
     ``checkpoint`` accepts a checkpoint file or a directory holding one (a pipeline work dir:
     its newest ``latest.pt``); an MLflow run id must be resolved to the run's ``model``
-    artifact dir by the caller (``python -m ovs.segment`` does). ``model``/``pretrained`` are
+    artifact dir by the caller (``python -m tools.segment`` does). ``model``/``pretrained`` are
     open_clip names for baselines (``pretrained=None``: random weights; ``model="tiny"``: a
     small random debug CLIP). ``logit_scale=None``: the model's own learned scale.
     """

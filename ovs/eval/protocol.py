@@ -46,9 +46,9 @@ import torch.nn.functional as F
 
 from ovs.eval.datasets import SegDataset
 from ovs.eval.method import SegMethod
+from ovs.eval.metrics import confusion_matrix, merge_confusions, summarize
 from ovs.eval.names import query_names
 from ovs.eval.templates import apply_templates, get_templates
-from ovs.metrics import confusion_matrix, merge_confusions, summarize
 
 
 @dataclass

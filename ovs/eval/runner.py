@@ -22,6 +22,7 @@ import torch
 from ovs.eval.config import EvalDatasetConfig
 from ovs.eval.datasets import SegDataset, build_dataset
 from ovs.eval.method import MethodSpec, SegMethod, load_method
+from ovs.eval.metrics import merge_confusions
 from ovs.eval.protocol import (
     EvalShard,
     ProtocolConfig,
@@ -29,7 +30,6 @@ from ovs.eval.protocol import (
     evaluate_shard,
     predict_label,
 )
-from ovs.metrics import merge_confusions
 
 
 @dataclass

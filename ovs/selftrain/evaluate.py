@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from ovs.eval.datasets import SegDataset
 from ovs.eval.method import SegMethod
+from ovs.eval.metrics import confusion_matrix
 from ovs.eval.protocol import (
     EvalShard,
     ProtocolConfig,
@@ -27,7 +28,6 @@ from ovs.eval.protocol import (
     shard_metrics,
     sliding_window_probs,
 )
-from ovs.metrics import confusion_matrix
 from ovs.models.upernet import Segmenter
 
 

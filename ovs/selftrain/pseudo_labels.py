@@ -227,7 +227,7 @@ def label_gt_histogram(
 
 def kept_confusion(joint: np.ndarray, thresholds: np.ndarray | None = None) -> np.ndarray:
     """Confusion ``int64[C, C]`` (rows ground truth, columns pseudo-label, as
-    :func:`ovs.metrics.confusion_matrix`) of the pixels the confidence rule keeps; all pixels
+    :func:`ovs.eval.metrics.confusion_matrix`) of the pixels the confidence rule keeps; all pixels
     when ``thresholds`` is None."""
     joint = np.asarray(joint, dtype=np.int64)
     if thresholds is None:

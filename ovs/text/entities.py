@@ -10,7 +10,7 @@ ner): lemmas need tagger + attribute_ruler (tag -> POS) + lemmatizer (rule mode,
 ``doc.noun_chunks`` needs the dependency parser. ``ner`` is never needed. With
 ``noun_chunks="pos"`` (the default) the parser is excluded too and chunks come from a
 POS-pattern chunker (``pos_noun_chunks``): ~1.3x the captions per second of the parser path
-(see ``ovs.bench.entities``); ``"parser"`` gives spaCy's dependency-based chunks. The
+(see ``tools.bench.entities``); ``"parser"`` gives spaCy's dependency-based chunks. The
 attribute ruler is replaced by the output-identical ``ovs.text.fast_ruler`` (~5x faster).
 
 Paper scale: CC12M (12M captions) with the defaults below; ``n_process`` stays 1 inside Ray

@@ -1,6 +1,6 @@
 """Benchmark the entities stage path against a naive per-caption spaCy loop.
 
-    python -m ovs.bench entities [--n 4000] [--naive-n 600] [--noun-chunks pos|parser]
+    python -m tools.bench entities [--n 4000] [--naive-n 600] [--noun-chunks pos|parser]
 
 Stage path: ``load_pipeline`` (unneeded components excluded) + ``extract`` (``nlp.pipe``
 batches). Naive: the full en_core_web_sm pipeline called once per caption (``nlp(text)``),

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ovs.pseudo_masks import STATUS_OK, decode_label_png, resolve_device, upsample_labels
+from ovs.pseudo_masks.masker import STATUS_OK, decode_label_png, resolve_device, upsample_labels
 
 SCORERS = ("sseg", "clip")
 NOUN_COLUMNS = ("nouns", "chunk_heads", "entities")

@@ -1,6 +1,6 @@
 """How a feature extractor's forward is run: eager, torch.compile, or TorchScript + oneDNN Graph.
 
-A runtime wraps an extractor (``ovs.features``) into a callable ``images [B, 3, H, W] float in
+A runtime wraps an extractor (``ovs.pseudo_masks.features``) into a callable ``images [B, 3, H, W] float in
 [0, 1] -> (features [B, h*w, C], (h, w))`` that computes in a given dtype. ``RUNTIMES`` names
 them; ``resolve_runtime`` turns ``"auto"`` into one:
 
@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ovs import precision
-from ovs.features import PixelFeatures, ViTFeatures
+from ovs.pseudo_masks.features import PixelFeatures, ViTFeatures
 
 RUNTIMES = ("auto", "eager", "inductor", "onednn_graph")
 

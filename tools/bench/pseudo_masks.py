@@ -1,6 +1,6 @@
 """Benchmark of the pseudo-mask stage: batched stage path vs a naive one-image-at-a-time loop.
 
-    python -m ovs.bench pseudo_masks [--batch-size 16 --batches 2 --naive-images 4 ...]
+    python -m tools.bench pseudo_masks [--batch-size 16 --batches 2 --naive-images 4 ...]
 
 Defaults follow the paper's setting: random-init ``dino_vits8`` at 224x224, K = 8. Images are
 synthetic-world scenes rendered at 224. Both paths start from decoded uint8 images and use the
@@ -8,7 +8,7 @@ same weights:
 
 - stage path (``img_per_s``): ``PseudoMasker`` on batches — the extractor forward in the
   config's runtime (``--runtime``, default ``auto``: oneDNN Graph on CPU, see
-  ``ovs.runtimes``) and compute dtype (``--autocast``, default ``auto``: bfloat16 where the
+  ``ovs.pseudo_masks.runtimes``) and compute dtype (``--autocast``, default ``auto``: bfloat16 where the
   machine runs it natively, float32 elsewhere; the JSON line's ``dtype`` is what ran and
   ``precision`` what the machine supports, :func:`ovs.precision.describe`), batched torch
   K-means, PNG encoding of the label maps;
@@ -41,8 +41,8 @@ import numpy as np
 import torch
 
 from ovs import precision
-from ovs.kmeans import kmeans
-from ovs.pseudo_masks import (
+from ovs.pseudo_masks.kmeans import kmeans
+from ovs.pseudo_masks.masker import (
     AUTOCAST_CHOICES,
     PseudoMaskConfig,
     PseudoMasker,
@@ -51,13 +51,13 @@ from ovs.pseudo_masks import (
     image_seed,
     oracle_miou,
 )
-from ovs.runtimes import RUNTIMES
+from ovs.pseudo_masks.runtimes import RUNTIMES
 
 T = TypeVar("T")
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m ovs.bench pseudo_masks", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m tools.bench pseudo_masks", description=__doc__)
     p.add_argument("--extractor", default="dino_vits8")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--k", type=int, default=8)

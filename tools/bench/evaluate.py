@@ -1,6 +1,6 @@
 """Benchmark: images/s of sliding-window evaluation (one process, no Ray).
 
-    python -m ovs.bench evaluate [--method maskclip|clip|sseg] [--model tiny|ViT-B-16|paper]
+    python -m tools.bench evaluate [--method maskclip|clip|sseg] [--model tiny|ViT-B-16|paper]
                                  [--checkpoint PATH] [--protocol tiny|mask_free]
                                  [--images 8] [--height 64 --width 96] [--device cpu]
 
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ovs.eval.baselines import build_clip_baseline
+from ovs.eval.metrics import confusion_matrix
 from ovs.eval.names import load_class_names
 from ovs.eval.protocol import (
     build_classifier,
@@ -29,7 +30,6 @@ from ovs.eval.protocol import (
     resize_short_side,
     window_boxes,
 )
-from ovs.metrics import confusion_matrix
 
 
 def build_method(name: str, model: str, checkpoint: str | None, device: str):
@@ -49,7 +49,7 @@ def build_method(name: str, model: str, checkpoint: str | None, device: str):
 
 def run(argv: list[str] | None = None) -> dict:
     """Run the benchmark; print and return the result dict."""
-    p = argparse.ArgumentParser(prog="python -m ovs.bench evaluate")
+    p = argparse.ArgumentParser(prog="python -m tools.bench evaluate")
     p.add_argument("--model", default="tiny")
     p.add_argument("--method", default="maskclip", choices=("clip", "maskclip", "sseg"))
     p.add_argument("--checkpoint", default=None, help="S-Seg checkpoint (--method sseg)")

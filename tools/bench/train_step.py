@@ -1,6 +1,6 @@
 """Benchmark one S-Seg training step: forward + matching + losses + backward + AdamW step.
 
-``python -m ovs.bench train_step [--config tiny|paper|auto] [--batch B] [--steps N]``
+``python -m tools.bench train_step [--config tiny|paper|auto] [--batch B] [--steps N]``
 
 ``auto`` (default) times the tiny config (64-px inputs) on CPU and the paper config (Swin-S,
 224-px inputs, bf16 autocast) when CUDA is available. Inputs are synthetic: uniform images,
@@ -213,7 +213,7 @@ def scaling_efficiency(batch: int, steps: int, warmup: int, threads: int = 1) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ovs.bench train_step", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m tools.bench train_step", description=__doc__)
     p.add_argument("--config", choices=["tiny", "paper", "auto"], default="auto")
     p.add_argument("--device", default=None, help="default: cuda if available else cpu")
     p.add_argument("--batch", type=int, default=None, help="default: 16 tiny, 64 paper")

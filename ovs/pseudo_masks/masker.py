@@ -31,10 +31,10 @@ import torch
 from PIL import Image
 
 from ovs import precision
-from ovs.device_decode import decode_resize_batch
-from ovs.features import ExtractorArgs, build_extractor
-from ovs.kmeans import kmeans
-from ovs.runtimes import build_forward, resolve_runtime
+from ovs.pseudo_masks.device_decode import decode_resize_batch
+from ovs.pseudo_masks.features import ExtractorArgs, build_extractor
+from ovs.pseudo_masks.kmeans import kmeans
+from ovs.pseudo_masks.runtimes import build_forward, resolve_runtime
 
 STATUS_OK = "ok"
 STATUS_DECODE_ERROR = "decode_error"
@@ -74,7 +74,7 @@ class PseudoMaskConfig:
         "figure_images",
     )
 
-    extractor: str = "pixels"  # key of ovs.features.EXTRACTORS
+    extractor: str = "pixels"  # key of ovs.pseudo_masks.features.EXTRACTORS
     checkpoint: str | None = None  # local weight file for the ViT extractors
     pretrained: bool = True  # ViTs: load trained weights (checkpoint, else the hub)
     random_init: bool = False  # must be true to run a ViT with random weights
@@ -91,13 +91,13 @@ class PseudoMaskConfig:
     num_cpus: float = 1.0  # CPUs per actor (also its torch thread count)
     decode_cpus: float = 1.0  # CPUs per Ray Data read / decode+resize task
     # Where JPEGs are decoded: "cpu" (Ray Data CPU tasks, PIL) | "device" (in the actors, on
-    # their device: nvJPEG on GPUs; ovs.device_decode)
+    # their device: nvJPEG on GPUs; ovs.pseudo_masks.device_decode)
     decode: str = "cpu"
     device: str = "auto"  # "auto" (cuda if available) | "cpu" | "cuda" | "cuda:N"
     # Extractor compute dtype: "auto" (bfloat16 where native, else float32; ovs.precision) |
     # "float32" | "bfloat16" | "float16"
     autocast: str = "auto"
-    # How the extractor runs (ovs.runtimes): "auto" (oneDNN Graph for ViTs on CPU, else eager) |
+    # How the extractor runs (ovs.pseudo_masks.runtimes): "auto" (oneDNN Graph for ViTs on CPU, else eager) |
     # "eager" | "inductor" (torch.compile; try it on GPUs) | "onednn_graph" (CPU)
     runtime: str = "auto"
     kmeans_threads: int = 1  # CPU: torch threads during K-means (small ops; 0 = unchanged)
@@ -339,7 +339,7 @@ def _as_rgb(img: Any, size: int) -> np.ndarray | None:
 
 def _confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore: int) -> np.ndarray:
     """[C, C] counts, rows = ground truth, columns = prediction (pixels with gt == ignore or
-    pred outside [0, C) are dropped). Private: ovs/metrics.py holds the project's metrics."""
+    pred outside [0, C) are dropped). Private: ovs/eval/metrics.py holds the project's metrics."""
     valid = (gt != ignore) & (gt < num_classes) & (pred < num_classes)
     idx = gt[valid].astype(np.int64) * num_classes + pred[valid].astype(np.int64)
     return np.bincount(idx, minlength=num_classes**2).reshape(num_classes, num_classes)

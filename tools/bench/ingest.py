@@ -1,7 +1,7 @@
 """Benchmark training ingest: img/s delivered to a loop that does nothing, 512-px JPEG shards to
 224-px crops, the Ray Data plan (``pipelines/ingest.py``) against today's loader.
 
-    python -m ovs.bench ingest [--shards 8] [--per-shard 128] [--batch 32] [--draft image]
+    python -m tools.bench ingest [--shards 8] [--per-shard 128] [--batch 32] [--draft image]
 
 Shards are generated in a temp dir in the real format (img2dataset webdataset ``.tar`` +
 ``.parquet`` + ``_stats.json``, pseudo-mask parquet with 28x28 label PNGs, entity-text
@@ -45,7 +45,7 @@ from PIL import Image
 
 from ovs.data.augment import AugmentConfig
 from ovs.data.ingest import IngestConfig
-from ovs.pseudo_masks import encode_label_png
+from ovs.pseudo_masks.masker import encode_label_png
 
 _WORDS = "dog cat car tree boat person bus horse chair bottle sky grass water sand".split()
 
@@ -237,7 +237,7 @@ def ray_rate(
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m ovs.bench ingest")
+    p = argparse.ArgumentParser(prog="python -m tools.bench ingest")
     p.add_argument("--shards", type=int, default=8)
     p.add_argument("--per-shard", type=int, default=128)
     p.add_argument("--batch", type=int, default=32)

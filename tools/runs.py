@@ -1,6 +1,6 @@
 """Compare pipeline runs recorded in MLflow.
 
-    python -m ovs.runs compare [--experiment NAME] [--metrics a,b] [--limit N]
+    python -m tools.runs compare [--experiment NAME] [--metrics a,b] [--limit N]
 
 Prints one row per pipeline run (newest first) with its status, duration and the key metric of
 each stage (``<stage>.<metric>`` on the parent run), built on ``mlflow.search_runs``.
@@ -64,9 +64,9 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ovs.tracking import default_tracking_uri
+    from pipelines.tracking import default_tracking_uri
 
-    p = argparse.ArgumentParser(prog="python -m ovs.runs")
+    p = argparse.ArgumentParser(prog="python -m tools.runs")
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("compare", help="table of pipeline runs with key metrics")
     c.add_argument("--experiment", default="default")

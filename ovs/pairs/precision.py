@@ -26,8 +26,8 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from ovs.mask_pairs import candidate_masks, read_keyed
-from ovs.pseudo_masks import STATUS_OK, decode_label_png, upsample_labels
+from ovs.pairs.maker import candidate_masks, read_keyed
+from ovs.pseudo_masks.masker import STATUS_OK, decode_label_png, upsample_labels
 
 IGNORE_INDEX = 255
 
@@ -278,7 +278,7 @@ def gallery_items(
     """The first ``n`` pairs of a shard (tar order) as :class:`GalleryItem` (correctness when
     ``gt_dir`` and ``noun_to_class`` are given)."""
     from ovs.data.shards import iter_shard
-    from ovs.mask_pairs import decode_rgb
+    from ovs.pairs.maker import decode_rgb
 
     rows = pq.read_table(pairs_path, columns=["key", "noun", "mask_id", "score"]).to_pylist()[:n]
     wanted: dict[str, list[dict]] = {}

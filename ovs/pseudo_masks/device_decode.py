@@ -7,7 +7,7 @@ GPU node, CPU decoding of ~5,000 images/s would take most of the node's cores; n
 the GPU next to the forward.
 
 Each image is resized to ``size x size`` with antialiased bicubic interpolation, which is what
-PIL's BICUBIC resize does when it downscales (``ovs.pseudo_masks.decode_resize``). Bytes that
+PIL's BICUBIC resize does when it downscales (``ovs.pseudo_masks.masker.decode_resize``). Bytes that
 are not a JPEG (PNG, WebP, ...) or that TorchCodec fails on are decoded by PIL one by one;
 bytes neither can decode give None, as ``decode_resize`` does.
 """
@@ -57,7 +57,7 @@ def decode_resize_batch(
     datas: Sequence[bytes | None], size: int, device: torch.device
 ) -> list[torch.Tensor | None]:
     """Encoded images -> uint8 [size, size, 3] tensors on ``device``, or None if undecodable."""
-    from ovs.pseudo_masks import decode_resize
+    from ovs.pseudo_masks.masker import decode_resize
 
     out: list[torch.Tensor | None] = [None] * len(datas)
     raw = [bytes(d) if d is not None else b"" for d in datas]

@@ -1,7 +1,7 @@
 """Segment your own images with any class names.
 
-    python -m ovs.segment IMAGE... --classes "cat,dog,grass" --method maskclip --out DIR
-    python -m ovs.segment IMAGE... --classes "cat,dog" --checkpoint PATH|WORKDIR|RUN_ID --out DIR
+    python -m tools.segment IMAGE... --classes "cat,dog,grass" --method maskclip --out DIR
+    python -m tools.segment IMAGE... --classes "cat,dog" --checkpoint PATH|WORKDIR|RUN_ID --out DIR
 
 ``--checkpoint``: an S-Seg checkpoint file, a directory holding one (a pipeline ``workdir``:
 its newest ``latest.pt``), or an MLflow run id: the ``train`` stage run (its ``model``
@@ -31,7 +31,7 @@ from ovs.eval.method import MethodSpec, is_run_id, load_method
 from ovs.eval.protocol import build_classifier, get_protocol, predict_label
 from ovs.eval.visualize import legend, make_palette, overlay, png_bytes, with_legend
 from ovs.io import atomic_write_bytes
-from ovs.tracking import default_tracking_uri
+from pipelines.tracking import default_tracking_uri
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,7 +65,7 @@ def checkpoint_from_run(run_id: str, tracking_uri: str) -> Path:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from ovs.tracking import TAG_SOURCE_RUN
+    from pipelines.tracking import TAG_SOURCE_RUN
 
     client = MlflowClient(tracking_uri)
 
@@ -96,7 +96,7 @@ def checkpoint_from_run(run_id: str, tracking_uri: str) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ovs.segment", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tools.segment", description=__doc__.split("\n")[0])
     p.add_argument("images", nargs="+", type=Path, help="image files")
     p.add_argument("--classes", required=True, help='e.g. "cat,dog,grass" ("tv|television")')
     src = p.add_mutually_exclusive_group(required=True)

@@ -1,1 +1,0 @@
-"""Benchmarks: ``python -m ovs.bench NAME``; each prints a JSON line last."""

@@ -1,0 +1,1 @@
+"""Command-line tools apart from the library: benchmarks, run comparison, segmenting images."""

@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m tools.bench NAME``; each prints a JSON line last."""
