@@ -17,9 +17,6 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from ovs.data.download import DownloadConfig, download
 from ovs.stage import Stage, StageContext
 

@@ -37,9 +37,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from ovs.config import Config, flatten, to_dict
 from ovs.eval.config import BenchmarkMissing, EvalConfig, EvalDatasetConfig
 from ovs.eval.datasets import SegDataset, build_dataset

@@ -20,9 +20,6 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from ovs.config import Config
 from ovs.pairs.maker import PairMaker, PairsConfig, build_scorer, shard_counts
 from ovs.stage import Stage, StageContext

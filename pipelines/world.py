@@ -9,10 +9,6 @@ of VOC / Context / COCO-Object (``ovs.data.world_export``) there.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ovs.data import world
 from ovs.stage import Stage, StageContext
