@@ -30,7 +30,7 @@ import traceback
 from pathlib import Path
 
 from ovs import provenance
-from ovs.config import Config, ConfigError, flatten, load_config, to_dict, to_yaml
+from ovs.config import Config, ConfigError, flatten, to_dict, to_yaml
 from ovs.eval.config import BenchmarkMissing, check_benchmarks
 from ovs.stage import (
     Progress,
@@ -316,7 +316,7 @@ def main(only: str | None = None, argv: list[str] | None = None) -> int:
         stream=sys.stdout,
         force=True,
     )
-    from pipelines.graph import STAGES  # the stage table; importing it registers nothing
+    from pipelines.graph import STAGES, load_config  # the stage table and its root config
 
     args = parse_args(argv, f"Run the ovs {'stage ' + only if only else 'pipeline'}.")
     try:

@@ -80,7 +80,9 @@ def _inputs(cfg) -> tuple[str, ...]:
     return ("world",) if "world" in cfg.pipeline.stages or not cfg.download.url_list else ()
 
 
-STAGE = Stage("download", run=run, inputs=_inputs, description="img2dataset download")
+STAGE = Stage(
+    "download", run=run, section=DownloadConfig, inputs=_inputs, description="img2dataset download"
+)
 
 if __name__ == "__main__":
     from pipelines.common import main

@@ -152,6 +152,7 @@ def run(ctx: StageContext) -> dict:
 STAGE = Stage(
     "entities",
     run=run,
+    section=EntitiesConfig,
     inputs=("download",),
     description="spaCy nouns/verbs/chunks, CC4M filter, cross-image pairs",
 )

@@ -303,6 +303,7 @@ def run(ctx: StageContext) -> dict:
 STAGE = Stage(
     "evaluate",
     run=run,
+    section=EvalConfig,
     inputs=_inputs,
     description="zero-shot mIoU of the trained model and baselines on the world and benchmarks",
     stale=stale,

@@ -204,6 +204,7 @@ def run(ctx: StageContext) -> dict:
 STAGE = Stage(
     "pairs",
     run=run,
+    section=PairsConfig,
     inputs=_inputs,
     description="OVSeg mask-category pairs: best pseudo-mask per caption noun",
 )

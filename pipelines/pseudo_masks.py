@@ -233,6 +233,7 @@ def run(ctx: StageContext) -> dict:
 STAGE = Stage(
     "pseudo_masks",
     run=run,
+    section=PseudoMaskConfig,
     inputs=_inputs,
     description="DINO (or pixel) features + batched K-means pseudo-masks per image (Ray Data)",
 )

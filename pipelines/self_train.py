@@ -572,6 +572,7 @@ def _inputs(cfg: Config) -> tuple[str, ...]:
 STAGE = Stage(
     "self_train",
     run=run,
+    section=SelfTrainConfig,
     inputs=_inputs,
     description="S-Seg+: pseudo-label the target's train images, train a UperNet segmenter",
 )

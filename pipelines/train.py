@@ -405,7 +405,9 @@ def _inputs(cfg) -> tuple[str, ...]:
     return ("world", *base) if "world" in cfg.pipeline.stages else base
 
 
-STAGE = Stage("train", run=run, inputs=_inputs, description="train S-Seg with Ray Train")
+STAGE = Stage(
+    "train", run=run, section=TrainConfig, inputs=_inputs, description="train S-Seg with Ray Train"
+)
 
 if __name__ == "__main__":
     from pipelines.common import main

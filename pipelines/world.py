@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 
 from ovs.data import world
+from ovs.data.world import WorldConfig
 from ovs.stage import Stage, StageContext
 
 
@@ -43,7 +44,9 @@ def run(ctx: StageContext) -> dict:
     return {"counts": counts}
 
 
-STAGE = Stage("world", run=run, description="generate the synthetic caption world")
+STAGE = Stage(
+    "world", run=run, section=WorldConfig, description="generate the synthetic caption world"
+)
 
 if __name__ == "__main__":
     from pipelines.common import main

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from ovs.config import Config, ConfigError, digest, flatten, load_config, parse_overrides, to_dict
+from ovs.config import ConfigError, digest, flatten, parse_overrides, to_dict
+from pipelines.graph import ExperimentConfig, load_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -16,7 +17,7 @@ def write(tmp_path, text, name="c.yaml"):
 def test_defaults_and_file(tmp_path):
     cfg = load_config(write(tmp_path, "experiment: x\nworld:\n  num_train: 7\n"))
     assert cfg.experiment == "x" and cfg.world.num_train == 7
-    assert cfg.world.image_size == Config().world.image_size
+    assert cfg.world.image_size == ExperimentConfig().world.image_size
     assert cfg.workdir_path == Path.cwd() / "runs" / "x"
 
 
@@ -59,10 +60,10 @@ def test_overrides(tmp_path):
 
 
 def test_flatten_and_digest_stable():
-    d = to_dict(Config())
+    d = to_dict(ExperimentConfig())
     flat = flatten(d)
-    assert flat["world.num_train"] == Config().world.num_train
-    assert digest(d) == digest(to_dict(Config()))
+    assert flat["world.num_train"] == ExperimentConfig().world.num_train
+    assert digest(d) == digest(to_dict(ExperimentConfig()))
     assert digest(d) != digest(to_dict(load_config(None, ["world.seed=1"])))
 
 

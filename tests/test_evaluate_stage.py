@@ -12,7 +12,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from ovs.config import load_config
+from pipelines.graph import load_config
 from ovs.eval.datasets import build_dataset
 from ovs.eval.method import MethodSpec, load_method
 from ovs.eval.protocol import evaluate

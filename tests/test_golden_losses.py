@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from ovs.config import load_config
+from pipelines.graph import load_config
 from tests.golden.machine import GOLDEN, REPO, fingerprint
 
 FILE = GOLDEN / "train_losses.json"

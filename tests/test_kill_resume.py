@@ -25,7 +25,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from ovs.config import load_config
+from pipelines.graph import load_config
 from ovs.data.shards import iter_shard, list_shards
 from ovs.stage import MANIFEST, resolve
 from pipelines.common import connect_mlflow, run_stage

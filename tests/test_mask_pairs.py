@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ovs.config import load_config
+from pipelines.graph import load_config
 from ovs.pairs.maker import (
     PAIRS_SCHEMA,
     ClipScorer,

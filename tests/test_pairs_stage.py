@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ovs.config import load_config
+from pipelines.graph import load_config
 from ovs.pairs.maker import PAIRS_SCHEMA
 from ovs.stage import MANIFEST, resolve
 from pipelines.common import connect_mlflow, run_stage

@@ -11,7 +11,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from ovs.config import load_config
+from pipelines.graph import load_config
 from ovs.models.upernet import load_segmenter
 from ovs.stage import read_manifest, resolve
 from pipelines.common import connect_mlflow, run_stage

@@ -13,7 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ovs.config import Config, load_config, to_dict
+from ovs.config import Config, to_dict
+from pipelines.graph import load_config
 from ovs.data.world_export import benchmark_roots
 from ovs.models.sseg import paper_sseg
 from ovs.selftrain.training import paper_self_train

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ovs.config import load_config
+from pipelines.graph import load_config
 from ovs.stage import (
     MANIFEST,
     Stage,

@@ -8,7 +8,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from ovs.config import load_config
+from pipelines.graph import load_config
 from ovs.models.sseg import load_checkpoint
 from ovs.stage import StageIncomplete, read_manifest, resolve
 from pipelines.common import connect_mlflow, run_stage
