@@ -12,13 +12,12 @@ import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from pipelines.graph import load_config
 from ovs.eval.datasets import build_dataset
 from ovs.eval.method import MethodSpec, load_method
 from ovs.eval.protocol import evaluate
 from ovs.stage import read_manifest, resolve
 from pipelines.common import connect_mlflow, run_stage
-from pipelines.graph import STAGES
+from pipelines.graph import STAGES, load_config
 from tests.tiny_world import tiny_world
 
 pytestmark = pytest.mark.slow

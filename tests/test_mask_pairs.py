@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipelines.graph import load_config
 from ovs.pairs.maker import (
     PAIRS_SCHEMA,
     ClipScorer,
@@ -42,6 +41,7 @@ from ovs.pairs.precision import (
 )
 from ovs.pseudo_masks.masker import encode_label_png
 from ovs.training import build_model
+from pipelines.graph import load_config
 
 CPU = torch.device("cpu")
 

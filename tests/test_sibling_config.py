@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from ovs.config import Config, to_dict
-from pipelines.graph import load_config
 from ovs.data.world_export import benchmark_roots
 from ovs.models.sseg import paper_sseg
 from ovs.selftrain.training import paper_self_train
+from pipelines.graph import load_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 WORKDIR = "/tmp/sibling-workdir"

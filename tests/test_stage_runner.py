@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.graph import load_config
 from ovs.stage import (
     MANIFEST,
     Stage,
@@ -19,6 +18,7 @@ from ovs.stage import (
     write_manifest,
 )
 from pipelines.common import PipelineError, connect_mlflow, run_stage
+from pipelines.graph import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 calls: list[str] = []

@@ -8,11 +8,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from pipelines.graph import load_config
 from ovs.models.sseg import load_checkpoint
 from ovs.stage import StageIncomplete, read_manifest, resolve
 from pipelines.common import connect_mlflow, run_stage
-from pipelines.graph import STAGES
+from pipelines.graph import STAGES, load_config
 from tests.tiny_world import tiny_world
 
 pytestmark = pytest.mark.slow

@@ -109,10 +109,9 @@ def test_streaming_train_stage_resumed_equals_uninterrupted(tmp_path, mlflow_uri
     """The real loop in streaming mode (one rank: the second CPU runs the Ray Data decode
     tasks): stopped by a time limit at step 2 and resumed, it ends bit-identical to a fresh
     run, and the ingest's counts reach the manifest."""
-    from pipelines.graph import load_config
     from ovs.stage import StageIncomplete, read_manifest, resolve
     from pipelines.common import connect_mlflow, run_stage
-    from pipelines.graph import STAGES
+    from pipelines.graph import STAGES, load_config
     from tests.tiny_world import tiny_world
 
     def cfg(*extra):
