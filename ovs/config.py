@@ -1,9 +1,14 @@
 """Typed configuration: YAML files validated into dataclasses, plus ``key.sub=value`` overrides.
 
-Every key has a type and a default (the dataclass field). Loading fails with a
+Every key has a type and a default (the dataclass field). Loading (:func:`load`) fails with a
 :class:`ConfigError` that names the offending key and file for unknown keys, wrong types and
-missing files; nothing is written before the config is valid. The resolved config (defaults +
-file + overrides) is what stages hash and what MLflow logs.
+missing files, and for any value a section's ``validate()`` rejects (:func:`validate`: names
+looked up in tables, ranges); nothing is written before the config is valid. The resolved
+config (defaults + file + overrides) is what stages hash and what MLflow logs.
+
+This module is the generic loader: it knows the root keys (:class:`Config`), not the
+sections; the application's root type subclasses :class:`Config` with one field per section
+(``pipelines/graph.py`` builds the pipeline's from its stage table).
 
 Accepted field types: ``bool``, ``int``, ``float`` (ints accepted; YAML 1.1's ``1e-4``
 strings accepted), ``str``, ``list[T]``, ``tuple[T, ...]``, ``dict[str, T]``, ``T | None`` and

@@ -188,7 +188,7 @@ def test_allowlist_catches_a_structural_change() -> None:
         ["train.cache_in_memory=true"],
         ["pseudo_masks.extractor=pixels"],
         ["pseudo_masks.decode=cpu"],
-        ["entities.text_mode=nouns"],
+        ["entities.text_mode=caption"],
         ["download.header=true", "download.columns=[]"],
         ["evaluate.protocols=[tiny]"],
         ["train.amp_dtype=float32"],

@@ -64,6 +64,38 @@ class WorldConfig:
     # headerless cc12m.tsv, VOC2012 / Context / COCO-Object folders); "" = no export.
     export_dir: str = ""
 
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the bad ``world.*`` setting (called at config load)."""
+        if self.image_size < 8 or self.num_train < 1 or self.num_eval < 0:
+            raise ValueError(
+                "world.image_size must be >= 8, world.num_train >= 1 and world.num_eval >= 0, got "
+                f"{self.image_size}, {self.num_train}, {self.num_eval}"
+            )
+        if not 1 <= self.min_objects <= self.max_objects:
+            raise ValueError(
+                "world.min_objects must be >= 1 and <= world.max_objects, got "
+                f"{self.min_objects} and {self.max_objects}"
+            )
+        if not 0.0 < self.min_object_frac <= self.max_object_frac <= 1.0:
+            raise ValueError(
+                "world.min_object_frac and world.max_object_frac must satisfy "
+                f"0 < min <= max <= 1, got {self.min_object_frac} and {self.max_object_frac}"
+            )
+        for key in (
+            "mention_prob",
+            "stuff_mention_prob",
+            "synonym_prob",
+            "wrong_prob",
+            "distractor_prob",
+        ):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ValueError(f"world.{key} must be in [0, 1], got {getattr(self, key)}")
+        if self.colour_jitter < 0 or self.noise_std < 0:
+            raise ValueError(
+                "world.colour_jitter and world.noise_std must be >= 0, got "
+                f"{self.colour_jitter} and {self.noise_std}"
+            )
+
 
 @dataclass(frozen=True)
 class WorldClass:

@@ -93,19 +93,25 @@ class PairsConfig:
     device: str = "auto"  # "auto" (cuda if available) | "cpu" | "cuda" | "cuda:N"
     gallery_pairs: int = 16  # pairs drawn in the logged gallery
 
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the bad ``pairs.*`` setting (called at config load)."""
+        from ovs.eval.templates import TEMPLATES
 
-def validate(cfg: PairsConfig) -> None:
-    """Raise ``ValueError`` naming the bad ``pairs.*`` setting."""
-    if cfg.scorer not in SCORERS:
-        raise ValueError(f"pairs.scorer must be one of {SCORERS}, got {cfg.scorer!r}")
-    if cfg.noun_column not in NOUN_COLUMNS:
-        raise ValueError(
-            f"pairs.noun_column must be one of {NOUN_COLUMNS}, got {cfg.noun_column!r}"
-        )
-    if not 0.0 <= cfg.min_mask_area < 1.0:
-        raise ValueError(f"pairs.min_mask_area must be in [0, 1), got {cfg.min_mask_area}")
-    if cfg.max_nouns < 1 or cfg.batch_size < 1 or cfg.image_size < 1:
-        raise ValueError("pairs.max_nouns, pairs.batch_size and pairs.image_size must be >= 1")
+        if self.scorer not in SCORERS:
+            raise ValueError(f"pairs.scorer must be one of {SCORERS}, got {self.scorer!r}")
+        if self.noun_column not in NOUN_COLUMNS:
+            raise ValueError(
+                f"pairs.noun_column must be one of {NOUN_COLUMNS}, got {self.noun_column!r}"
+            )
+        if self.templates not in TEMPLATES:
+            raise ValueError(
+                f"pairs.templates must be one of {sorted(TEMPLATES)}, got {self.templates!r}"
+            )
+        if not 0.0 <= self.min_mask_area < 1.0:
+            raise ValueError(f"pairs.min_mask_area must be in [0, 1), got {self.min_mask_area}")
+        for key in ("max_nouns", "batch_size", "image_size", "num_actors"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"pairs.{key} must be >= 1, got {getattr(self, key)}")
 
 
 # ----------------------------------------------------------------------------- pure pieces
@@ -368,7 +374,7 @@ class ClipScorer:
 def build_scorer(cfg: PairsConfig, checkpoint: str | Path | None = None) -> MaskScorer:
     """The scorer ``cfg.scorer`` names, on ``cfg.device``. ``checkpoint``: the S-Seg model
     file (``cfg.checkpoint`` wins when set)."""
-    validate(cfg)
+    cfg.validate()
     device = resolve_device(cfg.device)
     if cfg.scorer == "sseg":
         from ovs.models.sseg import load_checkpoint
@@ -426,7 +432,7 @@ class PairMaker:
     max_cached_nouns = 200_000
 
     def __init__(self, cfg: PairsConfig, scorer: MaskScorer) -> None:
-        validate(cfg)
+        cfg.validate()
         self.cfg = cfg
         self.scorer = scorer
         self._text: dict[str, torch.Tensor] = {}

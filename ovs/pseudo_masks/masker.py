@@ -32,9 +32,9 @@ from PIL import Image
 
 from ovs import precision
 from ovs.pseudo_masks.device_decode import decode_resize_batch
-from ovs.pseudo_masks.features import ExtractorArgs, build_extractor
-from ovs.pseudo_masks.kmeans import kmeans
-from ovs.pseudo_masks.runtimes import build_forward, resolve_runtime
+from ovs.pseudo_masks.features import EXTRACTORS, ExtractorArgs, build_extractor
+from ovs.pseudo_masks.kmeans import METRICS, kmeans
+from ovs.pseudo_masks.runtimes import RUNTIMES, build_forward, resolve_runtime
 
 STATUS_OK = "ok"
 STATUS_DECODE_ERROR = "decode_error"
@@ -106,6 +106,41 @@ class PseudoMaskConfig:
     png_compress_level: int = 1  # zlib level of the stored label PNGs
     oracle_images: int = 200  # world eval images for the oracle mIoU metric (0: off)
     figure_images: int = 8  # rows of the logged image / pseudo-mask / GT grid
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the bad ``pseudo_masks.*`` setting (called at config load,
+        and by :class:`PseudoMasker`)."""
+        if self.extractor not in EXTRACTORS:
+            raise ValueError(
+                f"pseudo_masks.extractor must be one of {sorted(EXTRACTORS)}, got {self.extractor!r}"
+            )
+        if self.metric not in ("auto", *METRICS):
+            raise ValueError(
+                f"pseudo_masks.metric must be auto or one of {METRICS}, got {self.metric!r}"
+            )
+        if self.runtime not in RUNTIMES:
+            raise ValueError(
+                f"pseudo_masks.runtime must be one of {RUNTIMES}, got {self.runtime!r}"
+            )
+        if self.autocast not in AUTOCAST_CHOICES:
+            raise ValueError(
+                f"pseudo_masks.autocast must be one of {AUTOCAST_CHOICES}, got {self.autocast!r}"
+            )
+        if self.smooth and self.smooth % 2 == 0:
+            raise ValueError(f"pseudo_masks.smooth must be 0 or odd, got {self.smooth}")
+        if self.decode not in DECODE_PLACES:
+            raise ValueError(
+                f"pseudo_masks.decode must be one of {DECODE_PLACES}, got {self.decode!r}"
+            )
+        if not 1 <= self.k <= 256:
+            raise ValueError(f"pseudo_masks.k must be in [1, 256] to fit a uint8 PNG, got {self.k}")
+        for key in ("image_size", "iters", "batch_size", "num_actors", "pixel_stride"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"pseudo_masks.{key} must be >= 1, got {getattr(self, key)}")
+        if not 0 <= self.png_compress_level <= 9:
+            raise ValueError(
+                f"pseudo_masks.png_compress_level must be in [0, 9], got {self.png_compress_level}"
+            )
 
 
 # ----------------------------------------------------------------------------- images / PNGs
@@ -207,14 +242,7 @@ class PseudoMasker:
     """
 
     def __init__(self, cfg: PseudoMaskConfig, device: str | None = None) -> None:
-        if cfg.autocast not in AUTOCAST_CHOICES:
-            raise ValueError(f"autocast must be one of {AUTOCAST_CHOICES}, got {cfg.autocast!r}")
-        if cfg.smooth and cfg.smooth % 2 == 0:
-            raise ValueError(f"smooth must be 0 or odd, got {cfg.smooth}")
-        if cfg.decode not in DECODE_PLACES:
-            raise ValueError(f"decode must be one of {DECODE_PLACES}, got {cfg.decode!r}")
-        if not 1 <= cfg.k <= 256:
-            raise ValueError(f"k must be in [1, 256] to fit a uint8 PNG, got {cfg.k}")
+        cfg.validate()
         self.cfg = cfg
         self.device = resolve_device(device or cfg.device)
         args = ExtractorArgs(
