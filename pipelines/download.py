@@ -33,11 +33,9 @@ def _config(ctx: StageContext) -> DownloadConfig:
 
 def _sample_grid(out_dir: Path, n: int = 16):
     """Up to ``n`` downloaded images of the first shard as one uint8 grid (4 per row)."""
-    import io
-
     import numpy as np
-    from PIL import Image
 
+    from ovs.codecs import decode_rgb
     from ovs.data.shards import iter_shard, list_shards
 
     shards = list_shards(out_dir)
@@ -45,8 +43,9 @@ def _sample_grid(out_dir: Path, n: int = 16):
         return None
     imgs = []
     for s in iter_shard(shards[0], ("jpg",)):
-        if "jpg" in s:
-            imgs.append(np.asarray(Image.open(io.BytesIO(s["jpg"])).convert("RGB")))
+        image = decode_rgb(s.get("jpg"))
+        if image is not None:
+            imgs.append(image)
         if len(imgs) == n:
             break
     rows = len(imgs) // 4

@@ -175,12 +175,12 @@ def evaluate_sharded(
 def write_outputs(out: Path, ds: SegDataset, result: dict, examples: dict, title: str) -> None:
     """Table, bar chart, confusion matrix and overlay grid into ``out``, then ``result.json``
     (last)."""
+    from ovs.codecs import png_bytes
     from ovs.eval.visualize import (
         comparison_grid,
         confusion_chart,
         figure_to_png,
         iou_bar_chart,
-        png_bytes,
     )
 
     iou = result["per_class_iou"]

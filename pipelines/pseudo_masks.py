@@ -27,18 +27,17 @@ from typing import Any
 
 import numpy as np
 
+from ovs.codecs import decode_label_png
 from ovs.config import Config
+from ovs.pseudo_masks.device_decode import decode_resize
 from ovs.pseudo_masks.masker import (
     STATUS_BAD_IMAGE,
     STATUS_DECODE_ERROR,
     STATUS_OK,
     PseudoMaskConfig,
     PseudoMasker,
-    decode_label_png,
-    decode_resize,
-    oracle_miou,
-    pseudo_mask_figure,
 )
+from ovs.pseudo_masks.oracle import oracle_miou, pseudo_mask_figure
 from ovs.stage import Stage, StageContext
 
 COLUMNS = ("key", "label_png", "grid_h", "grid_w", "k", "status")

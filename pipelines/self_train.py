@@ -90,9 +90,8 @@ class PseudoLabeler:
         self.dataset, self.out_dir = dataset, Path(out_dir)
 
     def _one(self, ref: dict) -> dict:
-        from ovs.eval.visualize import png_bytes
+        from ovs.codecs import png_bytes, read_image
         from ovs.selftrain.pseudo_labels import pseudo_label
-        from ovs.selftrain.training import read_image
 
         row = {"key": ref["id"], "image_path": ref["path"], "status": "ok"}
         row.update(label_png=b"", conf_png=b"", gt_png=b"")
@@ -187,8 +186,8 @@ def _label_statistics(files: list[Path], num_classes: int) -> dict:
     ground truth, the (pseudo-label, ground truth, confidence) histogram."""
     import pyarrow.parquet as pq
 
+    from ovs.codecs import decode_label_png
     from ovs.selftrain.pseudo_labels import confidence_histogram, label_gt_histogram
-    from ovs.selftrain.training import decode_png
 
     stats: dict = {"hist": np.zeros((num_classes, 256), dtype=np.int64), "joint": None}
     stats.update(ok=0, bad=0)
@@ -198,10 +197,10 @@ def _label_statistics(files: list[Path], num_classes: int) -> dict:
                 stats["bad"] += 1
                 continue
             stats["ok"] += 1
-            label, conf = decode_png(r["label_png"]), decode_png(r["conf_png"])
+            label, conf = decode_label_png(r["label_png"]), decode_label_png(r["conf_png"])
             stats["hist"] += confidence_histogram(label, conf, num_classes)
             if r["gt_png"]:
-                joint = label_gt_histogram(label, conf, decode_png(r["gt_png"]), num_classes)
+                joint = label_gt_histogram(label, conf, decode_label_png(r["gt_png"]), num_classes)
                 stats["joint"] = joint if stats["joint"] is None else stats["joint"] + joint
     return stats
 
@@ -482,9 +481,9 @@ def _label_examples(files: list[Path], thresholds: np.ndarray, n: int = 8) -> np
     | ground truth (grey when the target has none)."""
     import pyarrow.parquet as pq
 
+    from ovs.codecs import decode_label_png, read_image
     from ovs.eval.visualize import colorize, overlay
     from ovs.selftrain.pseudo_labels import apply_confidence_rule
-    from ovs.selftrain.training import decode_png, read_image
 
     rows: list[list[np.ndarray]] = []
     for f in files[:1]:
@@ -493,9 +492,11 @@ def _label_examples(files: list[Path], thresholds: np.ndarray, n: int = 8) -> np
                 continue
             image = read_image(r["image_path"])
             ruled = apply_confidence_rule(
-                decode_png(r["label_png"]), decode_png(r["conf_png"]), thresholds
+                decode_label_png(r["label_png"]), decode_label_png(r["conf_png"]), thresholds
             )
-            gt = colorize(decode_png(r["gt_png"])) if r["gt_png"] else np.full_like(image, 128)
+            gt = (
+                colorize(decode_label_png(r["gt_png"])) if r["gt_png"] else np.full_like(image, 128)
+            )
             rows.append([image, overlay(image, ruled, alpha=1.0), gt])
     return _panel_grid(rows) if rows else None
 

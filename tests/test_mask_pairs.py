@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ovs.codecs import encode_label_png
 from ovs.pairs.maker import (
     PAIRS_SCHEMA,
     ClipScorer,
@@ -39,7 +40,6 @@ from ovs.pairs.precision import (
     precision_metrics,
     score_sample,
 )
-from ovs.pseudo_masks.masker import encode_label_png
 from ovs.training import build_model
 from pipelines.graph import load_config
 

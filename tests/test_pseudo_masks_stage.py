@@ -10,9 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from ovs.codecs import decode_label_png
 from ovs.config import Config
 from ovs.data import world
-from ovs.pseudo_masks.masker import PseudoMaskConfig, decode_label_png
+from ovs.pseudo_masks.masker import PseudoMaskConfig
 from ovs.stage import Progress, StageContext
 from pipelines.pseudo_masks import run
 from pipelines.tracking import MlflowTracker

@@ -13,11 +13,11 @@ import timm
 import torch
 import torch.nn.functional as F
 
+from ovs.codecs import png_bytes
 from ovs.data.augment import AugmentConfig
 from ovs.eval.datasets import SampleRef, SegDataset
 from ovs.eval.metrics import confusion_matrix, summarize
 from ovs.eval.protocol import labels_from_probs, tiny
-from ovs.eval.visualize import png_bytes
 from ovs.models.sseg import SSeg, SSegConfig
 from ovs.models.upernet import (
     SegmenterConfig,

@@ -24,12 +24,10 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, UnidentifiedImageError
-
+from ovs.codecs import png_bytes, read_image
 from ovs.eval.method import MethodSpec, is_run_id, load_method
 from ovs.eval.protocol import build_classifier, get_protocol, predict_label
-from ovs.eval.visualize import legend, make_palette, overlay, png_bytes, with_legend
+from ovs.eval.visualize import legend, make_palette, overlay, with_legend
 from ovs.io import atomic_write_bytes
 from pipelines.tracking import default_tracking_uri
 
@@ -44,15 +42,6 @@ def parse_classes(text: str) -> list[list[str]]:
         if names:
             classes.append(names)
     return classes
-
-
-def read_image(path: Path) -> np.ndarray:
-    """``uint8[H, W, 3]``; raises ``ValueError`` with the path for unreadable files."""
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from e
 
 
 def checkpoint_from_run(run_id: str, tracking_uri: str) -> Path:
@@ -151,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         seen.add(stem)
         try:
             image = read_image(path)
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
+        except OSError as e:
+            print(f"error: cannot read image {path}: {e}", file=sys.stderr)
             failures += 1
             continue
         label = predict_label(method, image, classifier, protocol)

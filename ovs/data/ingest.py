@@ -49,12 +49,12 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
+from ovs.codecs import decode_label_png, read_keyed
 from ovs.data.augment import AugmentConfig, sample_crop
-from ovs.pseudo_masks.masker import decode_label_png, image_seed
+from ovs.pseudo_masks.masker import image_seed
 
 OK = "ok"
 # Metadata reasons, in the order the join checks them (train_data.iter_samples' order).
@@ -139,14 +139,6 @@ def tar_index(path: str | Path, ext: str = "jpg") -> tuple[list[str], np.ndarray
     return keys, np.asarray(offsets, np.int64), np.asarray(sizes, np.int64)
 
 
-def _read_keyed(path: Path, columns: list[str]) -> dict[str, dict]:
-    if not path.is_file():
-        return {}
-    names = pq.read_schema(path).names
-    table = pq.read_table(path, columns=[c for c in columns if c in names])
-    return {r["key"]: r for r in table.to_pylist()}
-
-
 def join_shard(
     shard: str | Path, masks_dir: str | Path, texts_dir: str | Path, require_keep: bool = False
 ) -> ShardTable:
@@ -155,8 +147,8 @@ def join_shard(
     map, no global join. A missing file means every sample lacks that part."""
     shard = Path(shard)
     keys, offset, size = tar_index(shard)
-    masks = _read_keyed(Path(masks_dir) / f"{shard.stem}.parquet", ["key", "label_png"])
-    texts = _read_keyed(Path(texts_dir) / f"{shard.stem}.parquet", ["key", "text", "keep", "nouns"])
+    masks = read_keyed(Path(masks_dir) / f"{shard.stem}.parquet", ["key", "label_png"])
+    texts = read_keyed(Path(texts_dir) / f"{shard.stem}.parquet", ["key", "text", "keep", "nouns"])
     pngs: list[bytes | None] = []
     captions: list[str] = []
     nouns: list[tuple[str, ...]] = []

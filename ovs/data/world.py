@@ -30,14 +30,13 @@ shifts objects to ``1..12``; :func:`to_background_labels` does the mapping.
 
 from __future__ import annotations
 
-import io
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from ovs.codecs import png_bytes, read_image, read_label_png
 from ovs.io import atomic_write_bytes, atomic_write_json, atomic_write_parquet, atomic_write_text
 
 
@@ -446,12 +445,6 @@ def caption(cfg: WorldConfig, index: int, label: np.ndarray, objects: list[int])
 # ----------------------------------------------------------------------------- files
 
 
-def png_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def class_lines(with_background: bool = False) -> list[str]:
     """Lines of a class-name file: canonical name first, synonyms after, comma-separated."""
     lines = [",".join((c.name,) + c.synonyms) for c in CLASSES]
@@ -530,8 +523,8 @@ def load_split(root: str | Path, split: str, limit: int | None = None) -> list[d
         out.append(
             {
                 "id": p.stem,
-                "image": np.asarray(Image.open(p).convert("RGB")),
-                "label": np.asarray(Image.open(root / "labels" / p.name)),
+                "image": read_image(p),
+                "label": read_label_png(root / "labels" / p.name),
             }
         )
     return out

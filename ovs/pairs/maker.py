@@ -29,7 +29,6 @@ stage's Ray actors wrap.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import time
@@ -46,7 +45,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ovs.pseudo_masks.masker import STATUS_OK, decode_label_png, resolve_device, upsample_labels
+from ovs.codecs import decode_label_png, decode_rgb, read_keyed
+from ovs.pseudo_masks.masker import STATUS_OK, resolve_device, upsample_labels
 
 SCORERS = ("sseg", "clip")
 NOUN_COLUMNS = ("nouns", "chunk_heads", "entities")
@@ -389,25 +389,6 @@ def build_scorer(cfg: PairsConfig, checkpoint: str | Path | None = None) -> Mask
 
 
 # ----------------------------------------------------------------------------- shards
-
-
-def read_keyed(path: Path, columns: list[str]) -> dict[str, dict]:
-    """``key -> row`` of a per-shard parquet (missing file -> empty)."""
-    if not Path(path).is_file():
-        return {}
-    return {r["key"]: r for r in pq.read_table(path, columns=columns).to_pylist()}
-
-
-def decode_rgb(data: bytes | None) -> np.ndarray | None:
-    """Image bytes -> uint8 ``[H, W, 3]``, or None if undecodable."""
-    if not data:
-        return None
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except Exception:  # noqa: BLE001 - any decode failure is a bad sample, counted by the caller
-        return None
-    return arr if arr.shape[0] > 0 and arr.shape[1] > 0 else None
 
 
 def shard_counts(path: str | Path) -> dict[str, int]:

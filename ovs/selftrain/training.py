@@ -6,15 +6,14 @@ The distributed loop (Ray Train workers, DDP, checkpoints, MLflow from rank 0) i
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import torch
-from PIL import Image
 
+from ovs.codecs import decode_label_png, read_image
 from ovs.data.augment import AugmentConfig, augment_pair
 from ovs.models.upernet import Segmenter, SegmenterConfig, layer_decay_groups, paper_segmenter
 from ovs.selftrain.pseudo_labels import (
@@ -154,17 +153,6 @@ def init_backbone_from_sseg(model: Segmenter, sseg_state: dict[str, torch.Tensor
 # ----------------------------------------------------------------------------- data
 
 
-def decode_png(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im)
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """``uint8[H, W, 3]`` RGB."""
-    with Image.open(path) as im:
-        return np.array(im.convert("RGB"), dtype=np.uint8)  # writable: torch.from_numpy
-
-
 @dataclass
 class LabelledRow:
     """One pseudo-labelled image: path + its label map after the confidence rule."""
@@ -194,7 +182,7 @@ def load_rows(
                 counts["skipped_status"] += 1
                 continue
             label = apply_confidence_rule(
-                decode_png(r["label_png"]), decode_png(r["conf_png"]), thresholds
+                decode_label_png(r["label_png"]), decode_label_png(r["conf_png"]), thresholds
             )
             image = None
             if cache_images:
