@@ -164,7 +164,8 @@ def init_ray(cfg: Config) -> None:
 
 def _skip(
     client, exp_id, parent_id, stage: Stage, out_dir: Path, manifest: dict, code: dict
-) -> MlflowTracker:
+) -> None:
+    """Record a reused output: a finished ``(skipped)`` run with the source run's metrics."""
     other = provenance.differs(manifest.get("code"), code)
     if other:
         log.warning(
@@ -191,10 +192,8 @@ def _skip(
             ),
         },
     )
-    tracker = MlflowTracker(client, run.info.run_id)
-    tracker.log_metrics(manifest.get("metrics", {}))
+    MlflowTracker(client, run.info.run_id).log_metrics(manifest.get("metrics", {}))
     client.set_terminated(run.info.run_id, "FINISHED")
-    return tracker
 
 
 def _incomplete(tracker: MlflowTracker, e: StageIncomplete, seconds: float) -> None:

@@ -21,7 +21,7 @@ from pipelines.tracking import MlflowTracker
 
 @dataclass
 class _Config(Config):
-    """Config with the pseudo_masks section (the coordinator wires it into ovs/config.py)."""
+    """A root config with only the section this stage reads."""
 
     pseudo_masks: PseudoMaskConfig = field(default_factory=PseudoMaskConfig)
 
