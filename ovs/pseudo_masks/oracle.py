@@ -94,7 +94,7 @@ def pseudo_mask_figure(
         img = images[r]
         size = img.shape[:2]
         panels = [img, pal[upsample_labels(pseudo_labels[r], size)]]
-        if with_gt:
+        if gt_labels is not None and num_classes is not None:  # with_gt (checked above)
             gt = gt_labels[r]
             panels += [pal[oracle_labels(pseudo_labels[r], gt, num_classes)], pal[gt]]
         for c, panel in enumerate(panels):
