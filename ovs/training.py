@@ -1,4 +1,4 @@
-"""S-Seg training pieces that do not depend on Ray: config, optimiser, schedule, batches.
+"""Training pieces that do not depend on Ray: the ``train`` config, schedule, batches.
 
 The distributed loop itself (Ray Train workers, DDP, checkpoints, MLflow logging from rank 0)
 is in ``pipelines/train.py``; everything here is single-process and unit-tested.
@@ -18,8 +18,7 @@ import torch
 
 from ovs.data.augment import AugmentConfig, augment_pair
 from ovs.data.train_data import JoinStats, Sample, iter_samples
-from ovs.models.sseg import SSeg, SSegConfig
-from ovs.objective import SSegLossConfig
+from ovs.methods.sseg.config import SSegConfig, SSegLossConfig
 
 
 @dataclass
@@ -90,30 +89,6 @@ class TrainConfig:
     inject_failure_at_step: int = -1  # tests: worker raises once at this step (failure drill)
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases, norms, embeddings and the temperature (CLIP/DETR practice)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim < 2 or "embed" in name or "logit_scale" in name or "query" in name:
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW over :func:`param_groups`; the fused kernel (CPU and CUDA, deterministic): the
-    per-tensor loop took 40-50 ms of the tiny CPU step, fused ~9 ms."""
-    return torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, fused=True
-    )
-
-
 def lr_factor(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up to 1, then cosine decay to ``min_lr_ratio`` at ``cfg.steps``."""
     if step < cfg.warmup_steps:
@@ -127,11 +102,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def build_model(cfg: TrainConfig, seed: int) -> SSeg:
-    torch.manual_seed(seed)
-    return SSeg(cfg.model)
 
 
 def make_batch(
@@ -151,7 +121,7 @@ def make_batch(
 def noun_prompts(
     samples: list[Sample], per_image: int, template: str, rng: np.random.Generator
 ) -> tuple[list[str], np.ndarray]:
-    """Prompted nouns of a batch for :func:`ovs.losses.noun_contrastive_loss` (reads only
+    """Prompted nouns of a batch for :func:`ovs.train.contrastive.noun_contrastive_loss` (reads only
     each sample's ``nouns``: :func:`prompts_for_nouns` of them)."""
     return prompts_for_nouns([s.nouns for s in samples], per_image, template, rng)
 

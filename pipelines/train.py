@@ -26,7 +26,8 @@ if __package__ in (None, ""):
 import numpy as np
 import torch
 
-from ovs.objective import SSegLossConfig, wrap_ddp
+from ovs.methods import METHODS
+from ovs.methods.sseg.config import SSegLossConfig
 from ovs.stage import Stage, StageContext
 from ovs.training import TrainConfig
 from pipelines.ray_train import (
@@ -48,17 +49,18 @@ def setup(config: dict, device: torch.device, state: dict | None):
     """Model → device → optimiser and schedule → resume ``state`` (the order that keeps the
     optimiser state on the parameters' device). Returns ``(model, objective, opt, sched,
     start step)``; the model is identical on every rank (same seed)."""
-    from ovs.objective import SSegObjective
-    from ovs.training import build_model, build_optimizer, lr_factor
+    from ovs.methods.sseg.config import SSegMethodConfig
+    from ovs.training import lr_factor
 
     cfg: TrainConfig = config["cfg"]
-    model = build_model(cfg, config["seed"])
-    objective = SSegObjective(model, config["loss"])
+    spec = METHODS["sseg"]
+    model = spec.build_model(SSegMethodConfig(cfg.model, cfg.loss), config["seed"], None)
+    objective = spec.objective(model, SSegMethodConfig(cfg.model, config["loss"]))
     objective.to(device)  # the model and the objective's own parameters, if any
     opt, sched, start = prepare(
         model,
         device,
-        lambda m: build_optimizer(m, cfg),
+        lambda m: spec.optimizer(m, cfg),
         lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, cfg)),
         state,
     )
@@ -129,7 +131,6 @@ def train_loop(config: dict) -> None:
     from ovs.cpu import keep_freed_memory
     from ovs.data.ingest import as_float
     from ovs.data.train_data import shards_for_rank
-    from ovs.models.sseg import save_checkpoint
     from ovs.models.text import tokenize
     from ovs.precision import training_dtype
     from ovs.training import SampleSource, make_batch, prompts_for_nouns
@@ -147,7 +148,7 @@ def train_loop(config: dict) -> None:
     class_tokens = None
     if config.get("class_texts"):
         class_tokens = tokenize(config["class_texts"], cfg.model.text.context_length).to(device)
-    net = wrap_ddp(objective)  # every rank: it creates a process group
+    net = METHODS["sseg"].wrap_ddp(objective)  # every rank: it creates a process group
     streaming = not cfg.cache_in_memory
     source: SampleSource | None = None
     ingest: Any = None
@@ -257,7 +258,8 @@ def train_loop(config: dict) -> None:
             else:  # the ingest resumes from the step; its skip counts since this start
                 metrics.update({f"train/join_{k}": v for k, v in ingest.counts.items()})
                 own_state["ingest_step"] = step
-            report(metrics, rank, world, model, opt, sched, step, save_checkpoint, own_state)
+            save = METHODS["sseg"].save_checkpoint
+            report(metrics, rank, world, model, opt, sched, step, save, own_state)
         if out_of_time:
             break
 
@@ -324,11 +326,11 @@ def fit(ctx: StageContext) -> tuple[Path, dict]:
 def zero_shot(ctx: StageContext, checkpoint: Path, tag: str) -> dict:
     """Evaluate a checkpoint on the world eval split with only class names."""
     from ovs.eval.datasets import synthetic_world
+    from ovs.eval.method import load_trained
     from ovs.eval.protocol import evaluate, get_protocol
-    from ovs.models.sseg import load_checkpoint
 
     cfg: TrainConfig = ctx.section
-    model = load_checkpoint(checkpoint).eval()
+    model = load_trained(checkpoint)
     dataset = synthetic_world(ctx.inputs["world"], "eval")
     n = len(dataset) if cfg.eval_limit is None else min(cfg.eval_limit, len(dataset))
     with torch.inference_mode():
@@ -339,10 +341,10 @@ def zero_shot(ctx: StageContext, checkpoint: Path, tag: str) -> dict:
 def log_pictures(ctx: StageContext, checkpoint: Path, result: dict) -> None:
     from ovs.eval.datasets import synthetic_world
     from ovs.eval.protocol import classifier_for, get_protocol, predict_label
+    from ovs.eval.method import load_trained
     from ovs.eval.visualize import comparison_grid, confusion_chart, iou_bar_chart
-    from ovs.models.sseg import load_checkpoint
 
-    model = load_checkpoint(checkpoint).eval()
+    model = load_trained(checkpoint)
     dataset = synthetic_world(ctx.inputs["world"], "eval")
     protocol = get_protocol(ctx.section.eval_protocol)
     classifier = classifier_for(model, dataset, protocol)
@@ -369,13 +371,14 @@ def log_pictures(ctx: StageContext, checkpoint: Path, result: dict) -> None:
 
 
 def run(ctx: StageContext) -> dict:
-    from ovs.models.sseg import save_checkpoint
-    from ovs.training import build_model
+    from ovs.methods.sseg.config import SSegMethodConfig
 
     cfg: TrainConfig = ctx.section
+    spec = METHODS["sseg"]
     init = ctx.out_dir / "model" / "init.pt"
     if not init.exists():
-        save_checkpoint(build_model(cfg, ctx.cfg.seed), init, {"step": 0})
+        model = spec.build_model(SSegMethodConfig(cfg.model, cfg.loss), ctx.cfg.seed, None)
+        spec.save_checkpoint(model, init, {"step": 0})
     t0 = time.time()
     final, reported = fit(ctx)
     train_seconds = time.time() - t0

@@ -40,15 +40,17 @@ def synthetic_batches(size: int, k: int):
 
 
 def golden_losses() -> list[float]:
+    from ovs.methods import METHODS
     from ovs.models.text import tokenize
-    from ovs.objective import SSegObjective
-    from ovs.training import build_model, build_optimizer, lr_factor, prompts_for_nouns
+    from ovs.training import lr_factor, prompts_for_nouns
 
     torch.set_num_threads(1)
     cfg = load_config(REPO / "conf" / "default.yaml", []).train
-    model = build_model(cfg, SEED)
-    objective = SSegObjective(model, cfg.loss)
-    opt = build_optimizer(model, cfg)
+    spec = METHODS["sseg"]
+    method_cfg = spec.config(cfg.model, cfg.loss)
+    model = spec.build_model(method_cfg, SEED, None)
+    objective = spec.objective(model, method_cfg)
+    opt = spec.optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     rng = np.random.default_rng([SEED, 0])
     ctx = cfg.model.text.context_length

@@ -15,7 +15,7 @@ from typing import Any
 
 from ovs.config import Config, load_config, to_dict
 from ovs.data.world_export import benchmark_roots
-from ovs.models.sseg import paper_sseg
+from ovs.methods.sseg.config import paper_sseg
 from ovs.selftrain.training import paper_self_train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

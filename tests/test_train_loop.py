@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from ovs.data.augment import AugmentConfig
-from ovs.objective import SSegLossConfig
+from ovs.methods.sseg.config import SSegLossConfig
 from ovs.precision import training_dtype
 from ovs.selftrain.training import LabelledRow, SelfTrainConfig, batches
 from ovs.stage import StageIncomplete

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ovs.eval.method import MethodSpec, is_run_id, load_method
+from ovs.eval.method import MethodRef, is_run_id, load_method
 from ovs.eval.protocol import build_classifier, get_protocol, predict_label
 from ovs.eval.visualize import legend, make_palette, overlay, png_bytes, with_legend
 from ovs.io import atomic_write_bytes
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         if checkpoint and not Path(checkpoint).exists() and is_run_id(checkpoint):
             uri = args.tracking_uri or default_tracking_uri(REPO_ROOT)
             checkpoint = str(checkpoint_from_run(checkpoint, uri))
-        spec = MethodSpec(args.method, checkpoint, args.model, pretrained, args.device)
+        spec = MethodRef(args.method, checkpoint, args.model, pretrained, args.device)
         method = load_method(spec)
     except (FileNotFoundError, ValueError) as e:
         parser.error(str(e))

@@ -1,0 +1,73 @@
+"""What a trainable segmentation method is to the rest of ``ovs``: one :class:`MethodSpec`.
+
+The training loop, the shard mappers and the evaluation harness hold a spec, never a method's
+classes (torchtitan's ``TrainSpec`` idea; the name -> spec table is :data:`ovs.methods.METHODS`).
+A spec is data: the method's typed config class, its named flavours, and the callables that
+build, train, checkpoint and adapt its model. Each callable's contract:
+
+* ``build_model(cfg, seed, num_classes)`` -> the randomly initialised model, identical for one
+  seed; ``num_classes`` is the label count of a closed-vocabulary method, ``None`` for an
+  open-vocabulary one.
+* ``objective(model, cfg)`` -> an ``nn.Module`` holding the model whose forward takes one batch
+  and returns a dict of scalar tensors, ``loss`` the one to backpropagate.
+* ``optimizer(model, settings)`` -> the method's optimiser (its parameter groups), at the
+  learning rate, weight decay and betas of ``settings`` (:class:`OptimizerSettings`).
+* ``wrap_ddp(objective)`` -> the module each worker steps: DDP where distributed.
+* ``save_checkpoint(model, path, extra)`` writes ``{"method": name, ...}``;
+  ``from_checkpoint(state)`` rebuilds the model from the loaded dict
+  (:func:`ovs.methods.load_checkpoint` reads any method's file).
+* ``seg_method(model, device)`` -> the model as the harness's
+  :class:`~ovs.eval.method.SegMethod`; ``pair_scorer(model, device, image_size, batch_size)``
+  -> a :class:`~ovs.pairs.maker.MaskScorer` (None: the method cannot score masks);
+  ``image_backbone(model)`` -> its image backbone module (None: none to reuse).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from ovs.eval.method import SegMethod
+    from ovs.pairs.maker import MaskScorer
+
+
+class OptimizerSettings(Protocol):
+    """The stage-level optimiser settings a recipe reads (``train``/``self_train`` sections)."""
+
+    lr: float
+    weight_decay: float
+    betas: tuple[float, float]
+
+
+def plain_ddp(objective: nn.Module) -> nn.Module:
+    """``DistributedDataParallel(objective)`` inside a group of several workers, else the
+    objective itself: the default ``wrap_ddp``."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from ovs.train.contrastive import is_distributed
+
+    return DistributedDataParallel(objective) if is_distributed() else objective
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method's entry in :data:`ovs.methods.METHODS` (see the module docstring)."""
+
+    name: str
+    config: type  # the typed config class of the method's section
+    flavors: Mapping[str, Callable[[], Any]]  # "tiny", "paper" -> a config instance
+    build_model: Callable[[Any, int, int | None], nn.Module]
+    objective: Callable[[nn.Module, Any], nn.Module]
+    optimizer: Callable[[nn.Module, OptimizerSettings], torch.optim.Optimizer]
+    save_checkpoint: Callable[[nn.Module, str | Path, dict[str, Any] | None], Path]
+    from_checkpoint: Callable[[dict[str, Any]], nn.Module]
+    seg_method: Callable[[nn.Module, torch.device], SegMethod]
+    wrap_ddp: Callable[[nn.Module], nn.Module] = plain_ddp
+    pair_scorer: Callable[[nn.Module, torch.device, int, int], MaskScorer] | None = None
+    image_backbone: Callable[[nn.Module], nn.Module] | None = None
