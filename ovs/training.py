@@ -6,19 +6,21 @@ is in ``pipelines/train.py``; everything here is single-process and unit-tested.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from ovs.data.augment import AugmentConfig, augment_pair
 from ovs.data.train_data import JoinStats, Sample, iter_samples
-from ovs.methods.sseg.config import SSegConfig, SSegLossConfig
+from ovs.methods import METHODS
+from ovs.methods.sseg.config import SSegMethodConfig
 
 
 @dataclass
@@ -52,8 +54,10 @@ class TrainConfig:
         "ingest_executor",
     )
 
-    model: SSegConfig = field(default_factory=SSegConfig)
-    loss: SSegLossConfig = field(default_factory=SSegLossConfig)
+    # The trained method (a key of ovs.methods.METHODS) and one section per trainable method,
+    # named like it; only the selected one is used and hashed.
+    method: str = "sseg"
+    sseg: SSegMethodConfig = field(default_factory=SSegMethodConfig)
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(scale=(0.35, 1.0)))
     num_workers: int = 1  # Ray Train workers (DDP ranks)
     cpus_per_worker: int = 2
@@ -88,6 +92,27 @@ class TrainConfig:
     time_limit_s: float | None = None
     inject_failure_at_step: int = -1  # tests: worker raises once at this step (failure drill)
 
+    def __post_init__(self) -> None:
+        if self.method not in self.method_sections():
+            raise ValueError(
+                f"train.method: unknown method {self.method!r}; "
+                f"choose from {sorted(self.method_sections())}"
+            )
+
+    @classmethod
+    def method_sections(cls) -> tuple[str, ...]:
+        """The methods the stage can train: ``METHODS`` entries with a section here."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name in METHODS)
+
+    def unselected(self) -> tuple[str, ...]:
+        """The method sections the stage hash leaves out: all but the selected one's."""
+        return tuple(m for m in self.method_sections() if m != self.method)
+
+    @property
+    def method_config(self) -> Any:
+        """The selected method's section (``getattr(self, self.method)``)."""
+        return getattr(self, self.method)
+
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up to 1, then cosine decay to ``min_lr_ratio`` at ``cfg.steps``."""
@@ -105,7 +130,7 @@ def seed_everything(seed: int) -> None:
 
 
 def make_batch(
-    samples: list[Sample], cfg: TrainConfig, model_cfg: SSegConfig, rng: np.random.Generator
+    samples: list[Sample], cfg: TrainConfig, rng: np.random.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Augment and stack: ``(images [B,3,S,S] float in [0,1], labels [B,S,S] int64, texts)``."""
     images, labels = [], []

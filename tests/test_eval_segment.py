@@ -69,9 +69,9 @@ def test_segment_errors(tmp_path, capsys):
 
 
 def _tiny_sseg():
-    from ovs.models.maskformer import MaskFormerConfig
     from ovs.methods.sseg.config import SSegConfig
     from ovs.methods.sseg.model import SSeg
+    from ovs.models.maskformer import MaskFormerConfig
     from ovs.models.text import TextConfig
 
     torch.manual_seed(0)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ovs.config import load_config
+from ovs.methods import METHODS
 from ovs.pairs.maker import (
     PAIRS_SCHEMA,
     ClipScorer,
@@ -40,15 +41,14 @@ from ovs.pairs.precision import (
     score_sample,
 )
 from ovs.pseudo_masks.masker import encode_label_png
-from ovs.methods import METHODS
 
 CPU = torch.device("cpu")
 
 
 def _tiny_sseg(size: int = 32):
-    cfg = load_config(None, [f"train.model.input_size={size}"]).train
+    cfg = load_config(None, [f"train.sseg.model.input_size={size}"]).train
     spec = METHODS["sseg"]
-    return spec.build_model(spec.config(cfg.model, cfg.loss), 0, None).eval()
+    return spec.build_model(cfg.method_config, 0, None).eval()
 
 
 # ----------------------------------------------------------------------------- preprocessing

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from ovs.config import ConfigError, hash_view, load_config
 from ovs.methods import LEGACY_METHOD, METHODS, get_method, load_checkpoint
 from ovs.methods.sseg.model import SSeg
 
@@ -90,3 +91,19 @@ def test_unknown_method_names_the_choices(tmp_path) -> None:
     torch.save({"method": "nope", "model": {}}, tmp_path / "x.pt")
     with pytest.raises(ValueError, match="unknown method 'nope'"):
         load_checkpoint(tmp_path / "x.pt")
+
+
+def test_unknown_train_method_fails_at_config_load() -> None:
+    with pytest.raises(ConfigError, match=r"train.method: unknown method 'nope'.*\['sseg'\]"):
+        load_config(None, ["train.method=nope"])
+    # A method the train stage has no section for (closed-vocabulary) is not a choice either.
+    with pytest.raises(ConfigError, match="unknown method 'segmenter'"):
+        load_config(None, ["train.method=segmenter"])
+
+
+def test_train_hash_holds_the_selected_method_section() -> None:
+    train = load_config(None, []).train
+    assert train.method_config is train.sseg
+    view = hash_view(train)
+    assert view["method"] == "sseg" and "model" in view["sseg"] and "loss" in view["sseg"]
+    assert train.unselected() == ()  # one trainable method: nothing left out yet

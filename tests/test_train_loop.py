@@ -33,7 +33,7 @@ META = torch.device("meta")  # a device that is not the CPU, without a GPU
 def _tiny_train_cfg(**kw) -> TrainConfig:
     from ovs.config import load_config
 
-    cfg = load_config(None, ["train.model.input_size=32", "train.augment.size=32"]).train
+    cfg = load_config(None, ["train.sseg.model.input_size=32", "train.augment.size=32"]).train
     for k, v in kw.items():
         setattr(cfg, k, v)
     return cfg

@@ -3,7 +3,8 @@
     python -m tools.segment IMAGE... --classes "cat,dog,grass" --method maskclip --out DIR
     python -m tools.segment IMAGE... --classes "cat,dog" --checkpoint PATH|WORKDIR|RUN_ID --out DIR
 
-``--checkpoint``: an S-Seg checkpoint file, a directory holding one (a pipeline ``workdir``:
+``--checkpoint``: a trained method's checkpoint file (:mod:`ovs.methods`; the file names its
+method), a directory holding one (a pipeline ``workdir``:
 its newest ``latest.pt``), or an MLflow run id: the ``train`` stage run (its ``model``
 artifact), a skipped stage run (followed to the run that made the output) or a pipeline run
 (its newest child run with a ``model`` artifact), looked up at ``--tracking-uri`` (default
@@ -100,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", type=Path, help="image files")
     p.add_argument("--classes", required=True, help='e.g. "cat,dog,grass" ("tv|television")')
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="S-Seg checkpoint file, pipeline workdir or run id")
+    src.add_argument("--checkpoint", help="trained checkpoint file, pipeline workdir or run id")
     src.add_argument("--method", choices=("clip", "maskclip"), help="training-free baseline")
     p.add_argument("--model", default="ViT-B-16", help="open_clip model name ('tiny': debug)")
     p.add_argument("--pretrained", default="openai", help="open_clip tag; 'none' = random")

@@ -6,8 +6,9 @@
 
 Runs ``predict_label`` + confusion accumulation on random images against the VOC-21 class
 list (background thresholded), after one warm-up image. Methods: a random-init open_clip
-baseline (``--model`` an open_clip name or ``tiny``), or S-Seg: a checkpoint, else random
-init of the tiny (``--model tiny``) or paper (``--model paper``) configuration. Prints a JSON
+baseline (``--model`` an open_clip name or ``tiny``), or a trained method (``sseg``, through
+its spec in :data:`ovs.methods.METHODS`): a checkpoint, else random
+init of its tiny (``--model tiny``) or paper (``--model paper``) flavour. Prints a JSON
 line last.
 """
 
