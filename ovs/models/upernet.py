@@ -76,7 +76,9 @@ class MultiScaleBackbone(nn.Module):
         self.indices = list(out_indices)
         info = list(self.model.feature_info)
         if max(self.indices) >= len(info):
-            raise ValueError(f"{backbone} has {len(info)} feature levels; out_indices {out_indices}")
+            raise ValueError(
+                f"{backbone} has {len(info)} feature levels; out_indices {out_indices}"
+            )
         strides = [int(info[i]["reduction"]) for i in self.indices]
         chans = [int(info[i]["num_chs"]) for i in self.indices]
         self.model.prune_intermediate_layers(self.indices, prune_norm=True, prune_head=True)
