@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,7 +18,7 @@ from torch import nn
 from ovs.methods import segmenter, sseg
 from ovs.methods.spec import MethodSpec
 
-METHODS: dict[str, MethodSpec] = {
+METHODS: dict[str, MethodSpec[Any, Any]] = {
     "sseg": sseg.SPEC,
     "segmenter": segmenter.SPEC,
 }
@@ -26,7 +27,7 @@ METHODS: dict[str, MethodSpec] = {
 LEGACY_METHOD = "sseg"
 
 
-def get_method(name: str) -> MethodSpec:
+def get_method(name: str) -> MethodSpec[Any, Any]:
     """The spec of method ``name``; ``ValueError`` naming the choices for an unknown one."""
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose from {sorted(METHODS)}")
@@ -35,7 +36,7 @@ def get_method(name: str) -> MethodSpec:
 
 def load_checkpoint(
     path: str | Path, map_location: str | torch.device = "cpu"
-) -> tuple[MethodSpec, nn.Module]:
+) -> tuple[MethodSpec[Any, Any], nn.Module]:
     """``(spec, model)`` of any method's checkpoint file (its ``method`` key picks the spec).
 
     Raises ``ValueError`` naming the file when it is no method's checkpoint: unreadable,

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -55,19 +55,26 @@ def plain_ddp(objective: nn.Module) -> nn.Module:
     return DistributedDataParallel(objective) if is_distributed() else objective
 
 
+M = TypeVar("M", bound=nn.Module)  # the method's model class
+C = TypeVar("C")  # the method's config class
+
+
 @dataclass(frozen=True)
-class MethodSpec:
-    """One method's entry in :data:`ovs.methods.METHODS` (see the module docstring)."""
+class MethodSpec(Generic[M, C]):
+    """One method's entry in :data:`ovs.methods.METHODS` (see the module docstring), generic in
+    its model class ``M`` and config class ``C``. ``optimizer`` takes the stage section that
+    holds the optimiser settings (at least :class:`OptimizerSettings`); ``wrap_ddp`` takes the
+    module ``objective`` built."""
 
     name: str
-    config: type  # the typed config class of the method's section
-    flavors: Mapping[str, Callable[[], Any]]  # "tiny", "paper" -> a config instance
-    build_model: Callable[[Any, int, int | None], nn.Module]
-    objective: Callable[[nn.Module, Any], nn.Module]
-    optimizer: Callable[[nn.Module, OptimizerSettings], torch.optim.Optimizer]
-    save_checkpoint: Callable[[nn.Module, str | Path, dict[str, Any] | None], Path]
-    from_checkpoint: Callable[[dict[str, Any]], nn.Module]
-    seg_method: Callable[[nn.Module, torch.device], SegMethod]
-    wrap_ddp: Callable[[nn.Module], nn.Module] = plain_ddp
-    pair_scorer: Callable[[nn.Module, torch.device, int, int], MaskScorer] | None = None
-    image_backbone: Callable[[nn.Module], nn.Module] | None = None
+    config: type[C]  # the typed config class of the method's section
+    flavors: Mapping[str, Callable[[], C]]  # "tiny", "paper" -> a config instance
+    build_model: Callable[[C, int, int | None], M]
+    objective: Callable[[M, C], nn.Module]
+    optimizer: Callable[[M, Any], torch.optim.Optimizer]
+    save_checkpoint: Callable[[M, str | Path, dict[str, Any] | None], Path]
+    from_checkpoint: Callable[[dict[str, Any]], M]
+    seg_method: Callable[[M, torch.device], SegMethod]
+    wrap_ddp: Callable[[Any], nn.Module] = plain_ddp
+    pair_scorer: Callable[[M, torch.device, int, int], MaskScorer] | None = None
+    image_backbone: Callable[[M], nn.Module] | None = None
