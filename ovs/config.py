@@ -290,9 +290,13 @@ def hash_view(obj: Any) -> Any:
     Dataclasses become dicts without the fields their class names in ``UNHASHED``: settings of
     how a stage runs (parallelism, devices, runtimes, logging cadence), not of what it
     computes. Rerunning or resuming a stage with other resources then finds its output.
+    Fields a section's ``unselected()`` names are left out too: alternatives it does not use
+    (``train``'s sections of the methods other than ``train.method``).
     """
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        skip = getattr(type(obj), "UNHASHED", ())
+        skip = set(getattr(type(obj), "UNHASHED", ()))
+        if hasattr(obj, "unselected"):
+            skip.update(obj.unselected())
         return {
             f.name: hash_view(getattr(obj, f.name))
             for f in dataclasses.fields(obj)

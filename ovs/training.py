@@ -1,4 +1,4 @@
-"""S-Seg training pieces that do not depend on Ray: config, optimiser, schedule, batches.
+"""Training pieces that do not depend on Ray: the ``train`` config, schedule, batches.
 
 The distributed loop itself (Ray Train workers, DDP, checkpoints, MLflow logging from rank 0)
 is in ``pipelines/train.py``; everything here is single-process and unit-tested.
@@ -6,20 +6,21 @@ is in ``pipelines/train.py``; everything here is single-process and unit-tested.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from ovs.data.augment import AugmentConfig, augment_pair
 from ovs.data.train_data import JoinStats, Sample, iter_samples
-from ovs.models.sseg import SSeg, SSegConfig
-from ovs.objective import SSegLossConfig
+from ovs.methods import METHODS
+from ovs.methods.sseg.config import SSegMethodConfig
 
 
 @dataclass
@@ -53,8 +54,10 @@ class TrainConfig:
         "ingest_executor",
     )
 
-    model: SSegConfig = field(default_factory=SSegConfig)
-    loss: SSegLossConfig = field(default_factory=SSegLossConfig)
+    # The trained method (a key of ovs.methods.METHODS) and one section per trainable method,
+    # named like it; only the selected one is used and hashed.
+    method: str = "sseg"
+    sseg: SSegMethodConfig = field(default_factory=SSegMethodConfig)
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(scale=(0.35, 1.0)))
     num_workers: int = 1  # Ray Train workers (DDP ranks)
     cpus_per_worker: int = 2
@@ -89,29 +92,26 @@ class TrainConfig:
     time_limit_s: float | None = None
     inject_failure_at_step: int = -1  # tests: worker raises once at this step (failure drill)
 
+    def __post_init__(self) -> None:
+        if self.method not in self.method_sections():
+            raise ValueError(
+                f"train.method: unknown method {self.method!r}; "
+                f"choose from {sorted(self.method_sections())}"
+            )
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases, norms, embeddings and the temperature (CLIP/DETR practice)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim < 2 or "embed" in name or "logit_scale" in name or "query" in name:
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    @classmethod
+    def method_sections(cls) -> tuple[str, ...]:
+        """The methods the stage can train: ``METHODS`` entries with a section here."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name in METHODS)
 
+    def unselected(self) -> tuple[str, ...]:
+        """The method sections the stage hash leaves out: all but the selected one's."""
+        return tuple(m for m in self.method_sections() if m != self.method)
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW over :func:`param_groups`; the fused kernel (CPU and CUDA, deterministic): the
-    per-tensor loop took 40-50 ms of the tiny CPU step, fused ~9 ms."""
-    return torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, fused=True
-    )
+    @property
+    def method_config(self) -> Any:
+        """The selected method's section (``getattr(self, self.method)``)."""
+        return getattr(self, self.method)
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -129,13 +129,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model(cfg: TrainConfig, seed: int) -> SSeg:
-    torch.manual_seed(seed)
-    return SSeg(cfg.model)
-
-
 def make_batch(
-    samples: list[Sample], cfg: TrainConfig, model_cfg: SSegConfig, rng: np.random.Generator
+    samples: list[Sample], cfg: TrainConfig, rng: np.random.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Augment and stack: ``(images [B,3,S,S] float in [0,1], labels [B,S,S] int64, texts)``."""
     images, labels = [], []
@@ -151,7 +146,7 @@ def make_batch(
 def noun_prompts(
     samples: list[Sample], per_image: int, template: str, rng: np.random.Generator
 ) -> tuple[list[str], np.ndarray]:
-    """Prompted nouns of a batch for :func:`ovs.losses.noun_contrastive_loss` (reads only
+    """Prompted nouns of a batch for :func:`ovs.train.contrastive.noun_contrastive_loss` (reads only
     each sample's ``nouns``: :func:`prompts_for_nouns` of them)."""
     return prompts_for_nouns([s.nouns for s in samples], per_image, template, rng)
 

@@ -40,7 +40,7 @@ from pathlib import Path
 from ovs.config import Config, flatten, to_dict
 from ovs.eval.config import BenchmarkMissing, EvalConfig, EvalDatasetConfig
 from ovs.eval.datasets import SegDataset, build_dataset
-from ovs.eval.method import MethodSpec
+from ovs.eval.method import MethodRef
 from ovs.eval.protocol import EvalShard, ProtocolConfig
 from ovs.eval.runner import EvalTask
 from ovs.io import atomic_write_bytes, atomic_write_json
@@ -117,19 +117,19 @@ def stale(cfg: Config, manifest: dict) -> str | None:
     return None
 
 
-def methods(ctx: StageContext, device: str) -> list[tuple[str, MethodSpec]]:
+def methods(ctx: StageContext, device: str) -> list[tuple[str, MethodRef]]:
     """``(name, spec)`` of the trained model, then every configured baseline."""
     cfg: EvalConfig = ctx.section
     ckpt = ctx.inputs["train"] / "model" / "latest.pt"
-    out = [(SSEG, MethodSpec(checkpoint=str(ckpt), device=device))]
+    out = [(SSEG, MethodRef(checkpoint=str(ckpt), device=device))]
     for b in cfg.baselines:
-        spec = MethodSpec(b.method, None, b.model, b.pretrained, device, b.logit_scale)
+        spec = MethodRef(b.method, None, b.model, b.pretrained, device, b.logit_scale)
         out.append((b.name, spec))
     return out
 
 
 def evaluate_sharded(
-    spec: MethodSpec, tasks: list[EvalTask], cfg: EvalConfig, seed: int, progress=None
+    spec: MethodRef, tasks: list[EvalTask], cfg: EvalConfig, seed: int, progress=None
 ) -> list[tuple[EvalShard, dict]]:
     """Evaluate one method on every task with one pool of ``cfg.num_actors`` Ray Data actors
     (each loads the method once). Every ``task.num_images`` must be set.
@@ -212,7 +212,7 @@ def metric_prefix(method: str, protocol: str, dataset: str, first_protocol: str)
 def evaluate_method(
     ctx: StageContext,
     method: str,
-    spec: MethodSpec,
+    spec: MethodRef,
     protocols: list[ProtocolConfig],
     found: list[tuple[EvalDatasetConfig, int]],
 ) -> tuple[dict[tuple[str, str], dict], int]:

@@ -76,13 +76,12 @@ class PseudoLabeler:
         out_dir: str,
         num_threads: int,
     ) -> None:
+        from ovs.eval.method import load_trained
         from ovs.eval.protocol import build_classifier, get_protocol
-        from ovs.models.sseg import load_checkpoint
-        from ovs.selftrain.pseudo_labels import DeviceMethod
 
         torch.set_num_threads(max(1, num_threads))
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.method = DeviceMethod(load_checkpoint(checkpoint).to(device).eval(), device)
+        self.method = load_trained(checkpoint, device)
         self.protocol = get_protocol(protocol)
         self.classifier = build_classifier(
             self.method, class_names, has_background, self.protocol, dataset_key
@@ -260,21 +259,24 @@ def pseudo_labels(ctx: StageContext, num_classes: int) -> tuple[list[Path], np.n
 
 def _build(config: dict):
     """The segmenter with its initial weights (identical on every rank)."""
-    from ovs.models.upernet import build_segmenter
-    from ovs.selftrain.training import init_backbone_from_sseg
+    from ovs.methods import METHODS, load_checkpoint
+    from ovs.methods.segmenter.recipe import init_backbone
 
     cfg: SelfTrainConfig = config["cfg"]
-    model = build_segmenter(cfg.model, config["num_classes"], config["seed"])
+    model = METHODS["segmenter"].build_model(cfg.model, config["seed"], config["num_classes"])
     if cfg.init_from_sseg:
-        state = torch.load(config["sseg_checkpoint"], map_location="cpu", weights_only=True)
-        init_backbone_from_sseg(model, state["model"])
+        trained, source = load_checkpoint(config["sseg_checkpoint"])
+        if trained.image_backbone is None:
+            raise ValueError(f"init_from_sseg: method {trained.name!r} has no image backbone")
+        init_backbone(model, trained.image_backbone(source))
     return model
 
 
 def setup(config: dict, device: torch.device, state: dict | None):
     """Segmenter → device → optimiser and schedule → resume ``state`` (the order that keeps
     the optimiser state on the parameters' device). Returns ``(model, opt, sched, start)``."""
-    from ovs.selftrain.training import build_optimizer, lr_factor
+    from ovs.methods.segmenter.recipe import build_optimizer
+    from ovs.selftrain.training import lr_factor
 
     cfg: SelfTrainConfig = config["cfg"]
     # build_segmenter leaves the global RNG alone: seed it, or dropout draws from whatever
@@ -299,9 +301,9 @@ def train_loop(config: dict) -> None:
     import ray.train.torch
     from torch.nn.parallel import DistributedDataParallel
 
-    from ovs.models.upernet import save_segmenter
+    from ovs.methods.segmenter.checkpoint import save_checkpoint
+    from ovs.methods.segmenter.losses import pixel_cross_entropy
     from ovs.precision import training_dtype
-    from ovs.selftrain.loss import pixel_cross_entropy
     from ovs.selftrain.training import batches, load_rows
 
     cfg: SelfTrainConfig = config["cfg"]
@@ -377,7 +379,7 @@ def train_loop(config: dict) -> None:
             metrics["rows_used"] = counts["used"]
             metrics["data_wait_fraction"] = float(np.mean(wait_fractions or [0.0]))
             own_state = {"stream": stream.state_dict(), "torch": rng_state(device)}
-            report(metrics, rank, world, model, opt, sched, step, save_segmenter, own_state)
+            report(metrics, rank, world, model, opt, sched, step, save_checkpoint, own_state)
         if out_of_time:
             break
 
@@ -415,19 +417,18 @@ def _eval_device(cfg: SelfTrainConfig) -> torch.device:
 def evaluate_both(ctx: StageContext, checkpoint: Path) -> tuple[dict, dict, list]:
     """S-Seg+ and S-Seg on the held-out split, same images, same protocol; plus a few
     (image, S-Seg, S-Seg+, GT) rows for the overlay picture."""
+    from ovs.eval.method import load_trained
     from ovs.eval.protocol import get_protocol
-    from ovs.models.sseg import load_checkpoint
-    from ovs.models.upernet import load_segmenter
-    from ovs.selftrain.pseudo_labels import DeviceMethod, target_dataset
+    from ovs.methods import load_checkpoint
+    from ovs.selftrain.pseudo_labels import target_dataset
 
     cfg: SelfTrainConfig = ctx.section
     device = _eval_device(cfg)
     dataset = target_dataset(cfg.target, _world_dir(ctx), cfg.target.eval_split)
     protocol = get_protocol(_protocol_name(ctx.cfg))
     n = len(dataset) if cfg.eval_limit is None else min(cfg.eval_limit, len(dataset))
-    seg = load_segmenter(checkpoint).to(device).eval()
-    sseg_model = load_checkpoint(ctx.inputs["train"] / "model" / "latest.pt").to(device).eval()
-    sseg = DeviceMethod(sseg_model, device)
+    seg = load_checkpoint(checkpoint)[1].to(device).eval()
+    sseg = load_trained(ctx.inputs["train"] / "model" / "latest.pt", device)
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, cfg.cpus_per_worker))  # the driver evaluates like a worker
     try:

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ovs.objective import SSegLossConfig, wrap_ddp
+from ovs.methods import METHODS
+from ovs.methods.sseg.config import SSegLossConfig
 from ovs.stage import Stage, StageContext
 from ovs.training import TrainConfig
 from pipelines.ray_train import (
@@ -45,17 +46,17 @@ def setup(config: dict, device: torch.device, state: dict | None):
     """Model → device → optimiser and schedule → resume ``state`` (the order that keeps the
     optimiser state on the parameters' device). Returns ``(model, objective, opt, sched,
     start step)``; the model is identical on every rank (same seed)."""
-    from ovs.objective import SSegObjective
-    from ovs.training import build_model, build_optimizer, lr_factor
+    from ovs.training import lr_factor
 
     cfg: TrainConfig = config["cfg"]
-    model = build_model(cfg, config["seed"])
-    objective = SSegObjective(model, config["loss"])
+    spec = METHODS[cfg.method]
+    model = spec.build_model(cfg.method_config, config["seed"], None)
+    objective = spec.objective(model, replace(cfg.method_config, loss=config["loss"]))
     objective.to(device)  # the model and the objective's own parameters, if any
     opt, sched, start = prepare(
         model,
         device,
-        lambda m: build_optimizer(m, cfg),
+        lambda m: spec.optimizer(m, cfg),
         lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, cfg)),
         state,
     )
@@ -126,7 +127,6 @@ def train_loop(config: dict) -> None:
     from ovs.cpu import keep_freed_memory
     from ovs.data.ingest import as_float
     from ovs.data.train_data import shards_for_rank
-    from ovs.models.sseg import save_checkpoint
     from ovs.models.text import tokenize
     from ovs.precision import training_dtype
     from ovs.training import SampleSource, make_batch, prompts_for_nouns
@@ -141,10 +141,11 @@ def train_loop(config: dict) -> None:
     state = resume_state()
     model, objective, opt, sched, start = setup(config, device, state)
     loss_cfg = config["loss"]
+    context = cfg.sseg.model.text.context_length
     class_tokens = None
     if config.get("class_texts"):
-        class_tokens = tokenize(config["class_texts"], cfg.model.text.context_length).to(device)
-    net = wrap_ddp(objective)  # every rank: it creates a process group
+        class_tokens = tokenize(config["class_texts"], context).to(device)
+    net = METHODS[cfg.method].wrap_ddp(objective)  # every rank: it creates a process group
     streaming = not cfg.cache_in_memory
     source: SampleSource | None = None
     ingest: Any = None
@@ -186,16 +187,16 @@ def train_loop(config: dict) -> None:
             labels, texts, noun_lists = b.labels.to(device), b.texts, b.nouns
         else:
             samples = next(batches)
-            images, labels, texts = make_batch(samples, cfg, cfg.model, rng)
+            images, labels, texts = make_batch(samples, cfg, rng)
             noun_lists = [s.nouns for s in samples]
-        tokens = tokenize(texts, cfg.model.text.context_length)
+        tokens = tokenize(texts, context)
         nouns = None
         if loss_cfg.noun_weight > 0:
             prompts, targets = prompts_for_nouns(
                 noun_lists, loss_cfg.nouns_per_image, loss_cfg.noun_template, rng
             )
             nouns = (
-                tokenize(prompts, cfg.model.text.context_length).to(device),
+                tokenize(prompts, context).to(device),
                 torch.from_numpy(targets).to(device),
             )
         window.data_wait_s += time.monotonic() - t_data
@@ -254,7 +255,8 @@ def train_loop(config: dict) -> None:
             else:  # the ingest resumes from the step; its skip counts since this start
                 metrics.update({f"train/join_{k}": v for k, v in ingest.counts.items()})
                 own_state["ingest_step"] = step
-            report(metrics, rank, world, model, opt, sched, step, save_checkpoint, own_state)
+            save = METHODS[cfg.method].save_checkpoint
+            report(metrics, rank, world, model, opt, sched, step, save, own_state)
         if out_of_time:
             break
 
@@ -276,9 +278,9 @@ def _gt_supervision(ctx: StageContext) -> tuple[Path, SSegLossConfig, list[str]]
     names = [c[0] for c in world.class_names(ctx.inputs["world"])]
     template = get_templates(get_protocol(ctx.section.eval_protocol).templates)[0]
     loss = replace(
-        ctx.section.loss,
+        ctx.section.sseg.loss,
         num_pseudo_masks=len(names),
-        class_weight=ctx.section.loss.class_weight or 1.0,
+        class_weight=ctx.section.sseg.loss.class_weight or 1.0,
     )
     return out, loss, apply_templates(names, (template,))
 
@@ -291,7 +293,7 @@ def fit(ctx: StageContext) -> tuple[Path, dict]:
     cfg: TrainConfig = ctx.section
     resolve_dtype(cfg.amp_dtype, torch.device("cpu"))  # an unknown name fails before Ray Train
     tracker: Any = ctx.tracker  # an MlflowTracker: workers reopen its run by id
-    masks_dir, loss, class_texts = ctx.inputs["pseudo_masks"] / "masks", cfg.loss, None
+    masks_dir, loss, class_texts = ctx.inputs["pseudo_masks"] / "masks", cfg.sseg.loss, None
     if cfg.supervision == "gt":
         masks_dir, loss, class_texts = _gt_supervision(ctx)
     elif cfg.supervision != "pseudo":
@@ -311,7 +313,7 @@ def fit(ctx: StageContext) -> tuple[Path, dict]:
         "texts_dir": str(ctx.inputs["entities"] / "entities"),
         "decode_size": ctx.cfg.world.image_size
         if "world" in ctx.cfg.pipeline.stages
-        else cfg.model.input_size,
+        else cfg.sseg.model.input_size,
         "out_dir": str(ctx.out_dir),
         "mlflow": {"uri": tracker.client.tracking_uri, "run_id": tracker.run_id},
     }
@@ -321,11 +323,11 @@ def fit(ctx: StageContext) -> tuple[Path, dict]:
 def zero_shot(ctx: StageContext, checkpoint: Path, tag: str) -> dict:
     """Evaluate a checkpoint on the world eval split with only class names."""
     from ovs.eval.datasets import synthetic_world
+    from ovs.eval.method import load_trained
     from ovs.eval.protocol import evaluate, get_protocol
-    from ovs.models.sseg import load_checkpoint
 
     cfg: TrainConfig = ctx.section
-    model = load_checkpoint(checkpoint).eval()
+    model = load_trained(checkpoint)
     dataset = synthetic_world(ctx.inputs["world"], "eval")
     n = len(dataset) if cfg.eval_limit is None else min(cfg.eval_limit, len(dataset))
     with torch.inference_mode():
@@ -335,11 +337,11 @@ def zero_shot(ctx: StageContext, checkpoint: Path, tag: str) -> dict:
 
 def log_pictures(ctx: StageContext, checkpoint: Path, result: dict) -> None:
     from ovs.eval.datasets import synthetic_world
+    from ovs.eval.method import load_trained
     from ovs.eval.protocol import classifier_for, get_protocol, predict_label
     from ovs.eval.visualize import comparison_grid, confusion_chart, iou_bar_chart
-    from ovs.models.sseg import load_checkpoint
 
-    model = load_checkpoint(checkpoint).eval()
+    model = load_trained(checkpoint)
     dataset = synthetic_world(ctx.inputs["world"], "eval")
     protocol = get_protocol(ctx.section.eval_protocol)
     classifier = classifier_for(model, dataset, protocol)
@@ -366,13 +368,12 @@ def log_pictures(ctx: StageContext, checkpoint: Path, result: dict) -> None:
 
 
 def run(ctx: StageContext) -> dict:
-    from ovs.models.sseg import save_checkpoint
-    from ovs.training import build_model
-
     cfg: TrainConfig = ctx.section
+    spec = METHODS[cfg.method]
     init = ctx.out_dir / "model" / "init.pt"
     if not init.exists():
-        save_checkpoint(build_model(cfg, ctx.cfg.seed), init, {"step": 0})
+        model = spec.build_model(cfg.method_config, ctx.cfg.seed, None)
+        spec.save_checkpoint(model, init, {"step": 0})
     t0 = time.time()
     final, reported = fit(ctx)
     train_seconds = time.time() - t0

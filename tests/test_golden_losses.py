@@ -40,22 +40,24 @@ def synthetic_batches(size: int, k: int):
 
 
 def golden_losses() -> list[float]:
+    from ovs.methods import METHODS
     from ovs.models.text import tokenize
-    from ovs.objective import SSegObjective
-    from ovs.training import build_model, build_optimizer, lr_factor, prompts_for_nouns
+    from ovs.training import lr_factor, prompts_for_nouns
 
     torch.set_num_threads(1)
     cfg = load_config(REPO / "conf" / "default.yaml", []).train
-    model = build_model(cfg, SEED)
-    objective = SSegObjective(model, cfg.loss)
-    opt = build_optimizer(model, cfg)
+    spec = METHODS["sseg"]
+    method_cfg = cfg.method_config
+    model = spec.build_model(method_cfg, SEED, None)
+    objective = spec.objective(model, method_cfg)
+    opt = spec.optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     rng = np.random.default_rng([SEED, 0])
-    ctx = cfg.model.text.context_length
+    ctx = method_cfg.model.text.context_length
     out = []
-    for images, labels, texts, nouns in synthetic_batches(cfg.model.input_size, 8):
+    for images, labels, texts, nouns in synthetic_batches(method_cfg.model.input_size, 8):
         prompts, targets = prompts_for_nouns(
-            nouns, cfg.loss.nouns_per_image, cfg.loss.noun_template, rng
+            nouns, method_cfg.loss.nouns_per_image, method_cfg.loss.noun_template, rng
         )
         res = objective(
             images,

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from ovs.data.augment import AugmentConfig
-from ovs.objective import SSegLossConfig
+from ovs.methods.sseg.config import SSegLossConfig
 from ovs.precision import training_dtype
 from ovs.selftrain.training import LabelledRow, SelfTrainConfig, batches
 from ovs.stage import StageIncomplete
@@ -33,7 +33,7 @@ META = torch.device("meta")  # a device that is not the CPU, without a GPU
 def _tiny_train_cfg(**kw) -> TrainConfig:
     from pipelines.graph import load_config
 
-    cfg = load_config(None, ["train.model.input_size=32", "train.augment.size=32"]).train
+    cfg = load_config(None, ["train.sseg.model.input_size=32", "train.augment.size=32"]).train
     for k, v in kw.items():
         setattr(cfg, k, v)
     return cfg

@@ -3,7 +3,8 @@
     python -m tools.segment IMAGE... --classes "cat,dog,grass" --method maskclip --out DIR
     python -m tools.segment IMAGE... --classes "cat,dog" --checkpoint PATH|WORKDIR|RUN_ID --out DIR
 
-``--checkpoint``: an S-Seg checkpoint file, a directory holding one (a pipeline ``workdir``:
+``--checkpoint``: a trained method's checkpoint file (:mod:`ovs.methods`; the file names its
+method), a directory holding one (a pipeline ``workdir``:
 its newest ``latest.pt``), or an MLflow run id: the ``train`` stage run (its ``model``
 artifact), a skipped stage run (followed to the run that made the output) or a pipeline run
 (its newest child run with a ``model`` artifact), looked up at ``--tracking-uri`` (default
@@ -25,7 +26,7 @@ import sys
 from pathlib import Path
 
 from ovs.codecs import png_bytes, read_image
-from ovs.eval.method import MethodSpec, is_run_id, load_method
+from ovs.eval.method import MethodRef, is_run_id, load_method
 from ovs.eval.protocol import build_classifier, get_protocol, predict_label
 from ovs.eval.visualize import legend, make_palette, overlay, with_legend
 from ovs.io import atomic_write_bytes
@@ -89,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", type=Path, help="image files")
     p.add_argument("--classes", required=True, help='e.g. "cat,dog,grass" ("tv|television")')
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="S-Seg checkpoint file, pipeline workdir or run id")
+    src.add_argument("--checkpoint", help="trained checkpoint file, pipeline workdir or run id")
     src.add_argument("--method", choices=("clip", "maskclip"), help="training-free baseline")
     p.add_argument("--model", default="ViT-B-16", help="open_clip model name ('tiny': debug)")
     p.add_argument("--pretrained", default="openai", help="open_clip tag; 'none' = random")
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         if checkpoint and not Path(checkpoint).exists() and is_run_id(checkpoint):
             uri = args.tracking_uri or default_tracking_uri(REPO_ROOT)
             checkpoint = str(checkpoint_from_run(checkpoint, uri))
-        spec = MethodSpec(args.method, checkpoint, args.model, pretrained, args.device)
+        spec = MethodRef(args.method, checkpoint, args.model, pretrained, args.device)
         method = load_method(spec)
     except (FileNotFoundError, ValueError) as e:
         parser.error(str(e))

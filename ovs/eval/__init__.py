@@ -1,6 +1,7 @@
 """Evaluation harness: benchmark datasets, protocols, baselines, metrics glue, pictures.
 
-- ``method``: the ``SegMethod`` interface and ``load_method(spec)``.
+- ``method``: the ``SegMethod`` interface and ``load_method(ref)`` (baselines; trained methods
+  through their spec).
 - ``datasets``: mmseg-layout loaders (VOC, Context, COCO-Object/Stuff, ADE20K, Cityscapes,
   synthetic world).
 - ``coco_object``: COCO-Stuff / instance JSON → COCO-Object labels (+ CLI).

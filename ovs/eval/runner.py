@@ -21,7 +21,7 @@ import torch
 
 from ovs.eval.config import EvalDatasetConfig
 from ovs.eval.datasets import SegDataset, build_dataset
-from ovs.eval.method import MethodSpec, SegMethod, load_method
+from ovs.eval.method import MethodRef, SegMethod, load_method
 from ovs.eval.metrics import merge_confusions
 from ovs.eval.protocol import (
     EvalShard,
@@ -57,7 +57,7 @@ class ShardEvaluator:
 
     def __init__(
         self,
-        spec: MethodSpec,
+        spec: MethodRef,
         tasks: list[EvalTask] | EvalTask,
         method: SegMethod | None = None,
         seed: int = 0,

@@ -5,10 +5,11 @@ class-agnostic mask proposals for the image and lets CLIP pick, per noun, the pr
 matches "a photo of a {noun}." best; the pairs then supervise a mask classifier. Here the
 proposals are the pseudo-mask stage's segments and the scorer is chosen in config:
 
-* ``sseg`` (default, no outside weights): the trained S-Seg model. A mask's embedding is the
+* ``sseg`` (default, no outside weights): the trained model, through its method's
+  ``pair_scorer`` (:mod:`ovs.methods`); for S-Seg a mask's embedding is the
   mean over its pixels of S-Seg's per-pixel embedding ``e(x) = sum_q r_q(x) f_q`` (``f_q``
   the normalised query features, ``r_q(x) = sigmoid(m_q(x)) / sum_q' sigmoid(m_q'(x))`` the
-  query responsibilities that ``SSeg.dense_probs`` uses), re-normalised; the score is its
+  query responsibilities of S-Seg's ``dense_probs``), re-normalised; the score is its
   cosine with the noun's prompt embedding. Chosen over "mean dense probability, softmax over
   the sample's nouns": that softmax gives every mask probability 1 for a one-noun caption and
   makes a noun's score depend on the caption's unrelated nouns ("photo", "wallpaper").
@@ -21,8 +22,8 @@ candidate masks, those covering at least ``min_mask_area`` of the image) is kept
 is at least ``threshold``.
 
 Pieces: :class:`PairsConfig`; :func:`clean_nouns`, :func:`candidate_masks`,
-:func:`select_pairs` (pure); :func:`masked_crop`, :func:`sseg_mask_embeddings` (tensor ops);
-:class:`SSegScorer` / :class:`ClipScorer` (:func:`build_scorer`); :class:`PairMaker`, which
+:func:`select_pairs` (pure); :func:`masked_crop` (tensor ops); :class:`DenseScorer` (a trained
+model's ``mask_embeddings``) / :class:`ClipScorer` (:func:`build_scorer`); :class:`PairMaker`, which
 pairs a whole shard (image shard + pseudo-mask parquet + entity parquet) and is what the
 stage's Ray actors wrap.
 """
@@ -212,34 +213,6 @@ def masked_crop(
     return canvas
 
 
-@torch.no_grad()
-def sseg_mask_embeddings(
-    model: Any, images: torch.Tensor, labels: torch.Tensor, num_masks: int
-) -> torch.Tensor:
-    """S-Seg embedding of every segment of every image.
-
-    ``images`` float ``[B, 3, H, W]`` RGB in [0, 1]; ``labels`` int64 ``[B, H, W]`` segment ids
-    in ``[0, num_masks)`` -> float32 ``[B, num_masks, E]``: per segment, the mean over its
-    pixels of ``e(x) = sum_q r_q(x) f_q`` (module docstring), L2-normalised. Empty segments
-    give zero rows. Inputs whose sides are not multiples of 32 are zero-padded after
-    normalisation, like ``SSeg.dense_probs``.
-    """
-    _, _, h, w = images.shape
-    ph, pw = (-h) % 32, (-w) % 32
-    x = (images - model.pixel_mean) / model.pixel_std
-    x = F.pad(x, (0, pw, 0, ph))
-    masks, q = model.maskformer(x)
-    feats = F.normalize(model.image_proj(q), dim=-1).float()  # [B, N, E]
-    masks = F.interpolate(masks.float(), size=(h + ph, w + pw), mode="bilinear")
-    resp = masks[..., :h, :w].sigmoid()  # [B, N, H, W]
-    if model.cfg.dense_normalize:
-        resp = resp / resp.sum(dim=1, keepdim=True).clamp_min(1e-6)
-    onehot = F.one_hot(labels.long(), num_masks).permute(0, 3, 1, 2).float()  # [B, K, H, W]
-    area = onehot.sum(dim=(2, 3))  # [B, K]
-    weights = torch.einsum("bkhw,bnhw->bkn", onehot, resp) / area.clamp_min(1.0)[..., None]
-    return F.normalize(weights @ feats, dim=-1)
-
-
 def _resize_short(image: np.ndarray, side: int) -> np.ndarray:
     """uint8 ``[H, W, 3]`` -> short side ``side`` (aspect kept, bilinear)."""
     h, w = image.shape[:2]
@@ -268,8 +241,11 @@ class MaskScorer(Protocol):
         ...
 
 
-class SSegScorer:
-    """Scores masks with a trained S-Seg model (:func:`sseg_mask_embeddings`)."""
+class DenseScorer:
+    """Scores masks with a trained model's own dense embeddings: ``model.text_embeddings(texts)
+    -> [T, E]`` and ``model.mask_embeddings(images [B,3,H,W] in [0,1], labels [B,H,W], K) ->
+    [B, K, E]`` (S-Seg: :mod:`ovs.methods.sseg.model`). Images go in at short side
+    ``image_size``; same-size images share a forward."""
 
     def __init__(
         self, model: Any, image_size: int, device: torch.device, batch_size: int = 32
@@ -298,7 +274,7 @@ class SSegScorer:
                 imgs = imgs.permute(0, 3, 1, 2).float() / 255.0
                 labs = torch.from_numpy(np.stack([c[2] for c in chunk]).astype(np.int64))
                 k = int(labs.max()) + 1
-                emb = sseg_mask_embeddings(self.model, imgs, labs.to(self.device), k).cpu()
+                emb = self.model.mask_embeddings(imgs, labs.to(self.device), k).cpu()
                 for j, (i, _, _) in enumerate(chunk):
                     out[i] = emb[j, torch.as_tensor(mask_ids[i], dtype=torch.long)]
         return out
@@ -372,19 +348,22 @@ class ClipScorer:
 
 
 def build_scorer(cfg: PairsConfig, checkpoint: str | Path | None = None) -> MaskScorer:
-    """The scorer ``cfg.scorer`` names, on ``cfg.device``. ``checkpoint``: the S-Seg model
-    file (``cfg.checkpoint`` wins when set)."""
+    """The scorer ``cfg.scorer`` names, on ``cfg.device``. ``checkpoint``: the trained model
+    file (``cfg.checkpoint`` wins when set), scored by its method's ``pair_scorer``."""
     cfg.validate()
     device = resolve_device(cfg.device)
     if cfg.scorer == "sseg":
-        from ovs.models.sseg import load_checkpoint
+        from ovs.methods import load_checkpoint
 
         path = cfg.checkpoint or checkpoint
         if path is None:
             raise ValueError("pairs.scorer=sseg needs a checkpoint (pairs.checkpoint or train)")
         if not Path(path).is_file():
-            raise FileNotFoundError(f"pairs: S-Seg checkpoint {path} not found")
-        return SSegScorer(load_checkpoint(path), cfg.image_size, device, cfg.batch_size)
+            raise FileNotFoundError(f"pairs: trained model checkpoint {path} not found")
+        spec, model = load_checkpoint(path)
+        if spec.pair_scorer is None:
+            raise ValueError(f"pairs: method {spec.name!r} ({path}) cannot score masks")
+        return spec.pair_scorer(model, device, cfg.image_size, cfg.batch_size)
     return ClipScorer(cfg.clip_model, cfg.clip_pretrained, device, cfg.batch_size)
 
 

@@ -1,4 +1,5 @@
-"""S-Seg+ training pieces that do not depend on Ray: config, optimiser, schedule, batches.
+"""S-Seg+ training pieces that do not depend on Ray: config, schedule, batches (the
+segmenter's optimiser recipe is :mod:`ovs.methods.segmenter.recipe`).
 
 The distributed loop (Ray Train workers, DDP, checkpoints, MLflow from rank 0) is in
 ``pipelines/self_train.py``; everything here is single-process and unit-tested.
@@ -15,7 +16,7 @@ import torch
 
 from ovs.codecs import decode_label_png, read_image
 from ovs.data.augment import AugmentConfig, augment_pair
-from ovs.models.upernet import Segmenter, SegmenterConfig, layer_decay_groups, paper_segmenter
+from ovs.methods.segmenter.config import SegmenterConfig, paper_segmenter
 from ovs.selftrain.pseudo_labels import (
     PseudoLabelConfig,
     TargetConfig,
@@ -116,38 +117,6 @@ def lr_factor(step: int, cfg: SelfTrainConfig) -> float:
     t = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
     t = min(max(t, 0.0), 1.0)
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * (1 - t) ** cfg.poly_power
-
-
-def build_optimizer(model: Segmenter, cfg: SelfTrainConfig) -> torch.optim.AdamW:
-    """AdamW over :func:`~ovs.models.upernet.layer_decay_groups`; each group's initial lr is
-    ``cfg.lr * lr_scale`` (a ``LambdaLR`` with :func:`lr_factor` then scales all alike)."""
-    groups = layer_decay_groups(model, cfg.weight_decay, cfg.layer_decay)
-    for g in groups:
-        g["lr"] = cfg.lr * g["lr_scale"]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
-
-
-def init_backbone_from_sseg(model: Segmenter, sseg_state: dict[str, torch.Tensor]) -> int:
-    """Copy S-Seg's image backbone (``maskformer.backbone.net.*``) into ``model``'s backbone
-    wherever names and shapes match; returns how many tensors were copied.
-
-    Raises ``ValueError`` when nothing matches (a different backbone architecture).
-    """
-    prefix = "maskformer.backbone.net."
-    own = model.backbone.model.state_dict()
-    copied = {}
-    for k, v in sseg_state.items():
-        if k.startswith(prefix):
-            name = k[len(prefix) :]
-            if name in own and own[name].shape == v.shape:
-                copied[name] = v
-    if not copied:
-        raise ValueError(
-            "init_from_sseg: no S-Seg backbone tensor matches the segmenter's backbone "
-            f"({model.cfg.backbone}); use the same timm backbone as train.model.maskformer"
-        )
-    model.backbone.model.load_state_dict(copied, strict=False)
-    return len(copied)
 
 
 # ----------------------------------------------------------------------------- data
