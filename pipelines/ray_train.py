@@ -1,4 +1,5 @@
-"""Ray Train plumbing shared by the stages that train a model (``train``, ``self_train``).
+"""Ray Train plumbing of the training loop (``pipelines/loop.py``), which both training stages
+(``train``, ``self_train``) run.
 
 :func:`fit_and_export` runs a ``TorchTrainer`` (DDP on gloo, or nccl with GPUs; worker-group
 restarts from the last checkpoint via ``FailureConfig``; checkpoints kept under the stage's
@@ -7,8 +8,9 @@ output so a whole-job rerun resumes) and copies the final checkpoint's inference
 last checkpoint's state (``weights_only``), :func:`prepare` moves the model to its device before
 building and restoring the optimiser and schedule, :func:`report` reports metrics (rank 0 with a
 checkpoint holding every rank's data and RNG state, so a resume continues exactly),
-:func:`rank0_tracker` reopens the stage's MLflow run, :func:`any_rank` agrees on a flag across
-ranks, :class:`Window` accumulates logged metrics on the device between log steps.
+:func:`rank0_tracker` reopens the stage's MLflow run (:class:`RunRef`), :func:`any_rank` agrees
+on a flag across ranks, :class:`Window` accumulates logged metrics on the device between log
+steps.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ovs.train.loop_config import LoopConfig
 
 MODEL = "model.pt"  # inference checkpoint file inside a Ray checkpoint directory
 STATE = "state.pt"  # full training state inside a Ray checkpoint directory
@@ -139,15 +144,23 @@ def report(
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
-def rank0_tracker(config: dict, rank: int) -> Any:
-    """The stage's MLflow run (``config["mlflow"]``: uri, run_id) on rank 0, else None."""
-    if rank != 0 or not config.get("mlflow"):
+@dataclass(frozen=True)
+class RunRef:
+    """The stage's MLflow run, as a worker reopens it: tracking URI and run id."""
+
+    uri: str
+    run_id: str
+
+
+def rank0_tracker(run: RunRef | None, rank: int) -> Any:
+    """An ``MlflowTracker`` on ``run`` for rank 0, else (other ranks, no run) None."""
+    if rank != 0 or run is None:
         return None
     from mlflow.tracking import MlflowClient
 
     from pipelines.tracking import MlflowTracker
 
-    return MlflowTracker(MlflowClient(config["mlflow"]["uri"]), config["mlflow"]["run_id"])
+    return MlflowTracker(MlflowClient(run.uri), run.run_id)
 
 
 def any_rank(flag: bool, device: Any, world: int) -> bool:
@@ -170,26 +183,21 @@ def latest_checkpoint(storage: Path) -> Path | None:
 
 
 def fit_and_export(
-    train_loop: Callable[[dict], None],
-    loop_config: dict[str, Any],
-    cfg: Any,
-    name: str,
-    out_dir: Path,
+    train_worker: Callable[[], None], cfg: LoopConfig, name: str, out_dir: Path
 ) -> tuple[Path, dict]:
-    """Train with Ray Train; returns ``(out_dir/model/latest.pt, rank 0's last reported
-    metrics)`` (the loops report ``step``: fewer than the configured steps means the loop
-    stopped early, e.g. at its time limit).
+    """Run ``train_worker`` on ``cfg.num_workers`` Ray Train workers; returns
+    ``(out_dir/model/latest.pt, rank 0's last reported metrics)`` (the loop reports ``step``:
+    fewer than the configured steps means it stopped early, e.g. at its time limit).
 
-    ``cfg`` provides ``num_workers``, ``use_gpu``, ``cpus_per_worker``, ``max_failures`` and
-    ``keep_checkpoints``; checkpoints go to ``out_dir/ray_train/<name>``.
+    ``cfg`` gives the workers' resources, ``max_failures`` and ``keep_checkpoints``;
+    checkpoints go to ``out_dir/ray_train/<name>``.
     """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
     storage = (out_dir / "ray_train").resolve()
     trainer = TorchTrainer(
-        train_loop,
-        train_loop_config=loop_config,
+        train_worker,
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.num_workers,
             use_gpu=cfg.use_gpu,

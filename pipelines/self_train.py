@@ -25,8 +25,10 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -37,19 +39,11 @@ import torch
 from ovs.config import Config
 from ovs.selftrain.training import SelfTrainConfig
 from ovs.stage import Stage, StageContext
-from pipelines.ray_train import (
-    Window,
-    any_rank,
-    check_complete,
-    fit_and_export,
-    prepare,
-    rank0_tracker,
-    rank_state,
-    report,
-    resume_state,
-    rng_state,
-    set_rng_state,
-)
+from pipelines.loop import LoopJob, run_loop
+from pipelines.ray_train import RunRef, check_complete
+
+if TYPE_CHECKING:
+    from ovs.selftrain.training import BatchStream
 
 LABEL_COLUMNS = ("key", "image_path", "label_png", "conf_png", "gt_png", "status")
 
@@ -262,151 +256,131 @@ def pseudo_labels(ctx: StageContext, num_classes: int) -> tuple[list[Path], np.n
 # ----------------------------------------------------------------------------- step 2
 
 
-def _build(config: dict):
-    """The segmenter with its initial weights (identical on every rank)."""
-    from ovs.models.upernet import build_segmenter
-    from ovs.selftrain.training import init_backbone_from_sseg
+@dataclass(frozen=True)
+class SegmenterTaskFactory:
+    """The ``self_train`` stage's :class:`pipelines.loop.TaskFactory`: the closed-vocabulary
+    segmenter on the pseudo-label shards."""
 
-    cfg: SelfTrainConfig = config["cfg"]
-    model = build_segmenter(cfg.model, config["num_classes"], config["seed"])
-    if cfg.init_from_sseg:
-        state = torch.load(config["sseg_checkpoint"], map_location="cpu", weights_only=True)
-        init_backbone_from_sseg(model, state["model"])
-    return model
+    cfg: SelfTrainConfig
+    num_classes: int
+    shards: list[str]  # pseudo-label shard files; rank r reads shards[r::world]
+    thresholds: list[int]  # per-class confidence thresholds (uint8) of the confidence rule
+    sseg_checkpoint: str  # the trained S-Seg, for ``init_from_sseg``
 
-
-def setup(config: dict, device: torch.device, state: dict | None):
-    """Segmenter → device → optimiser and schedule → resume ``state`` (the order that keeps
-    the optimiser state on the parameters' device). Returns ``(model, opt, sched, start)``."""
-    from ovs.selftrain.training import build_optimizer, lr_factor
-
-    cfg: SelfTrainConfig = config["cfg"]
-    # build_segmenter leaves the global RNG alone: seed it, or dropout draws from whatever
-    # state the worker process has (two runs of one config differed). A resume then restores
-    # the checkpointed RNG state over this one.
-    torch.manual_seed(config["seed"])
-    model = _build(config)
-    opt, sched, start = prepare(
-        model,
-        device,
-        lambda m: build_optimizer(m, cfg),
-        lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, cfg)),
-        state,
-    )
-    return model, opt, sched, start
+    def __call__(self, seed: int, device: torch.device, rank: int, world: int) -> SegmenterTask:
+        return SegmenterTask(self, seed, device, rank, world)
 
 
-def train_loop(config: dict) -> None:
-    """One Ray Train worker. ``config``: cfg, seed, num_classes, shards, thresholds,
-    sseg_checkpoint, out_dir, mlflow."""
-    import ray.train
-    import ray.train.torch
-    from torch.nn.parallel import DistributedDataParallel
+class SegmenterTask:
+    """The S-Seg+ segmenter's training pieces in one worker (:class:`pipelines.loop.Task`):
+    pixel cross-entropy on augmented pseudo-labelled batches (:class:`ovs.selftrain.training.
+    BatchStream`, one numpy generator per rank for permutations and augmentation)."""
 
-    from ovs.models.upernet import save_segmenter
-    from ovs.precision import training_dtype
-    from ovs.selftrain.loss import pixel_cross_entropy
-    from ovs.selftrain.training import batches, load_rows
+    metric_prefix = "self_train/"
+    log_grad_norm = False
 
-    cfg: SelfTrainConfig = config["cfg"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(max(1, cfg.cpus_per_worker))
-    device = ray.train.torch.get_device()
-    if device.type == "cpu":
-        from ovs.cpu import keep_freed_memory
+    def __init__(
+        self, factory: SegmenterTaskFactory, seed: int, device: torch.device, rank: int, world: int
+    ) -> None:
+        from ovs.models.upernet import build_segmenter
+        from ovs.selftrain.training import init_backbone_from_sseg
 
-        keep_freed_memory()  # no page faults per step (ovs/cpu.py)
-    state = resume_state()
-    model, opt, sched, start = setup(config, device, state)
-    model.train()
-    net = DistributedDataParallel(model) if world > 1 else model
-    shards = [Path(p) for p in config["shards"]][rank::world]
-    rows, counts = load_rows(shards, np.array(config["thresholds"]), cfg.cache_in_memory)
-    stream = batches(
-        rows, cfg.batch_size, cfg.augment, np.random.default_rng([config["seed"], rank])
-    )
-    own = rank_state(state, rank, world)
-    if own is not None:  # continue the batch stream and the RNGs where the checkpoint left them
-        stream.load_state_dict(own["stream"])
-        set_rng_state(own["torch"], device)
-    tracker = rank0_tracker(config, rank)
-    amp_dtype = training_dtype(cfg.amp_dtype, device)
-    marker = Path(config["out_dir"]) / ".injected_failure"
-    t_start = time.monotonic()
-    window, window_t = Window(), time.monotonic()
-    wait_fractions: list[float] = []
-    step = start
-    while step < cfg.steps:
-        t_data = time.monotonic()
-        images, labels = next(stream)
-        window.data_wait_s += time.monotonic() - t_data
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = net(images.to(device))
-        loss = pixel_cross_entropy(logits, labels.to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        step += 1
-        if step == cfg.inject_failure_at_step and rank == world - 1 and not marker.exists():
-            marker.touch()
-            raise RuntimeError(f"injected worker failure at step {step} (failure drill)")
-        window.add({"loss": loss}, len(images))
-        log_step = step % cfg.log_every == 0 or step >= cfg.steps
-        out_of_time = log_step and any_rank(
-            cfg.time_limit_s is not None and time.monotonic() - t_start > cfg.time_limit_s,
+        self.factory, self.seed, self.device, self.rank, self.world = (
+            factory,
+            seed,
             device,
+            rank,
             world,
         )
-        last = step >= cfg.steps or out_of_time
-        metrics: dict | None = None
-        if log_step:
-            dt = max(time.monotonic() - window_t, 1e-9)
-            metrics = {
-                "self_train/loss": window.means()["loss"],
-                "self_train/lr": sched.get_last_lr()[-1],
-                "self_train/img_per_s": window.images * world / dt,
-                "self_train/data_wait_fraction": window.data_wait_s / dt,
-                "step": step,
-            }
-            wait_fractions.append(metrics["self_train/data_wait_fraction"])
-            if tracker is not None:
-                tracker.log_metrics(metrics, step=step)
-            window, window_t = Window(), time.monotonic()
-        if step % cfg.checkpoint_every == 0 or last:
-            metrics = dict(metrics or {"step": step})
-            metrics["rows_used"] = counts["used"]
-            metrics["data_wait_fraction"] = float(np.mean(wait_fractions or [0.0]))
-            own_state = {"stream": stream.state_dict(), "torch": rng_state(device)}
-            report(metrics, rank, world, model, opt, sched, step, save_segmenter, own_state)
-        if out_of_time:
-            break
+        self.cfg = factory.cfg
+        # build_segmenter leaves the global RNG alone: seed it, or dropout draws from whatever
+        # state the worker process has (two runs of one config differed). A resume then restores
+        # the checkpointed RNG state over this one.
+        torch.manual_seed(seed)
+        self.model = build_segmenter(self.cfg.model, factory.num_classes, seed)
+        if self.cfg.init_from_sseg:
+            state = torch.load(factory.sseg_checkpoint, map_location="cpu", weights_only=True)
+            init_backbone_from_sseg(self.model, state["model"])
+        self.stream: BatchStream | None = None
+        self.rows_used = 0
+
+    def optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        from ovs.selftrain.training import build_optimizer
+
+        return build_optimizer(model, self.cfg)
+
+    def schedule(self, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        from ovs.train.schedules import poly_schedule
+
+        return poly_schedule(opt, self.cfg, self.cfg.poly_power)
+
+    def objective(self) -> torch.nn.Module:
+        from torch.nn.parallel import DistributedDataParallel
+
+        from ovs.selftrain.training import SegmenterObjective
+
+        self.model.train()
+        objective = SegmenterObjective(self.model)
+        return DistributedDataParallel(objective) if self.world > 1 else objective
+
+    def batches(self, start_step: int, own: dict | None) -> Iterator[Any]:
+        """The rank's :class:`~ovs.selftrain.training.BatchStream`; a resume restores its
+        state (the stream's position is its state, not ``start_step``)."""
+        from ovs.selftrain.training import batches, load_rows
+
+        shards = [Path(p) for p in self.factory.shards][self.rank :: self.world]
+        rows, counts = load_rows(
+            shards, np.array(self.factory.thresholds), self.cfg.cache_in_memory
+        )
+        self.rows_used = counts["used"]
+        rng = np.random.default_rng([self.seed, self.rank])
+        self.stream = batches(rows, self.cfg.batch_size, self.cfg.augment, rng)
+        if own is not None:  # continue the batch stream where the checkpoint left it
+            self.stream.load_state_dict(own["stream"])
+        return self.stream
+
+    def inputs(self, batch: Any) -> tuple[tuple[Any, ...], int]:
+        """``(images, labels)`` on the device for :class:`~ovs.selftrain.training.
+        SegmenterObjective`."""
+        images, labels = batch
+        return (images.to(self.device), labels.to(self.device)), len(images)
+
+    def data_state(self, step: int) -> dict:
+        assert self.stream is not None
+        return {"stream": self.stream.state_dict()}
+
+    def counts(self) -> dict[str, float]:
+        """The rank's pseudo-labelled rows it trains on."""
+        return {"rows_used": self.rows_used}
+
+    def save_model(self, model: torch.nn.Module, path: Path, extra: dict) -> Any:
+        from ovs.models.upernet import save_segmenter
+
+        return save_segmenter(model, path, extra)
 
 
 def fit(
     ctx: StageContext, shards: list[Path], thresholds: np.ndarray, num_classes: int
 ) -> tuple[Path, dict]:
-    """Step 2: Ray Train; returns the final segmenter checkpoint under the stage output and
-    rank 0's last reported metrics (``step``: the steps done)."""
-    from ovs.precision import resolve_dtype
-
+    """Step 2: the training loop; returns the final segmenter checkpoint under the stage output
+    and rank 0's last reported metrics (``step``: the steps done)."""
     cfg: SelfTrainConfig = ctx.section
-    resolve_dtype(cfg.amp_dtype, torch.device("cpu"))  # an unknown name fails before Ray Train
     tracker: Any = ctx.tracker  # an MlflowTracker: workers reopen its run by id
-    loop_config = {
-        "cfg": cfg,
-        "seed": ctx.cfg.seed,
-        "num_classes": num_classes,
-        "shards": [str(s) for s in shards],
-        "thresholds": thresholds.tolist(),
-        "sseg_checkpoint": str(ctx.inputs["train"] / "model" / "latest.pt"),
-        "out_dir": str(ctx.out_dir),
-        "mlflow": {"uri": tracker.client.tracking_uri, "run_id": tracker.run_id},
-    }
-    return fit_and_export(train_loop, loop_config, cfg, "sseg_plus", ctx.out_dir)
+    factory = SegmenterTaskFactory(
+        cfg=cfg,
+        num_classes=num_classes,
+        shards=[str(s) for s in shards],
+        thresholds=thresholds.tolist(),
+        sseg_checkpoint=str(ctx.inputs["train"] / "model" / "latest.pt"),
+    )
+    job = LoopJob(
+        loop=cfg,
+        task=factory,
+        seed=ctx.cfg.seed,
+        out_dir=str(ctx.out_dir),
+        run=RunRef(tracker.client.tracking_uri, tracker.run_id),
+    )
+    return run_loop(job, "sseg_plus")
 
 
 # ----------------------------------------------------------------------------- step 3
