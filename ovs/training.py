@@ -112,14 +112,14 @@ def build_model(cfg: TrainConfig, seed: int) -> SSeg:
 
 
 def make_batch(
-    samples: list[Sample], cfg: TrainConfig, model_cfg: SSegConfig, rng: np.random.Generator
+    samples: list[Sample], augment: AugmentConfig, rng: np.random.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Augment and stack: ``(images [B,3,S,S] float in [0,1], labels [B,S,S] int64, texts)``."""
     images, labels = [], []
     for s in samples:
         img = torch.from_numpy(np.array(s.image)).permute(2, 0, 1)  # cached arrays are read-only
         lab = torch.from_numpy(s.mask.astype(np.int64))
-        img, lab = augment_pair(img, lab, cfg.augment, rng)
+        img, lab = augment_pair(img, lab, augment, rng)
         images.append(img)
         labels.append(lab)
     return torch.stack(images), torch.stack(labels), [s.text for s in samples]

@@ -41,17 +41,22 @@ from pipelines.ray_train import (
 class Task(Protocol):
     """One stage's training, built inside a worker by its :class:`TaskFactory`.
 
-    ``model`` is what is checkpointed and exported; its initial weights must be identical on
-    every rank. The loop calls, in this order: :meth:`optimizer` and :meth:`schedule` (after
+    :attr:`model`'s initial weights must be identical on every rank. The loop calls, in this order: :meth:`optimizer` and :meth:`schedule` (after
     the model is on its device), :meth:`objective`, :meth:`batches`, then per step
     :meth:`inputs` and, at checkpoint steps, :meth:`data_state` and :meth:`counts`.
     """
 
-    model: torch.nn.Module
     metric_prefix: str  # of the logged metrics: "train/", "self_train/"
     log_grad_norm: bool  # whether the windows log the pre-clip gradient norm
 
-    def optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer: ...
+    @property
+    def model(self) -> torch.nn.Module:
+        """What is trained, checkpointed and exported."""
+        ...
+
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The optimiser over :attr:`model`'s parameters."""
+        ...
 
     def schedule(self, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler: ...
 
@@ -77,8 +82,8 @@ class Task(Protocol):
         """Data counts reported with each checkpoint (e.g. samples joined or skipped)."""
         ...
 
-    def save_model(self, model: torch.nn.Module, path: Path, extra: dict) -> Any:
-        """Write the inference checkpoint of ``model`` to ``path``."""
+    def save_model(self, path: Path, extra: dict) -> Any:
+        """Write :attr:`model`'s inference checkpoint (with ``extra``) to ``path``."""
         ...
 
 

@@ -52,15 +52,16 @@ def resume_state() -> dict | None:
 def prepare(
     model: Any,
     device: Any,
-    make_optimizer: Callable[[Any], Any],
+    make_optimizer: Callable[[], Any],
     make_schedule: Callable[[Any], Any],
     state: dict | None,
 ) -> tuple[Any, Any, int]:
-    """Move ``model`` to ``device``, *then* build its optimiser and schedule and load ``state``
-    into all three: optimiser state follows the parameters' device, so the first step after a
-    resume on a GPU never mixes devices. Returns ``(opt, sched, step to continue from)``."""
+    """Move ``model`` to ``device``, *then* build its optimiser (``make_optimizer()``, over the
+    model's parameters) and schedule (``make_schedule(opt)``) and load ``state`` into all
+    three: optimiser state follows the parameters' device, so the first step after a resume on
+    a GPU never mixes devices. Returns ``(opt, sched, step to continue from)``."""
     model.to(device)
-    opt = make_optimizer(model)
+    opt = make_optimizer()
     sched = make_schedule(opt)
     if state is None:
         return opt, sched, 0
@@ -114,13 +115,13 @@ def report(
     opt: Any,
     sched: Any,
     step: int,
-    save_model: Callable[[Any, Path, dict], Any],
+    save_model: Callable[[Path, dict], Any],
     own_state: dict,
 ) -> None:
     """``ray.train.report`` from every rank; rank 0 attaches a checkpoint holding the full
     training state (``STATE``: model, optimiser, schedule, step and every rank's ``own_state``,
     e.g. its data position and RNG states) and the inference model
-    (``save_model(model, path, extra)``). All ranks must call it at the same steps."""
+    (``save_model(path, extra)``, which writes ``model``'s). All ranks must call it at the same steps."""
     import ray.train
     import torch
 
@@ -140,7 +141,7 @@ def report(
             "ranks": ranks,
         }
         torch.save(state, Path(d) / STATE)
-        save_model(model, Path(d) / MODEL, {"step": step})
+        save_model(Path(d) / MODEL, {"step": step})
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 

@@ -11,10 +11,10 @@ closed-vocabulary segmenter on them with Ray Train, evaluate it with the evaluat
    written atomically, so a rerun labels only the missing shards. The driver then derives the
    per-class confidence thresholds (:mod:`ovs.selftrain.pseudo_labels`) into
    ``thresholds.json`` and, where the target split has ground truth, the pseudo-labels' mIoU.
-2. **Segmenter.** Ray Train ``TorchTrainer`` (DDP on gloo / nccl), structured like
-   ``pipelines/train.py``: checkpoints through ``ray.train.report``, worker restarts from the last
-   checkpoint (``FailureConfig``), a whole-job rerun resumes from the newest checkpoint stored
-   under the stage output.
+2. **Segmenter.** The training loop (``pipelines/loop.py``: Ray Train ``TorchTrainer``, DDP on
+   gloo / nccl) runs :class:`SegmenterTask`: checkpoints through ``ray.train.report``, worker
+   restarts from the last checkpoint (``FailureConfig``), a whole-job rerun resumes from the
+   newest checkpoint stored under the stage output.
 3. **Evaluation** on the held-out split with the same protocol as S-Seg: logs ``miou`` (S-Seg+)
    and ``sseg_miou`` (S-Seg on the same images, same protocol) side by side, ``miou_gain``,
    pseudo-label diagnostics, overlays and a per-class IoU chart.
@@ -285,14 +285,8 @@ class SegmenterTask:
         from ovs.models.upernet import build_segmenter
         from ovs.selftrain.training import init_backbone_from_sseg
 
-        self.factory, self.seed, self.device, self.rank, self.world = (
-            factory,
-            seed,
-            device,
-            rank,
-            world,
-        )
-        self.cfg = factory.cfg
+        self.factory, self.cfg, self.seed = factory, factory.cfg, seed
+        self.device, self.rank, self.world = device, rank, world
         # build_segmenter leaves the global RNG alone: seed it, or dropout draws from whatever
         # state the worker process has (two runs of one config differed). A resume then restores
         # the checkpointed RNG state over this one.
@@ -304,10 +298,10 @@ class SegmenterTask:
         self.stream: BatchStream | None = None
         self.rows_used = 0
 
-    def optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+    def optimizer(self) -> torch.optim.Optimizer:
         from ovs.selftrain.training import build_optimizer
 
-        return build_optimizer(model, self.cfg)
+        return build_optimizer(self.model, self.cfg)
 
     def schedule(self, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
         from ovs.train.schedules import poly_schedule
@@ -353,10 +347,10 @@ class SegmenterTask:
         """The rank's pseudo-labelled rows it trains on."""
         return {"rows_used": self.rows_used}
 
-    def save_model(self, model: torch.nn.Module, path: Path, extra: dict) -> Any:
+    def save_model(self, path: Path, extra: dict) -> Any:
         from ovs.models.upernet import save_segmenter
 
-        return save_segmenter(model, path, extra)
+        return save_segmenter(self.model, path, extra)
 
 
 def fit(

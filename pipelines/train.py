@@ -2,9 +2,10 @@
 
     python pipelines/train.py [--config conf/default.yaml] [--force] [train.steps=300 ...]
 
-Each Ray Train worker reads its share of the download shards joined with their pseudo-masks and
-entity texts, trains with AdamW + warm-up/cosine, and reports metrics (and, from rank 0,
-checkpoints) through ``ray.train.report``. A worker failure restarts the worker group from the
+The training loop (``pipelines/loop.py``) runs :class:`SSegTask` on Ray Train workers: each reads
+its share of the download shards joined with their pseudo-masks and entity texts, trains with
+AdamW + warm-up/cosine, and reports metrics (and, from rank 0, checkpoints) through
+``ray.train.report``. A worker failure restarts the worker group from the
 last checkpoint (``FailureConfig``); a whole-job rerun of the stage resumes from the last
 checkpoint stored under the stage's output directory. Rank 0 logs losses, learning rate and
 throughput to the stage's MLflow run. The driver then evaluates the initial and the final model
@@ -147,10 +148,10 @@ class SSegTask:
         self.source: SampleSource | None = None
         self.ingest: RankIngest | None = None
 
-    def optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+    def optimizer(self) -> torch.optim.Optimizer:
         from ovs.training import build_optimizer
 
-        return build_optimizer(model, self.cfg)
+        return build_optimizer(self.model, self.cfg)
 
     def schedule(self, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
         from ovs.train.schedules import cosine_schedule
@@ -198,7 +199,7 @@ class SSegTask:
             images = as_float(batch.images.to(device, non_blocking=True))
             labels, texts, noun_lists = batch.labels.to(device), batch.texts, batch.nouns
         else:
-            images, labels, texts = make_batch(batch, self.cfg, self.cfg.model, self.rng)
+            images, labels, texts = make_batch(batch, self.cfg.augment, self.rng)
             noun_lists = [s.nouns for s in batch]
         tokens = tokenize(texts, context).to(device)
         nouns: tuple[Any, Any] = (None, None)
@@ -225,10 +226,10 @@ class SSegTask:
         assert self.ingest is not None
         return {f"train/join_{k}": v for k, v in self.ingest.counts.items()}
 
-    def save_model(self, model: torch.nn.Module, path: Path, extra: dict) -> Any:
+    def save_model(self, path: Path, extra: dict) -> Any:
         from ovs.models.sseg import save_checkpoint
 
-        return save_checkpoint(model, path, extra)
+        return save_checkpoint(self.model, path, extra)
 
 
 def _gt_supervision(ctx: StageContext) -> tuple[Path, SSegLossConfig, list[str]]:
