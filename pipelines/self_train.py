@@ -11,10 +11,10 @@ closed-vocabulary segmenter on them with Ray Train, evaluate it with the evaluat
    written atomically, so a rerun labels only the missing shards. The driver then derives the
    per-class confidence thresholds (:mod:`ovs.selftrain.pseudo_labels`) into
    ``thresholds.json`` and, where the target split has ground truth, the pseudo-labels' mIoU.
-2. **Segmenter.** Ray Train ``TorchTrainer`` (DDP on gloo / nccl), structured like
-   ``pipelines/train.py``: checkpoints through ``ray.train.report``, worker restarts from the last
-   checkpoint (``FailureConfig``), a whole-job rerun resumes from the newest checkpoint stored
-   under the stage output.
+2. **Segmenter.** The training loop (``pipelines/loop.py``: Ray Train ``TorchTrainer``, DDP on
+   gloo / nccl) runs :class:`SegmenterTask`: checkpoints through ``ray.train.report``, worker
+   restarts from the last checkpoint (``FailureConfig``), a whole-job rerun resumes from the
+   newest checkpoint stored under the stage output.
 3. **Evaluation** on the held-out split with the same protocol as S-Seg: logs ``miou`` (S-Seg+)
    and ``sseg_miou`` (S-Seg on the same images, same protocol) side by side, ``miou_gain``,
    pseudo-label diagnostics, overlays and a per-class IoU chart.
@@ -25,8 +25,10 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,19 +36,11 @@ import torch
 from ovs.config import Config
 from ovs.selftrain.training import SelfTrainConfig
 from ovs.stage import Stage, StageContext
-from pipelines.ray_train import (
-    Window,
-    any_rank,
-    check_complete,
-    fit_and_export,
-    prepare,
-    rank0_tracker,
-    rank_state,
-    report,
-    resume_state,
-    rng_state,
-    set_rng_state,
-)
+from pipelines.loop import LoopJob, run_loop
+from pipelines.ray_train import RunRef, check_complete
+
+if TYPE_CHECKING:
+    from ovs.selftrain.training import BatchStream
 
 LABEL_COLUMNS = ("key", "image_path", "label_png", "conf_png", "gt_png", "status")
 
@@ -257,154 +251,119 @@ def pseudo_labels(ctx: StageContext, num_classes: int) -> tuple[list[Path], np.n
 # ----------------------------------------------------------------------------- step 2
 
 
-def _build(config: dict):
-    """The segmenter with its initial weights (identical on every rank)."""
-    from ovs.methods import METHODS, load_checkpoint
-    from ovs.methods.segmenter.recipe import init_backbone
+@dataclass(frozen=True)
+class SegmenterTaskFactory:
+    """The ``self_train`` stage's :class:`pipelines.loop.TaskFactory`: the closed-vocabulary
+    segmenter on the pseudo-label shards."""
 
-    cfg: SelfTrainConfig = config["cfg"]
-    model = METHODS["segmenter"].build_model(cfg.model, config["seed"], config["num_classes"])
-    if cfg.init_from_sseg:
-        trained, source = load_checkpoint(config["sseg_checkpoint"])
-        if trained.image_backbone is None:
-            raise ValueError(f"init_from_sseg: method {trained.name!r} has no image backbone")
-        init_backbone(model, trained.image_backbone(source))
-    return model
+    cfg: SelfTrainConfig
+    num_classes: int
+    shards: list[str]  # pseudo-label shard files; rank r reads shards[r::world]
+    thresholds: list[int]  # per-class confidence thresholds (uint8) of the confidence rule
+    sseg_checkpoint: str  # the trained S-Seg, for ``init_from_sseg``
 
-
-def setup(config: dict, device: torch.device, state: dict | None):
-    """Segmenter → device → optimiser and schedule → resume ``state`` (the order that keeps
-    the optimiser state on the parameters' device). Returns ``(model, opt, sched, start)``."""
-    from ovs.methods.segmenter.recipe import build_optimizer
-    from ovs.selftrain.training import lr_factor
-
-    cfg: SelfTrainConfig = config["cfg"]
-    # build_segmenter leaves the global RNG alone: seed it, or dropout draws from whatever
-    # state the worker process has (two runs of one config differed). A resume then restores
-    # the checkpointed RNG state over this one.
-    torch.manual_seed(config["seed"])
-    model = _build(config)
-    opt, sched, start = prepare(
-        model,
-        device,
-        lambda m: build_optimizer(m, cfg),
-        lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, cfg)),
-        state,
-    )
-    return model, opt, sched, start
+    def __call__(self, seed: int, device: torch.device, rank: int, world: int) -> SegmenterTask:
+        return SegmenterTask(self, seed, device, rank, world)
 
 
-def train_loop(config: dict) -> None:
-    """One Ray Train worker. ``config``: cfg, seed, num_classes, shards, thresholds,
-    sseg_checkpoint, out_dir, mlflow."""
-    import ray.train
-    import ray.train.torch
-    from torch.nn.parallel import DistributedDataParallel
+class SegmenterTask:
+    """The S-Seg+ segmenter's training pieces in one worker (:class:`pipelines.loop.Task`):
+    pixel cross-entropy on augmented pseudo-labelled batches (:class:`ovs.selftrain.training.
+    BatchStream`, one numpy generator per rank for permutations and augmentation)."""
 
-    from ovs.methods.segmenter.checkpoint import save_checkpoint
-    from ovs.methods.segmenter.losses import pixel_cross_entropy
-    from ovs.precision import training_dtype
-    from ovs.selftrain.training import batches, load_rows
+    metric_prefix = "self_train/"
+    log_grad_norm = False
 
-    cfg: SelfTrainConfig = config["cfg"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(max(1, cfg.cpus_per_worker))
-    device = ray.train.torch.get_device()
-    if device.type == "cpu":
-        from ovs.cpu import keep_freed_memory
+    def __init__(
+        self, factory: SegmenterTaskFactory, seed: int, device: torch.device, rank: int, world: int
+    ) -> None:
+        from ovs.methods import METHODS, load_checkpoint
+        from ovs.methods.segmenter.recipe import init_backbone
 
-        keep_freed_memory()  # no page faults per step (ovs/cpu.py)
-    state = resume_state()
-    model, opt, sched, start = setup(config, device, state)
-    model.train()
-    net = DistributedDataParallel(model) if world > 1 else model
-    shards = [Path(p) for p in config["shards"]][rank::world]
-    rows, counts = load_rows(shards, np.array(config["thresholds"]), cfg.cache_in_memory)
-    stream = batches(
-        rows, cfg.batch_size, cfg.augment, np.random.default_rng([config["seed"], rank])
-    )
-    own = rank_state(state, rank, world)
-    if own is not None:  # continue the batch stream and the RNGs where the checkpoint left them
-        stream.load_state_dict(own["stream"])
-        set_rng_state(own["torch"], device)
-    tracker = rank0_tracker(config, rank)
-    amp_dtype = training_dtype(cfg.amp_dtype, device)
-    marker = Path(config["out_dir"]) / ".injected_failure"
-    t_start = time.monotonic()
-    window, window_t = Window(), time.monotonic()
-    wait_fractions: list[float] = []
-    step = start
-    while step < cfg.steps:
-        t_data = time.monotonic()
-        images, labels = next(stream)
-        window.data_wait_s += time.monotonic() - t_data
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = net(images.to(device))
-        loss = pixel_cross_entropy(logits, labels.to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        step += 1
-        if step == cfg.inject_failure_at_step and rank == world - 1 and not marker.exists():
-            marker.touch()
-            raise RuntimeError(f"injected worker failure at step {step} (failure drill)")
-        window.add({"loss": loss}, len(images))
-        log_step = step % cfg.log_every == 0 or step >= cfg.steps
-        out_of_time = log_step and any_rank(
-            cfg.time_limit_s is not None and time.monotonic() - t_start > cfg.time_limit_s,
-            device,
-            world,
+        self.factory, self.cfg, self.seed = factory, factory.cfg, seed
+        self.device, self.rank, self.world = device, rank, world
+        self.spec = METHODS["segmenter"]
+        # The builder leaves the global RNG alone: seed it, or dropout draws from whatever
+        # state the worker process has (two runs of one config differed). A resume then restores
+        # the checkpointed RNG state over this one.
+        torch.manual_seed(seed)
+        self.model = self.spec.build_model(self.cfg.model, seed, factory.num_classes)
+        if self.cfg.init_from_sseg:
+            trained, source = load_checkpoint(factory.sseg_checkpoint)
+            if trained.image_backbone is None:
+                raise ValueError(f"init_from_sseg: method {trained.name!r} has no image backbone")
+            init_backbone(self.model, trained.image_backbone(source))
+        self.stream: BatchStream | None = None
+        self.rows_used = 0
+
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.spec.optimizer(self.model, self.cfg)
+
+    def schedule(self, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        from ovs.train.schedules import poly_schedule
+
+        return poly_schedule(opt, self.cfg, self.cfg.poly_power)
+
+    def objective(self) -> torch.nn.Module:
+        self.model.train()
+        return self.spec.wrap_ddp(self.spec.objective(self.model, self.cfg.model))
+
+    def batches(self, start_step: int, own: dict | None) -> Iterator[Any]:
+        """The rank's :class:`~ovs.selftrain.training.BatchStream`; a resume restores its
+        state (the stream's position is its state, not ``start_step``)."""
+        from ovs.selftrain.training import batches, load_rows
+
+        shards = [Path(p) for p in self.factory.shards][self.rank :: self.world]
+        rows, counts = load_rows(
+            shards, np.array(self.factory.thresholds), self.cfg.cache_in_memory
         )
-        last = step >= cfg.steps or out_of_time
-        metrics: dict | None = None
-        if log_step:
-            dt = max(time.monotonic() - window_t, 1e-9)
-            metrics = {
-                "self_train/loss": window.means()["loss"],
-                "self_train/lr": sched.get_last_lr()[-1],
-                "self_train/img_per_s": window.images * world / dt,
-                "self_train/data_wait_fraction": window.data_wait_s / dt,
-                "step": step,
-            }
-            wait_fractions.append(metrics["self_train/data_wait_fraction"])
-            if tracker is not None:
-                tracker.log_metrics(metrics, step=step)
-            window, window_t = Window(), time.monotonic()
-        if step % cfg.checkpoint_every == 0 or last:
-            metrics = dict(metrics or {"step": step})
-            metrics["rows_used"] = counts["used"]
-            metrics["data_wait_fraction"] = float(np.mean(wait_fractions or [0.0]))
-            own_state = {"stream": stream.state_dict(), "torch": rng_state(device)}
-            report(metrics, rank, world, model, opt, sched, step, save_checkpoint, own_state)
-        if out_of_time:
-            break
+        self.rows_used = counts["used"]
+        rng = np.random.default_rng([self.seed, self.rank])
+        self.stream = batches(rows, self.cfg.batch_size, self.cfg.augment, rng)
+        if own is not None:  # continue the batch stream where the checkpoint left it
+            self.stream.load_state_dict(own["stream"])
+        return self.stream
+
+    def inputs(self, batch: Any) -> tuple[tuple[Any, ...], int]:
+        """``(images, labels)`` on the device for the segmenter's objective
+        (:mod:`ovs.methods.segmenter.objective`)."""
+        images, labels = batch
+        return (images.to(self.device), labels.to(self.device)), len(images)
+
+    def data_state(self, step: int) -> dict:
+        assert self.stream is not None
+        return {"stream": self.stream.state_dict()}
+
+    def counts(self) -> dict[str, float]:
+        """The rank's pseudo-labelled rows it trains on."""
+        return {"rows_used": self.rows_used}
+
+    def save_model(self, path: Path, extra: dict) -> Any:
+        return self.spec.save_checkpoint(self.model, path, extra)
 
 
 def fit(
     ctx: StageContext, shards: list[Path], thresholds: np.ndarray, num_classes: int
 ) -> tuple[Path, dict]:
-    """Step 2: Ray Train; returns the final segmenter checkpoint under the stage output and
-    rank 0's last reported metrics (``step``: the steps done)."""
-    from ovs.precision import resolve_dtype
-
+    """Step 2: the training loop; returns the final segmenter checkpoint under the stage output
+    and rank 0's last reported metrics (``step``: the steps done)."""
     cfg: SelfTrainConfig = ctx.section
-    resolve_dtype(cfg.amp_dtype, torch.device("cpu"))  # an unknown name fails before Ray Train
     tracker: Any = ctx.tracker  # an MlflowTracker: workers reopen its run by id
-    loop_config = {
-        "cfg": cfg,
-        "seed": ctx.cfg.seed,
-        "num_classes": num_classes,
-        "shards": [str(s) for s in shards],
-        "thresholds": thresholds.tolist(),
-        "sseg_checkpoint": str(ctx.inputs["train"] / "model" / "latest.pt"),
-        "out_dir": str(ctx.out_dir),
-        "mlflow": {"uri": tracker.client.tracking_uri, "run_id": tracker.run_id},
-    }
-    return fit_and_export(train_loop, loop_config, cfg, "sseg_plus", ctx.out_dir)
+    factory = SegmenterTaskFactory(
+        cfg=cfg,
+        num_classes=num_classes,
+        shards=[str(s) for s in shards],
+        thresholds=thresholds.tolist(),
+        sseg_checkpoint=str(ctx.inputs["train"] / "model" / "latest.pt"),
+    )
+    job = LoopJob(
+        loop=cfg,
+        task=factory,
+        seed=ctx.cfg.seed,
+        out_dir=str(ctx.out_dir),
+        run=RunRef(tracker.client.tracking_uri, tracker.run_id),
+    )
+    return run_loop(job, "sseg_plus")
 
 
 # ----------------------------------------------------------------------------- step 3

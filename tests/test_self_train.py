@@ -46,9 +46,9 @@ from ovs.selftrain.training import (
     SelfTrainConfig,
     batches,
     load_rows,
-    lr_factor,
     paper_self_train,
 )
+from ovs.train.schedules import poly_schedule, warmup_poly
 
 VIT = SegmenterConfig(
     backbone="vit_tiny_patch16_224",
@@ -175,10 +175,11 @@ def test_optimizer_and_poly_schedule():
     assert min(g["lr"] for g in opt.param_groups) == pytest.approx(
         1e-3 * 0.5 ** (layer_ids(model)[1] - 1)
     )
-    assert lr_factor(0, cfg) == pytest.approx(0.1)
-    assert lr_factor(9, cfg) == pytest.approx(1.0)
-    assert lr_factor(55, cfg) == pytest.approx(0.5)  # linear poly (power 1) half-way
-    assert lr_factor(100, cfg) == pytest.approx(0.0)
+    sched = poly_schedule(opt, cfg, cfg.poly_power)  # every group: its lr x the same factor
+    assert sched.get_last_lr() == [g["initial_lr"] * 0.1 for g in opt.param_groups]
+    assert warmup_poly(9, cfg, cfg.poly_power) == pytest.approx(1.0)
+    assert warmup_poly(55, cfg, cfg.poly_power) == pytest.approx(0.5)  # linear poly half-way
+    assert warmup_poly(100, cfg, cfg.poly_power) == pytest.approx(0.0)
 
 
 def test_segmenter_checkpoint_roundtrip(tmp_path):

@@ -205,7 +205,7 @@ def current_rate(
     )  # fmt: skip
     batches = itertools.islice(stream, n)
     return _time_batches(
-        (make_batch(samples, cfg, rng) for samples in batches), lambda b: b[0].shape[0]
+        (make_batch(samples, cfg.augment, rng) for samples in batches), lambda b: b[0].shape[0]
     )
 
 
