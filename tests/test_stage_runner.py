@@ -168,6 +168,9 @@ def _cli(args, tmp_path, **kw):
     env = {
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'ml.db'}",
         "PATH": "/usr/bin:/bin",
+        # Entry points import ovs/pipelines as installed packages (no sys.path edits); point
+        # them at this tree, as Ray's working_dir does, not at whichever checkout is installed.
+        "PYTHONPATH": str(REPO),
         "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
         **kw,
     }
