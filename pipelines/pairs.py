@@ -31,12 +31,6 @@ from ovs.stage import Stage, StageContext
 from pipelines.shard_map import ActorResources, WorkItem, map_items
 
 
-def _evaluate(pairs: str, masks: str, tar: str, gt_dir: str, noun_to_class: dict, area: float):
-    from ovs.pairs.precision import evaluate_shard
-
-    return evaluate_shard(pairs, masks, tar, gt_dir, noun_to_class, area)
-
-
 def _inputs(cfg: Config) -> tuple[str, ...]:
     section = getattr(cfg, "pairs", None)
     names = ["download", "entities", "pseudo_masks"]
@@ -80,29 +74,40 @@ def _world_metrics(ctx: StageContext, shards: list[Path], out_dir: Path) -> dict
     import ray
 
     from ovs.data import world
-    from ovs.pairs.precision import noun_classes, precision_curve, precision_metrics
+    from ovs.pairs.precision import (
+        ShardPrecision,
+        noun_classes,
+        precision_curve,
+        precision_metrics,
+    )
 
     cfg: PairsConfig = ctx.section
     root = ctx.inputs["world"]
-    noun_to_class = noun_classes(world.class_names(root))
-    gt_dir = str(root / "train" / "labels")
-    task = ray.remote(num_cpus=1)(_evaluate)
     masks = ctx.inputs["pseudo_masks"] / "masks"
-    refs = [
-        task.remote(
-            str(out_dir / f"{s.stem}.parquet"),
-            str(masks / f"{s.stem}.parquet"),
-            str(s),
-            gt_dir,
-            noun_to_class,
-            cfg.min_mask_area,
+    items = [
+        WorkItem(
+            s.stem,
+            {
+                "pairs": str(out_dir / f"{s.stem}.parquet"),
+                "masks": str(masks / f"{s.stem}.parquet"),
+                "tar": str(s),
+            },
         )
         for s in shards
     ]
+    init = {
+        "gt_dir": str(root / "train" / "labels"),
+        "noun_to_class": noun_classes(world.class_names(root)),
+        "min_area": cfg.min_mask_area,
+    }
+    cpus = int(ray.available_resources().get("CPU", 1)) or 1
+    done = map_items(
+        items, ShardPrecision, init, ActorResources(cpus), ctx.progress, "precision shards"
+    )
     total: Counter = Counter()
     scores: list[float] = []
     hits: list[bool] = []
-    for r in ray.get(refs):
+    for r in (done.results[it.key] for it in items):  # shard order: a deterministic curve
         scores += r.pop("scores")
         hits += r.pop("hits")
         total.update(r)
