@@ -97,7 +97,7 @@ class _ItemActor:
     API and dashboard say which stage's actors they are (``MapWorker(MapBatches(<worker>))``).
     """
 
-    worker: ClassVar[Callable[..., Any]]
+    worker: ClassVar[type[Any]]
 
     def __init__(self, init: dict[str, Any]) -> None:
         self.fn = self.worker(**init)
@@ -129,13 +129,14 @@ class _ItemActor:
 
 def _pending(items: Sequence[WorkItem]) -> tuple[list[WorkItem], list[str]]:
     """``(items to run, keys of items whose output exists)``."""
-    todo = [it for it in items if it.output is None or not Path(it.output).exists()]
-    return todo, [it.key for it in items if it.output is not None and Path(it.output).exists()]
+    finished = [it.output is not None and Path(it.output).exists() for it in items]
+    todo = [it for it, f in zip(items, finished, strict=True) if not f]
+    return todo, [it.key for it, f in zip(items, finished, strict=True) if f]
 
 
 def map_items(
     items: Sequence[WorkItem],
-    worker: Callable[..., Any],
+    worker: type[Any],
     init: dict[str, Any],
     resources: ActorResources,
     progress: Callable[..., None],
@@ -156,7 +157,7 @@ def map_items(
         return result
     import ray.data
 
-    actor = type(getattr(worker, "__name__", "ItemWorker"), (_ItemActor,), {"worker": worker})
+    actor = type(worker.__name__, (_ItemActor,), {"worker": worker})
     rows = [
         {"key": it.key, "args": json.dumps(it.args), "output": str(it.output or "")} for it in todo
     ]
