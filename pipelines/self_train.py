@@ -3,14 +3,15 @@ closed-vocabulary segmenter on them with Ray Train, evaluate it with the evaluat
 
     python pipelines/self_train.py [--config conf/default.yaml] [self_train.steps=2000 ...]
 
-1. **Pseudo-labels.** A Ray Data actor pool (``map_batches`` with a callable class,
-   ``compute=ActorPoolStrategy``, ``label.num_gpus`` per actor) loads the trained S-Seg once
-   per actor and labels whole shards of ``label.shard_size`` target images with the dataset's
-   class names under the evaluation protocol; each shard becomes
-   ``<out>/labels/<shard>.parquet`` (``key, image_path, label_png, conf_png, gt_png, status``),
-   written atomically, so a rerun labels only the missing shards. The driver then derives the
-   per-class confidence thresholds (:mod:`ovs.selftrain.pseudo_labels`) into
-   ``thresholds.json`` and, where the target split has ground truth, the pseudo-labels' mIoU.
+1. **Pseudo-labels.** The shard mapper (:mod:`pipelines.shard_map`) runs ``label.num_actors``
+   :class:`~ovs.selftrain.labeler.PseudoLabeler` actors (``label.num_gpus`` each; the trained
+   S-Seg loaded once per actor) over shards of ``label.shard_size`` target images, labelled
+   with the dataset's class names under the evaluation protocol; each shard's table becomes
+   ``<out>/labels/<shard>.parquet`` (``LABEL_SCHEMA``: ``key, image_path, label_png,
+   conf_png, gt_png, status``), written atomically, so a rerun labels only the missing shards.
+   The driver then derives the per-class confidence thresholds
+   (:mod:`ovs.selftrain.pseudo_labels`) into ``thresholds.json`` and, where the target split
+   has ground truth, the pseudo-labels' mIoU (:mod:`ovs.selftrain.labeler`).
 2. **Segmenter.** The training loop (``pipelines/loop.py``: Ray Train ``TorchTrainer``, DDP on
    gloo / nccl) runs :class:`SegmenterTask`: checkpoints through ``ray.train.report``, worker
    restarts from the last checkpoint (``FailureConfig``), a whole-job rerun resumes from the
@@ -22,7 +23,6 @@ closed-vocabulary segmenter on them with Ray Train, evaluate it with the evaluat
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Iterator
@@ -38,11 +38,10 @@ from ovs.selftrain.training import SelfTrainConfig
 from ovs.stage import Stage, StageContext
 from pipelines.loop import LoopJob, run_loop
 from pipelines.ray_train import RunRef, check_complete
+from pipelines.shard_map import ActorResources, WorkItem, map_items
 
 if TYPE_CHECKING:
     from ovs.selftrain.training import BatchStream
-
-LABEL_COLUMNS = ("key", "image_path", "label_png", "conf_png", "gt_png", "status")
 
 
 def _protocol_name(ctx_cfg: Config) -> str:
@@ -56,179 +55,53 @@ def _world_dir(ctx: StageContext) -> Path | None:
 # ----------------------------------------------------------------------------- step 1
 
 
-class PseudoLabeler:
-    """Ray Data actor: ``{"shard": [name], "refs": [json]}`` -> writes that shard's parquet."""
-
-    def __init__(
-        self,
-        checkpoint: str,
-        dataset,
-        class_names: list[list[str]],
-        has_background: bool,
-        dataset_key: str,
-        protocol: str,
-        out_dir: str,
-        num_threads: int,
-    ) -> None:
-        from ovs.eval.method import load_trained
-        from ovs.eval.protocol import build_classifier, get_protocol
-
-        torch.set_num_threads(max(1, num_threads))
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.method = load_trained(checkpoint, device)
-        self.protocol = get_protocol(protocol)
-        self.classifier = build_classifier(
-            self.method, class_names, has_background, self.protocol, dataset_key
-        )
-        self.dataset, self.out_dir = dataset, Path(out_dir)
-
-    def _one(self, ref: dict) -> dict:
-        from ovs.codecs import png_bytes, read_image
-        from ovs.selftrain.pseudo_labels import pseudo_label
-
-        row = {"key": ref["id"], "image_path": ref["path"], "status": "ok"}
-        row.update(label_png=b"", conf_png=b"", gt_png=b"")
-        try:
-            if ref["index"] is not None:
-                sample = self.dataset[ref["index"]]
-                image, gt = sample["image"], sample["label"]
-            else:
-                image, gt = read_image(ref["path"]), None
-        except (OSError, ValueError):
-            row["status"] = "bad_image"
-            return row
-        label, conf = pseudo_label(self.method, image, self.classifier, self.protocol)
-        row.update(label_png=png_bytes(label), conf_png=png_bytes(conf))
-        if gt is not None:
-            row["gt_png"] = png_bytes(gt)
-        return row
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import pyarrow as pa
-
-        from ovs.io import atomic_write_parquet
-
-        ok, bad = [], []
-        for shard, refs in zip(batch["shard"].tolist(), batch["refs"].tolist()):
-            rows = [self._one(r) for r in json.loads(refs)]
-            table = pa.table(
-                {
-                    c: pa.array(
-                        [r[c] for r in rows], pa.binary() if c.endswith("_png") else pa.string()
-                    )
-                    for c in LABEL_COLUMNS
-                }
-            )
-            atomic_write_parquet(self.out_dir / f"{shard}.parquet", table)
-            ok.append(sum(r["status"] == "ok" for r in rows))
-            bad.append(len(rows) - ok[-1])
-        return {"shard": batch["shard"], "ok": np.array(ok), "bad": np.array(bad)}
-
-
 def _label_shards(ctx: StageContext, label_dir: Path) -> tuple[list[Path], dict[str, int], float]:
-    """Run the actor pool over the shards not labelled yet; returns (all shard files, counts,
-    seconds)."""
-    import ray
-
+    """Run the labelling actors over the shards not labelled yet; returns (all shard files,
+    counts, seconds)."""
+    from ovs.selftrain.labeler import PseudoLabeler
     from ovs.selftrain.pseudo_labels import target_dataset, target_images
 
     cfg: SelfTrainConfig = ctx.section
     refs, dataset = target_images(cfg.target, _world_dir(ctx))
     names_ds = dataset or target_dataset(cfg.target, _world_dir(ctx), cfg.target.eval_split)
     size = max(1, cfg.label.shard_size)
-    shards = {
-        f"{i // size:05d}": [
-            {"id": r.id, "path": r.path, "index": r.index} for r in refs[i : i + size]
-        ]
-        for i in range(0, len(refs), size)
-    }
-    todo = [s for s in shards if not (label_dir / f"{s}.parquet").exists()]
-    counts = {
-        "target_images": len(refs),
-        "shards": len(shards),
-        "shards_resumed": len(shards) - len(todo),
-    }
-    start = time.perf_counter()
-    if todo:
-        items = [{"shard": s, "refs": json.dumps(shards[s])} for s in todo]
-        ds = ray.data.from_items(items, override_num_blocks=len(todo)).map_batches(
-            PseudoLabeler,
-            fn_constructor_args=(
-                str(ctx.inputs["train"] / "model" / "latest.pt"),
-                dataset,
-                names_ds.class_names,
-                names_ds.has_background,
-                names_ds.name,
-                _protocol_name(ctx.cfg),
-                str(label_dir),
-                int(cfg.label.num_cpus),
-            ),
-            batch_size=1,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=max(1, min(cfg.label.num_actors, len(todo)))),
-            num_cpus=cfg.label.num_cpus,
-            num_gpus=cfg.label.num_gpus,
+    files = [label_dir / f"{i // size:05d}.parquet" for i in range(0, len(refs), size)]
+    items = [
+        WorkItem(
+            f.stem,
+            {"refs": [{"id": r.id, "path": r.path, "index": r.index} for r in refs[i : i + size]]},
+            f,
         )
-        for done, _ in enumerate(ds.iter_rows(), 1):
-            ctx.progress(done, len(todo), "label shards")
-    return [label_dir / f"{s}.parquet" for s in shards], counts, time.perf_counter() - start
-
-
-def _label_statistics(files: list[Path], num_classes: int) -> dict:
-    """One pass over the shards: per-class confidence histograms and, where the target has
-    ground truth, the (pseudo-label, ground truth, confidence) histogram."""
-    import pyarrow.parquet as pq
-
-    from ovs.codecs import decode_label_png
-    from ovs.selftrain.pseudo_labels import confidence_histogram, label_gt_histogram
-
-    stats: dict = {"hist": np.zeros((num_classes, 256), dtype=np.int64), "joint": None}
-    stats.update(ok=0, bad=0)
-    for f in files:
-        for r in pq.read_table(f, columns=list(LABEL_COLUMNS[2:])).to_pylist():
-            if r["status"] != "ok":
-                stats["bad"] += 1
-                continue
-            stats["ok"] += 1
-            label, conf = decode_label_png(r["label_png"]), decode_label_png(r["conf_png"])
-            stats["hist"] += confidence_histogram(label, conf, num_classes)
-            if r["gt_png"]:
-                joint = label_gt_histogram(label, conf, decode_label_png(r["gt_png"]), num_classes)
-                stats["joint"] = joint if stats["joint"] is None else stats["joint"] + joint
-    return stats
-
-
-def _label_quality(stats: dict, thresholds: np.ndarray) -> dict[str, float]:
-    """Pseudo-label mIoU / accuracy against the target split's ground truth, before and after
-    the confidence rule (kept pixels only), and the kept fraction."""
-    from ovs.eval.metrics import mean_iou, pixel_accuracy
-    from ovs.selftrain.pseudo_labels import kept_confusion
-
-    total = int(stats["hist"].sum())
-    kept = sum(int(stats["hist"][c, t:].sum()) for c, t in enumerate(thresholds.tolist()))
-    out = {"label_kept_fraction": kept / total if total else 0.0}
-    if stats["joint"] is None:
-        return out
-    all_conf = kept_confusion(stats["joint"])
-    kept_conf = kept_confusion(stats["joint"], thresholds)
-    out.update(
-        label_miou=mean_iou(all_conf),
-        label_acc=pixel_accuracy(all_conf),
-        label_kept_miou=mean_iou(kept_conf),
-        label_kept_acc=pixel_accuracy(kept_conf),
+        for f, i in zip(files, range(0, len(refs), size), strict=True)
+    ]
+    init = {
+        "checkpoint": str(ctx.inputs["train"] / "model" / "latest.pt"),
+        "dataset": dataset,
+        "class_names": names_ds.class_names,
+        "has_background": names_ds.has_background,
+        "dataset_key": names_ds.name,
+        "protocol": _protocol_name(ctx.cfg),
+        "num_threads": int(cfg.label.num_cpus),
+    }
+    resources = ActorResources(
+        cfg.label.num_actors, num_cpus=cfg.label.num_cpus, num_gpus=cfg.label.num_gpus
     )
-    return out
+    start = time.perf_counter()
+    done = map_items(items, PseudoLabeler, init, resources, ctx.progress, "label shards")
+    counts = {"target_images": len(refs), "shards": len(items), "shards_resumed": len(done.resumed)}
+    return files, counts, time.perf_counter() - start
 
 
 def pseudo_labels(ctx: StageContext, num_classes: int) -> tuple[list[Path], np.ndarray, dict, dict]:
     """Step 1: label, threshold, diagnose. Returns (shard files, thresholds, counts, metrics)."""
     from ovs.io import atomic_write_json
+    from ovs.selftrain.labeler import label_quality, label_statistics
     from ovs.selftrain.pseudo_labels import class_thresholds
 
     cfg: SelfTrainConfig = ctx.section
     label_dir = ctx.out_dir / "labels"
     files, counts, seconds = _label_shards(ctx, label_dir)
-    stats = _label_statistics(files, num_classes)
+    stats = label_statistics(files, num_classes)
     thresholds = class_thresholds(
         stats["hist"], cfg.label.ignore_quantile, cfg.label.min_confidence
     )
@@ -242,7 +115,7 @@ def pseudo_labels(ctx: StageContext, num_classes: int) -> tuple[list[Path], np.n
         },
     )
     counts.update(labelled_images=stats["ok"], bad_images=stats["bad"])
-    metrics = _label_quality(stats, thresholds)
+    metrics = label_quality(stats, thresholds)
     if counts["shards_resumed"] < counts["shards"]:
         metrics["label_seconds"] = seconds
     return files, thresholds, counts, metrics
@@ -412,59 +285,13 @@ def _evaluate_pair(seg, sseg, dataset, protocol, n: int) -> tuple[dict, dict, li
     return plus, base, rows
 
 
-def _panel_grid(rows: list[list[np.ndarray]], gap: int = 4) -> np.ndarray:
-    """Rows of equally sized ``uint8[H, W, 3]`` panels side by side, rows stacked, white gaps."""
-    lines = []
-    for panels in rows:
-        sep = np.full((panels[0].shape[0], gap, 3), 255, np.uint8)
-        parts = [x for p in panels for x in (p, sep)][:-1]
-        lines.append(np.concatenate(parts, axis=1))
-    width = max(line.shape[1] for line in lines)
-    out = []
-    for line in lines:
-        out += [line, np.full((gap, width, 3), 255, np.uint8)]
-    return np.concatenate(out[:-1], axis=0)
-
-
-def _overlay_grid(rows: list, names: list[str]) -> np.ndarray:
-    """Rows of image | S-Seg | S-Seg+ | ground truth, with a class legend."""
-    from ovs.eval.visualize import colorize, legend, with_legend
-
-    grid = _panel_grid(
-        [[image, colorize(sseg), colorize(plus), colorize(gt)] for image, sseg, plus, gt in rows]
-    )
-    return with_legend(grid, legend(names))
-
-
-def _label_examples(files: list[Path], thresholds: np.ndarray, n: int = 8) -> np.ndarray | None:
-    """Target images | pseudo-label after the confidence rule (ignored pixels show the image)
-    | ground truth (grey when the target has none)."""
-    import pyarrow.parquet as pq
-
-    from ovs.codecs import decode_label_png, read_image
-    from ovs.eval.visualize import colorize, overlay
-    from ovs.selftrain.pseudo_labels import apply_confidence_rule
-
-    rows: list[list[np.ndarray]] = []
-    for f in files[:1]:
-        for r in pq.read_table(f).slice(0, 4 * n).to_pylist():
-            if r["status"] != "ok" or len(rows) >= n:
-                continue
-            image = read_image(r["image_path"])
-            ruled = apply_confidence_rule(
-                decode_label_png(r["label_png"]), decode_label_png(r["conf_png"]), thresholds
-            )
-            gt = (
-                colorize(decode_label_png(r["gt_png"])) if r["gt_png"] else np.full_like(image, 128)
-            )
-            rows.append([image, overlay(image, ruled, alpha=1.0), gt])
-    return _panel_grid(rows) if rows else None
-
-
 def log_pictures(ctx: StageContext, plus: dict, base: dict, rows: list, names: list[str]) -> None:
+    """Log the held-out overlays, S-Seg+'s per-class IoU bars and confusion matrix, and the
+    per-class IoU table of S-Seg+ next to S-Seg."""
     from ovs.eval.visualize import confusion_chart, iou_bar_chart
+    from ovs.selftrain.figures import overlay_grid
 
-    ctx.tracker.log_image(_overlay_grid(rows, names), "overlays.png")
+    ctx.tracker.log_image(overlay_grid(rows, names), "overlays.png")
     ctx.tracker.log_figure(
         iou_bar_chart(plus["per_class_iou"], "S-Seg+ IoU (held-out split)"), "per_class_iou.png"
     )
@@ -486,6 +313,7 @@ def log_pictures(ctx: StageContext, plus: dict, base: dict, rows: list, names: l
 
 
 def run(ctx: StageContext) -> dict:
+    from ovs.selftrain.figures import label_examples
     from ovs.selftrain.pseudo_labels import target_dataset
 
     cfg: SelfTrainConfig = ctx.section
@@ -516,7 +344,7 @@ def run(ctx: StageContext) -> dict:
     counts["eval_images"] = int(plus["num_images"])
     ctx.tracker.log_metrics(metrics)
     log_pictures(ctx, plus, base, rows, eval_set.canonical_names)
-    examples = _label_examples(files, thresholds)
+    examples = label_examples(files, thresholds)
     if examples is not None:
         ctx.tracker.log_image(examples, "pseudo_labels.png")
     ctx.tracker.log_artifact(final, "model")

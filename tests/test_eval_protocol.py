@@ -263,7 +263,7 @@ def test_shard_evaluator_adapter(tmp_path, method):
     worker = ShardEvaluator(MethodRef(method="maskclip", model="tiny"), tasks, method=method)
     assert worker.total == 5 + 3
     # Batches straddle the two tasks; row order does not matter.
-    rows = [worker({"id": np.array(ids)}) for ids in ([7, 0, 1], [2, 5], [3, 4, 6])]
+    rows = [worker(ids) for ids in ([7, 0, 1], [2, 5], [3, 4, 6])]
     merged = combine_rows(rows, task=0)
     np.testing.assert_array_equal(
         merged.confusion, evaluate_shard(method, ds, proto, range(5)).confusion

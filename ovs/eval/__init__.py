@@ -10,5 +10,6 @@
 - ``baselines``: CLIP and MaskCLIP dense baselines on open_clip.
 - ``visualize``: palettes, overlays, grids, IoU bar charts.
 - ``config``: ``EvalConfig``, the evaluation stage's config section.
-- ``runner``: ``EvalTask`` + ``ShardEvaluator`` (Ray Data actor body) and ``combine_rows``.
+- ``runner``: ``EvalTask`` + ``ShardEvaluator`` (the sharded evaluation's per-item function)
+  and ``combine_rows``.
 """

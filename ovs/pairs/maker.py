@@ -24,15 +24,14 @@ is at least ``threshold``.
 Pieces: :class:`PairsConfig`; :func:`clean_nouns`, :func:`candidate_masks`,
 :func:`select_pairs` (pure); :func:`masked_crop` (tensor ops); :class:`DenseScorer` (a trained
 model's ``mask_embeddings``) / :class:`ClipScorer` (:func:`build_scorer`); :class:`PairMaker`, which
-pairs a whole shard (image shard + pseudo-mask parquet + entity parquet) and is what the
-stage's Ray actors wrap.
+pairs a whole shard (image shard + pseudo-mask parquet + entity parquet); :class:`ShardPairer`,
+the stage's per-shard function (a scorer built once per Ray actor).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -426,22 +425,16 @@ class PairMaker:
         return rows
 
     def shard(
-        self,
-        tar_path: str | Path,
-        masks_path: str | Path,
-        entities_path: str | Path,
-        out_path: str | Path | None = None,
+        self, tar_path: str | Path, masks_path: str | Path, entities_path: str | Path
     ) -> tuple[pa.Table, dict[str, int]]:
-        """Pair every sample of one shard; write ``out_path`` (atomically) when given.
+        """Pair every sample of one shard.
 
         Samples without an ok pseudo-mask, without usable nouns, with an undecodable image or
         mask, or with no candidate mask are skipped and counted. Returns the table
-        (``PAIRS_SCHEMA``, counts in its metadata) and the counts.
+        (``PAIRS_SCHEMA``, the counts in its metadata: :func:`shard_counts`) and the counts.
         """
         from ovs.data.shards import iter_shard
-        from ovs.io import atomic_write_parquet
 
-        start = time.perf_counter()
         cfg = self.cfg
         masks = read_keyed(Path(masks_path), ["key", "label_png", "k", "status"])
         ents = read_keyed(Path(entities_path), ["key", cfg.noun_column, "status"])
@@ -467,11 +460,7 @@ class PairMaker:
             schema=PAIRS_SCHEMA,
         )
         result = dict(counts)
-        table = table.replace_schema_metadata({COUNTS_KEY: json.dumps(result).encode()})
-        if out_path is not None:
-            atomic_write_parquet(out_path, table)
-        result_with_time = {**result, "seconds": time.perf_counter() - start}
-        return table, result_with_time
+        return table.replace_schema_metadata({COUNTS_KEY: json.dumps(result).encode()}), result
 
     def _item(
         self, sample: dict, mask_row: dict | None, ent_row: dict | None, counts: Counter
@@ -500,3 +489,19 @@ class PairMaker:
             counts["skipped_bad_mask"] += 1
             return None
         return _Item(sample["key"], image, label, nouns, ids, areas)
+
+
+class ShardPairer:
+    """The ``pairs`` stage's per-shard function: one shard (its images, pseudo-masks and
+    caption nouns) -> its ``PAIRS_SCHEMA`` table, the shard's counts in the metadata.
+
+    The scorer is built once, in ``__init__`` (one per Ray actor), with as many torch threads
+    as the actor holds CPUs.
+    """
+
+    def __init__(self, cfg: PairsConfig, checkpoint: str | None) -> None:
+        torch.set_num_threads(max(1, int(cfg.num_cpus)))
+        self.maker = PairMaker(cfg, build_scorer(cfg, checkpoint))
+
+    def __call__(self, tar: str, masks: str, entities: str) -> pa.Table:
+        return self.maker.shard(tar, masks, entities)[0]

@@ -188,6 +188,17 @@ def evaluate_shard(
     return {**dict(total), "scores": scores, "hits": hits}
 
 
+class ShardPrecision:
+    """Per-shard function of the ``pairs`` stage's world metrics: :func:`evaluate_shard` of
+    one shard's pairs against the world's train labels in ``gt_dir``."""
+
+    def __init__(self, gt_dir: str, noun_to_class: dict[str, int], min_area: float) -> None:
+        self.gt_dir, self.noun_to_class, self.min_area = gt_dir, noun_to_class, min_area
+
+    def __call__(self, pairs: str, masks: str, tar: str) -> dict[str, Any]:
+        return evaluate_shard(pairs, masks, tar, self.gt_dir, self.noun_to_class, self.min_area)
+
+
 def precision_curve(
     scores: Sequence[float], hits: Sequence[bool], num: int = 11
 ) -> dict[str, list[float]]:

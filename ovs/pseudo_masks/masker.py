@@ -5,9 +5,10 @@ label map to the input resolution; Table 1 reports oracle mIoU 78.8 (VOC) / 66.3
 against 49.5 / 43.3 for plain K-means on pixels.
 
 Pieces (each usable without Ray):
-- ``PseudoMasker``: callable class, Ray Data ``map_batches`` style. Loads the extractor once,
-  then ``__call__(batch)`` turns a batch of images (decoded by
-  :mod:`ovs.pseudo_masks.device_decode`) into compact label PNGs.
+- ``PseudoMasker``: callable class. Loads the extractor once, then ``__call__(batch)`` turns
+  a batch of images (decoded by :mod:`ovs.pseudo_masks.device_decode`) into compact label PNGs.
+- ``ShardMasker`` / ``ImageMasker``: the stage's per-item functions (one webdataset shard ->
+  its ``MASK_SCHEMA`` table; image files -> their label PNGs, for the oracle).
 - ``upsample_labels``: the stored format is a uint8 PNG at feature-grid resolution
   (:func:`ovs.codecs.encode_label_png`); consumers upsample it (nearest) to the image size.
 - The oracle mIoU and the pseudo-mask figure are in :mod:`ovs.pseudo_masks.oracle`.
@@ -22,9 +23,11 @@ import contextlib
 import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import pyarrow as pa
 import torch
 from PIL import Image
 
@@ -65,7 +68,6 @@ class PseudoMaskConfig:
         "num_actors",
         "num_gpus",
         "num_cpus",
-        "decode_cpus",
         "device",
         "runtime",
         "decode",
@@ -88,9 +90,8 @@ class PseudoMaskConfig:
     num_actors: int = 1  # Ray actors
     num_gpus: float = 0.0  # GPUs per actor (0: CPU actors)
     num_cpus: float = 1.0  # CPUs per actor (also its torch thread count)
-    decode_cpus: float = 1.0  # CPUs per Ray Data read / decode+resize task
-    # Where JPEGs are decoded: "cpu" (Ray Data CPU tasks, PIL) | "device" (in the actors, on
-    # their device: nvJPEG on GPUs; ovs.pseudo_masks.device_decode)
+    # Where the actors decode JPEGs: "cpu" (PIL) | "device" (on their device: nvJPEG on GPUs;
+    # ovs.pseudo_masks.device_decode)
     decode: str = "cpu"
     device: str = "auto"  # "auto" (cuda if available) | "cpu" | "cuda" | "cuda:N"
     # Extractor compute dtype: "auto" (bfloat16 where native, else float32; ovs.precision) |
@@ -306,6 +307,64 @@ class PseudoMasker:
             "k": np.full(n, self.cfg.k, dtype=np.int32),
             "status": np.array(status, dtype=object),
         }
+
+
+MASK_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("label_png", pa.binary()),  # uint8 PNG [grid_h, grid_w], values in [0, k); b"": skipped
+        ("grid_h", pa.int32()),
+        ("grid_w", pa.int32()),
+        ("k", pa.int32()),
+        ("status", pa.string()),  # STATUS_OK | STATUS_DECODE_ERROR | STATUS_BAD_IMAGE
+    ]
+)
+
+
+def _actor_masker(cfg: PseudoMaskConfig) -> PseudoMasker:
+    """A masker whose torch threads match the CPUs its Ray actor holds."""
+    torch.set_num_threads(max(1, int(cfg.num_cpus)))
+    return PseudoMasker(cfg)
+
+
+class ShardMasker:
+    """The ``pseudo_masks`` stage's per-shard function: one webdataset shard -> its
+    ``MASK_SCHEMA`` table, one row per sample in tar order.
+
+    The extractor is loaded once (in ``__init__``, one per Ray actor); the shard's JPEG bytes
+    go to the masker ``batch_size`` samples at a time, decoded where ``cfg.decode`` says.
+    Undecodable or missing images are rows with status ``decode_error``.
+    """
+
+    def __init__(self, cfg: PseudoMaskConfig) -> None:
+        self.masker = _actor_masker(cfg)
+
+    def __call__(self, tar: str) -> pa.Table:
+        from ovs.data.shards import iter_shard
+
+        samples = [(s["key"], s.get("jpg") or b"") for s in iter_shard(tar, members=("jpg",))]
+        step = max(1, self.masker.cfg.batch_size)
+        parts = []
+        for start in range(0, len(samples), step):
+            chunk = samples[start : start + step]
+            parts.append(self.masker({"key": [k for k, _ in chunk], "jpg": [j for _, j in chunk]}))
+        return pa.table(
+            {name: [v for p in parts for v in p[name]] for name in MASK_SCHEMA.names},
+            schema=MASK_SCHEMA,
+        )
+
+
+class ImageMasker:
+    """The oracle's per-item function: image files -> their label PNGs (``b""`` when the
+    image is unusable), in the given order; the file stem is the image key (its seed)."""
+
+    def __init__(self, cfg: PseudoMaskConfig) -> None:
+        self.masker = _actor_masker(cfg)
+
+    def __call__(self, paths: list[str]) -> list[bytes]:
+        keys = [Path(p).stem for p in paths]
+        images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+        return [bytes(b) for b in self.masker({"key": keys, "image": images})["label_png"]]
 
 
 def _as_rgb(img: Any, size: int) -> np.ndarray | None:

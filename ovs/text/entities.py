@@ -365,3 +365,26 @@ class EntityExtractor:
         captions = [c if isinstance(c, str) else None for c in batch["caption"].tolist()]
         rows = extract(self.nlp, captions, self.cfg, self.vocab)
         return rows_to_table([str(k) for k in batch["key"].tolist()], rows)
+
+
+class ShardEntities:
+    """The ``entities`` stage's per-shard function: one webdataset shard's captions ->
+    its ``ENTITY_SCHEMA`` table, one row per sample in tar order.
+
+    spaCy is loaded once, in ``__init__`` (one per Ray actor); only the ``.txt`` members are
+    read, the images are skipped.
+    """
+
+    def __init__(self, cfg: EntitiesConfig) -> None:
+        self.extractor = EntityExtractor(cfg)
+
+    def __call__(self, tar: str) -> pa.Table:
+        from ovs.data.shards import iter_shard
+
+        samples = list(iter_shard(tar, ("txt",)))
+        return self.extractor(
+            {
+                "key": np.array([s["key"] for s in samples], dtype=object),
+                "caption": np.array([s.get("txt") for s in samples], dtype=object),
+            }
+        )
