@@ -144,9 +144,13 @@ def join_shard(
 ) -> ShardTable:
     """Join shard ``<stem>.tar`` with ``masks_dir/<stem>.parquet`` (``key,label_png,status``)
     and ``texts_dir/<stem>.parquet`` (``key,text,keep,status[,nouns]``) by key: a shard-level
-    map, no global join. A missing file means every sample lacks that part."""
+    map, no global join, rows in key order. A missing file means every sample lacks that part."""
     shard = Path(shard)
     keys, offset, size = tar_index(shard)
+    # Key order, not tar order: img2dataset writes a shard's members as their downloads
+    # finish, which differs from run to run; the plan and its batches must not.
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    keys, offset, size = [keys[i] for i in order], offset[order], size[order]
     masks = read_keyed(Path(masks_dir) / f"{shard.stem}.parquet", ["key", "label_png"])
     texts = read_keyed(Path(texts_dir) / f"{shard.stem}.parquet", ["key", "text", "keep", "nouns"])
     pngs: list[bytes | None] = []

@@ -88,7 +88,9 @@ def iter_samples(
         if "nouns" in pq.read_schema(text_path).names:
             columns.append("nouns")
         texts = read_keyed(text_path, columns)
-        for row in iter_shard(shard, members=("jpg",)):
+        # Key order, not tar order: img2dataset writes a shard's members as their downloads
+        # finish, which differs from run to run; the batches must not.
+        for row in sorted(iter_shard(shard, members=("jpg",)), key=lambda r: r["key"]):
             key = row["key"]
             m, t = masks.get(key), texts.get(key)
             if m is None or m.get("label_png") is None:
