@@ -1,9 +1,14 @@
 """Typed configuration: YAML files validated into dataclasses, plus ``key.sub=value`` overrides.
 
-Every key has a type and a default (the dataclass field). Loading fails with a
+Every key has a type and a default (the dataclass field). Loading (:func:`load`) fails with a
 :class:`ConfigError` that names the offending key and file for unknown keys, wrong types and
-missing files; nothing is written before the config is valid. The resolved config (defaults +
-file + overrides) is what stages hash and what MLflow logs.
+missing files, and for any value a section's ``validate()`` rejects (:func:`validate`: names
+looked up in tables, ranges); nothing is written before the config is valid. The resolved
+config (defaults + file + overrides) is what stages hash and what MLflow logs.
+
+This module is the generic loader: it knows the root keys (:class:`Config`), not the
+sections; the application's root type subclasses :class:`Config` with one field per section
+(``pipelines/graph.py`` builds the pipeline's from its stage table).
 
 Accepted field types: ``bool``, ``int``, ``float`` (ints accepted; YAML 1.1's ``1e-4``
 strings accepted), ``str``, ``list[T]``, ``tuple[T, ...]``, ``dict[str, T]``, ``T | None`` and
@@ -22,20 +27,11 @@ import hashlib
 import json
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-
-from ovs.data.download import DownloadConfig
-from ovs.data.world import WorldConfig
-from ovs.eval.config import EvalConfig
-from ovs.pairs.maker import PairsConfig
-from ovs.pseudo_masks.masker import PseudoMaskConfig
-from ovs.selftrain.training import SelfTrainConfig
-from ovs.text.entities import EntitiesConfig
-from ovs.training import TrainConfig
 
 
 class ConfigError(ValueError):
@@ -43,56 +39,26 @@ class ConfigError(ValueError):
 
 
 @dataclass
-class PipelineConfig:
-    """Which stages ``pipelines/full.py`` runs, in order."""
-
-    stages: list[str] = field(
-        default_factory=lambda: [
-            "world",
-            "download",
-            "entities",
-            "pseudo_masks",
-            "train",
-            "evaluate",
-            "self_train",
-            "pairs",
-        ]
-    )
-
-
-@dataclass
-class RayConfig:
-    """How entry points reach Ray. Empty ``address``: join ``RAY_ADDRESS`` if set (``ray job
-    submit`` sets it), else start a local Ray for this process."""
-
-    address: str = ""
-    num_cpus: int | None = None  # local Ray only; None = all cores
-    object_store_memory_mb: int | None = 1024  # local Ray only
-
-
-@dataclass
 class Config:
-    """The whole experiment. ``workdir`` empty means ``./runs/<experiment>``."""
+    """The root of a config tree: the keys outside any section.
+
+    An application subclasses it with one field per section; ``pipelines/graph.py`` assembles
+    the pipeline's root from its stage table. Library code takes sections, never the root;
+    :mod:`ovs.stage` needs only these keys. ``workdir`` empty means ``./runs/<experiment>``.
+    """
 
     experiment: str = "default"
     workdir: str = ""
     seed: int = 0
-    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
-    ray: RayConfig = field(default_factory=RayConfig)
-    world: WorldConfig = field(default_factory=WorldConfig)
-    pseudo_masks: PseudoMaskConfig = field(default_factory=PseudoMaskConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    download: DownloadConfig = field(default_factory=DownloadConfig)
-    entities: EntitiesConfig = field(default_factory=EntitiesConfig)
-    evaluate: EvalConfig = field(default_factory=EvalConfig)
-    pairs: PairsConfig = field(default_factory=PairsConfig)
-    self_train: SelfTrainConfig = field(default_factory=SelfTrainConfig)
 
     @property
     def workdir_path(self) -> Path:
         """Absolute: stage code runs in Ray workers whose working directory is not the driver's."""
         path = Path(self.workdir).expanduser() if self.workdir else Path("runs") / self.experiment
         return path.absolute()
+
+
+RootT = TypeVar("RootT", bound=Config)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -109,14 +75,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, where)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                continue
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
@@ -251,22 +216,49 @@ def _substitute(tree: Any, workdir: str) -> Any:
     return tree
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load ``path`` (YAML; may be None for pure defaults), apply overrides, validate."""
+def validate(obj: Any) -> None:
+    """Call ``validate()`` on ``obj`` and on every dataclass below it that defines one.
+
+    A section's ``validate()`` checks what types cannot (names looked up in tables, ranges,
+    settings that go together) and raises ``ValueError`` whose message starts with the full
+    key (``pairs.scorer: ...``), so a bad value fails at load, before any stage runs.
+    Parents are checked before their subsections, fields in declaration order.
+    """
+    if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+        return
+    check = getattr(obj, "validate", None)
+    if callable(check):
+        check()
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        for item in value if isinstance(value, (list, tuple)) else (value,):
+            validate(item)
+
+
+def load(
+    root: type[RootT], path: str | Path | None = None, overrides: list[str] | None = None
+) -> RootT:
+    """Load ``path`` (YAML; may be None for pure defaults) into ``root``, apply overrides,
+    substitute ``${workdir}``, then :func:`validate` every section."""
     data: dict = {}
     where = "defaults:"
     if path is not None:
         data = read_tree(path)
         where = f"{Path(path)}:"
-    cfg = _build(Config, data, where)
+    cfg = _build(root, data, where)
     if overrides:
         merged = _merge(to_dict(cfg), parse_overrides(overrides))
-        cfg = _build(Config, merged, "override:")
+        cfg = _build(root, merged, "override:")
     tree = to_dict(cfg)
     if WORKDIR_VAR in json.dumps(tree):
         if WORKDIR_VAR in cfg.workdir:
             raise ConfigError(f"{where} workdir: cannot refer to {WORKDIR_VAR}")
-        cfg = _build(Config, _substitute(tree, str(cfg.workdir_path)), where)
+        cfg = _build(root, _substitute(tree, str(cfg.workdir_path)), where)
+    try:
+        validate(cfg)
+    except ValueError as e:
+        source = f"{where[:-1]} + overrides:" if overrides else where
+        raise ConfigError(f"{source} {e}") from None
     return cfg
 
 
@@ -275,7 +267,8 @@ def to_dict(obj: Any) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(obj), default=str))
 
 
-def to_yaml(cfg: Config) -> str:
+def to_yaml(cfg: Any) -> str:
+    """A config as YAML, keys in declaration order (what MLflow logs as ``config.yaml``)."""
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
@@ -297,9 +290,13 @@ def hash_view(obj: Any) -> Any:
     Dataclasses become dicts without the fields their class names in ``UNHASHED``: settings of
     how a stage runs (parallelism, devices, runtimes, logging cadence), not of what it
     computes. Rerunning or resuming a stage with other resources then finds its output.
+    Fields a section's ``unselected()`` names are left out too: alternatives it does not use
+    (``train``'s sections of the methods other than ``train.method``).
     """
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        skip = getattr(type(obj), "UNHASHED", ())
+        skip = set(getattr(type(obj), "UNHASHED", ()))
+        if hasattr(obj, "unselected"):
+            skip.update(obj.unselected())
         return {
             f.name: hash_view(getattr(obj, f.name))
             for f in dataclasses.fields(obj)

@@ -98,11 +98,13 @@ class StageContext:
 class Stage:
     """A pipeline stage.
 
-    ``inputs`` names upstream stages (or is a function of the config returning them, for stages
-    whose inputs depend on settings). ``sections`` names extra top-level config sections that
-    change the stage's output besides its own. ``run`` returns
-    ``{"counts": {...}, "metrics": {...}}`` (both optional), or raises :class:`StageIncomplete`
-    to stop early and resumably.
+    ``section`` is the dataclass of the stage's config section (the root config has one field
+    of it, named like the stage; ``pipelines/graph.py`` assembles the root from the table);
+    None for a stage without settings of its own. ``inputs`` names upstream stages (or is a
+    function of the config returning them, for stages whose inputs depend on settings).
+    ``sections`` names extra top-level config sections that change the stage's output besides
+    its own. ``run`` returns ``{"counts": {...}, "metrics": {...}}`` (both optional), or raises
+    :class:`StageIncomplete` to stop early and resumably.
 
     ``stale(cfg, manifest)``, when given, is asked before a completed output is reused: a
     non-empty reason (e.g. "benchmark voc21 now has data") makes the runner run the stage
@@ -113,6 +115,7 @@ class Stage:
 
     name: str
     run: Callable[[StageContext], dict]
+    section: type | None = None
     inputs: tuple[str, ...] | Callable[[Config], tuple[str, ...]] = ()
     sections: tuple[str, ...] = ()
     description: str = ""

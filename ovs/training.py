@@ -1,29 +1,33 @@
-"""S-Seg training pieces that do not depend on Ray: config, optimiser, schedule, batches.
+"""Training pieces that do not depend on Ray: the ``train`` section, batches, noun prompts.
 
-The distributed loop itself (Ray Train workers, DDP, checkpoints, MLflow logging from rank 0)
-is in ``pipelines/train.py``; everything here is single-process and unit-tested.
+The distributed loop (Ray Train workers, DDP, checkpoints, MLflow logging from rank 0) is
+``pipelines/loop.py``, driven by ``pipelines/train.py``'s task; everything here is
+single-process and unit-tested.
 """
 
 from __future__ import annotations
 
-import math
-import random
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from ovs.data.augment import AugmentConfig, augment_pair
 from ovs.data.train_data import JoinStats, Sample, iter_samples
-from ovs.models.sseg import SSeg, SSegConfig
-from ovs.objective import SSegLossConfig
+from ovs.methods import METHODS
+from ovs.methods.sseg.config import SSegMethodConfig
+from ovs.train.loop_config import LoopConfig
+
+INGEST_EXECUTORS = ("auto", "ray", "local")
+SUPERVISION = ("pseudo", "gt")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(LoopConfig):
     """The ``train`` stage. Defaults: the tiny CPU recipe for the synthetic world (~6-8 min on 2
     cores). Paper (Table 5; ``conf/cc12m.yaml``): AdamW lr 5e-4, wd 0.05, betas (0.9, 0.999),
     global batch 4096, cosine decay, 2 warm-up epochs of 30, random resized crops at 224, bf16.
@@ -43,37 +47,21 @@ class TrainConfig:
     has one free: 1 worker x 1 CPU). The executor changes no batch, so it is not hashed.
     """
 
-    # How the stage runs, not what it computes: left out of the stage hash (ovs.config.hash_view).
-    UNHASHED: ClassVar[tuple[str, ...]] = (
-        "cpus_per_worker",
-        "log_every",
-        "checkpoint_every",
-        "max_failures",
-        "time_limit_s",
-        "ingest_executor",
-    )
+    UNHASHED: ClassVar[tuple[str, ...]] = (*LoopConfig.UNHASHED, "ingest_executor")
 
-    model: SSegConfig = field(default_factory=SSegConfig)
-    loss: SSegLossConfig = field(default_factory=SSegLossConfig)
+    # The trained method (a key of ovs.methods.METHODS) and one section per trainable method,
+    # named like it; only the selected one is used and hashed.
+    method: str = "sseg"
+    sseg: SSegMethodConfig = field(default_factory=SSegMethodConfig)
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(scale=(0.35, 1.0)))
-    num_workers: int = 1  # Ray Train workers (DDP ranks)
+    # LoopConfig fields whose default differs for S-Seg:
     cpus_per_worker: int = 2
-    use_gpu: bool = False
     batch_size: int = 32  # per worker
     steps: int = 1500
     warmup_steps: int = 100
-    lr: float = 1e-3
     min_lr_ratio: float = 0.01  # cosine decays to lr * min_lr_ratio
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float = 1.0  # max global grad norm; 0 disables
-    # Autocast dtype (ovs.precision.training_dtype): "auto" = bf16 on CUDA, fp32 on CPU;
-    # "bfloat16"/"float16" are honoured on any device; "float32" (or "") = no autocast.
-    amp_dtype: str = "auto"
+    grad_clip: float = 1.0
     log_every: int = 20
-    checkpoint_every: int = 250
-    keep_checkpoints: int = 2
-    max_failures: int = 2  # worker-group restarts (Ray Train FailureConfig)
     require_cc4m: bool = False  # train only on captions that pass the CC4M entity filter
     # "pseudo": S-Seg (DINO/K-means pseudo-masks, captions). "gt": supervised upper bound on the
     # synthetic world (its train-split ground-truth masks, each matched mask feature classified
@@ -84,65 +72,47 @@ class TrainConfig:
     ingest_executor: str = "auto"  # streaming mode: "auto" | "ray" | "local" (see above)
     eval_protocol: str = "tiny"  # protocol for the post-training zero-shot evaluation
     eval_limit: int | None = None  # evaluate on the first N eval images (None = all)
-    # Off by default: no wall clock decides a result. When set and hit (checked at log steps,
-    # agreed across ranks) the loop checkpoints and the stage ends resumable, not complete.
-    time_limit_s: float | None = None
-    inject_failure_at_step: int = -1  # tests: worker raises once at this step (failure drill)
 
+    def validate(self) -> None:
+        """The loop's checks (:meth:`LoopConfig.validate`), then the ``train`` stage's own
+        names, so a typo fails at load rather than after the upstream stages ran."""
+        super().validate()
+        if self.ingest_executor not in INGEST_EXECUTORS:
+            raise ValueError(
+                f"ingest_executor must be 'auto', 'ray' or 'local', got {self.ingest_executor!r}"
+            )
+        if self.supervision not in SUPERVISION:
+            raise ValueError(f"supervision must be 'pseudo' or 'gt', got {self.supervision!r}")
+        if self.method not in self.method_sections():
+            raise ValueError(
+                f"train.method: unknown method {self.method!r}; "
+                f"choose from {sorted(self.method_sections())}"
+            )
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases, norms, embeddings and the temperature (CLIP/DETR practice)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim < 2 or "embed" in name or "logit_scale" in name or "query" in name:
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    @classmethod
+    def method_sections(cls) -> tuple[str, ...]:
+        """The methods the stage can train: ``METHODS`` entries with a section here."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name in METHODS)
 
+    def unselected(self) -> tuple[str, ...]:
+        """The method sections the stage hash leaves out: all but the selected one's."""
+        return tuple(m for m in self.method_sections() if m != self.method)
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW over :func:`param_groups`; the fused kernel (CPU and CUDA, deterministic): the
-    per-tensor loop took 40-50 ms of the tiny CPU step, fused ~9 ms."""
-    return torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, fused=True
-    )
-
-
-def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to 1, then cosine decay to ``min_lr_ratio`` at ``cfg.steps``."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / max(cfg.warmup_steps, 1)
-    t = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
-    t = min(max(t, 0.0), 1.0)
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def build_model(cfg: TrainConfig, seed: int) -> SSeg:
-    torch.manual_seed(seed)
-    return SSeg(cfg.model)
+    @property
+    def method_config(self) -> Any:
+        """The selected method's section (``getattr(self, self.method)``)."""
+        return getattr(self, self.method)
 
 
 def make_batch(
-    samples: list[Sample], cfg: TrainConfig, model_cfg: SSegConfig, rng: np.random.Generator
+    samples: list[Sample], augment: AugmentConfig, rng: np.random.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Augment and stack: ``(images [B,3,S,S] float in [0,1], labels [B,S,S] int64, texts)``."""
     images, labels = [], []
     for s in samples:
         img = torch.from_numpy(np.array(s.image)).permute(2, 0, 1)  # cached arrays are read-only
         lab = torch.from_numpy(s.mask.astype(np.int64))
-        img, lab = augment_pair(img, lab, cfg.augment, rng)
+        img, lab = augment_pair(img, lab, augment, rng)
         images.append(img)
         labels.append(lab)
     return torch.stack(images), torch.stack(labels), [s.text for s in samples]
@@ -151,7 +121,7 @@ def make_batch(
 def noun_prompts(
     samples: list[Sample], per_image: int, template: str, rng: np.random.Generator
 ) -> tuple[list[str], np.ndarray]:
-    """Prompted nouns of a batch for :func:`ovs.losses.noun_contrastive_loss` (reads only
+    """Prompted nouns of a batch for :func:`ovs.train.contrastive.noun_contrastive_loss` (reads only
     each sample's ``nouns``: :func:`prompts_for_nouns` of them)."""
     return prompts_for_nouns([s.nouns for s in samples], per_image, template, rng)
 

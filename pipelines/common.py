@@ -30,7 +30,7 @@ import traceback
 from pathlib import Path
 
 from ovs import provenance
-from ovs.config import Config, ConfigError, flatten, load_config, to_dict, to_yaml
+from ovs.config import Config, ConfigError, flatten, to_dict, to_yaml
 from ovs.eval.config import BenchmarkMissing, check_benchmarks
 from ovs.stage import (
     Progress,
@@ -164,7 +164,8 @@ def init_ray(cfg: Config) -> None:
 
 def _skip(
     client, exp_id, parent_id, stage: Stage, out_dir: Path, manifest: dict, code: dict
-) -> MlflowTracker:
+) -> None:
+    """Record a reused output: a finished ``(skipped)`` run with the source run's metrics."""
     other = provenance.differs(manifest.get("code"), code)
     if other:
         log.warning(
@@ -191,10 +192,8 @@ def _skip(
             ),
         },
     )
-    tracker = MlflowTracker(client, run.info.run_id)
-    tracker.log_metrics(manifest.get("metrics", {}))
+    MlflowTracker(client, run.info.run_id).log_metrics(manifest.get("metrics", {}))
     client.set_terminated(run.info.run_id, "FINISHED")
-    return tracker
 
 
 def _incomplete(tracker: MlflowTracker, e: StageIncomplete, seconds: float) -> None:
@@ -316,7 +315,7 @@ def main(only: str | None = None, argv: list[str] | None = None) -> int:
         stream=sys.stdout,
         force=True,
     )
-    from pipelines.graph import STAGES  # the stage table; importing it registers nothing
+    from pipelines.graph import STAGES, load_config  # the stage table and its root config
 
     args = parse_args(argv, f"Run the ovs {'stage ' + only if only else 'pipeline'}.")
     try:

@@ -17,9 +17,6 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from ovs.data.download import DownloadConfig, download
 from ovs.stage import Stage, StageContext
 
@@ -36,11 +33,9 @@ def _config(ctx: StageContext) -> DownloadConfig:
 
 def _sample_grid(out_dir: Path, n: int = 16):
     """Up to ``n`` downloaded images of the first shard as one uint8 grid (4 per row)."""
-    import io
-
     import numpy as np
-    from PIL import Image
 
+    from ovs.codecs import decode_rgb
     from ovs.data.shards import iter_shard, list_shards
 
     shards = list_shards(out_dir)
@@ -48,8 +43,9 @@ def _sample_grid(out_dir: Path, n: int = 16):
         return None
     imgs = []
     for s in iter_shard(shards[0], ("jpg",)):
-        if "jpg" in s:
-            imgs.append(np.asarray(Image.open(io.BytesIO(s["jpg"])).convert("RGB")))
+        image = decode_rgb(s.get("jpg"))
+        if image is not None:
+            imgs.append(image)
         if len(imgs) == n:
             break
     rows = len(imgs) // 4
@@ -83,7 +79,9 @@ def _inputs(cfg) -> tuple[str, ...]:
     return ("world",) if "world" in cfg.pipeline.stages or not cfg.download.url_list else ()
 
 
-STAGE = Stage("download", run=run, inputs=_inputs, description="img2dataset download")
+STAGE = Stage(
+    "download", run=run, section=DownloadConfig, inputs=_inputs, description="img2dataset download"
+)
 
 if __name__ == "__main__":
     from pipelines.common import main

@@ -2,9 +2,11 @@
 
 python pipelines/entities.py [--config conf/default.yaml] [--force] [entities.text_mode=nouns_verbs]
 
-Ray Data runs one ``ShardEntities`` actor per core (spaCy loaded once per actor); each call
-takes one shard, reads only its ``.txt`` members and writes ``<out>/entities/<stem>.parquet``
-atomically, so a rerun after a kill skips the shards already written. The driver then builds,
+The shard mapper (:mod:`pipelines.shard_map`) runs one
+:class:`~ovs.text.entities.ShardEntities` actor per core (spaCy loaded once per actor); each
+call takes one shard, reads only its ``.txt`` members, and its table becomes
+``<out>/entities/<stem>.parquet``, written atomically, so a rerun after a kill skips the shards
+already written. The driver then builds,
 over all shards, ``pairs.parquet`` (cross-image partners), ``entity_freq.parquet`` and
 ``subset.parquet`` (keys passing the CC4M filter), and logs counts, the kept fraction and the
 top entities (table + bar chart) to MLflow.
@@ -16,41 +18,16 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ovs.data.shards import iter_shard, list_shards
+from ovs.data.shards import list_shards
 from ovs.io import atomic_write_parquet
 from ovs.stage import Stage, StageContext
 from ovs.text.cross_image import build_pairs, entity_frequency
-from ovs.text.entities import EntitiesConfig, EntityExtractor, summarize
-
-
-class ShardEntities:
-    """Ray Data actor: ``{"path": [tar]}`` -> writes that shard's entity parquet."""
-
-    def __init__(self, cfg: EntitiesConfig, out_dir: str) -> None:
-        self.extractor = EntityExtractor(cfg)
-        self.out_dir = Path(out_dir)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = []
-        for path in batch["path"].tolist():
-            samples = list(iter_shard(path, ("txt",)))  # text members only, images skipped
-            table = self.extractor(
-                {
-                    "key": np.array([s["key"] for s in samples], dtype=object),
-                    "caption": np.array([s.get("txt") for s in samples], dtype=object),
-                }
-            )
-            atomic_write_parquet(self.out_dir / f"{Path(path).stem}.parquet", table)
-            rows.append(table.num_rows)
-        return {"path": batch["path"], "rows": np.array(rows, dtype=np.int64)}
+from ovs.text.entities import EntitiesConfig, ShardEntities, summarize
+from pipelines.shard_map import ActorResources, WorkItem, map_items
 
 
 def _extract_shards(ctx: StageContext, shards: list[Path], ent_dir: Path) -> int:
@@ -58,25 +35,10 @@ def _extract_shards(ctx: StageContext, shards: list[Path], ent_dir: Path) -> int
     import ray
 
     cfg: EntitiesConfig = ctx.section
-    todo = [s for s in shards if not (ent_dir / f"{s.stem}.parquet").exists()]
-    if not todo:
-        return 0
+    items = [WorkItem(s.stem, {"tar": str(s)}, ent_dir / f"{s.stem}.parquet") for s in shards]
     cpus = int(ray.available_resources().get("CPU", 1)) or 1
-    actors = max(1, min(cfg.num_actors or cpus, len(todo)))
-    paths = ray.data.from_items([{"path": str(s)} for s in todo], override_num_blocks=len(todo))
-    ds = paths.map_batches(
-        ShardEntities,
-        fn_constructor_args=(cfg, str(ent_dir)),
-        batch_size=1,
-        batch_format="numpy",
-        concurrency=actors,
-        num_cpus=1,
-    )
-    done = 0
-    for _ in ds.iter_rows():
-        done += 1
-        ctx.progress(done, len(todo), "shards")
-    return done
+    resources = ActorResources(actors=cfg.num_actors or cpus, num_cpus=1)
+    return len(map_items(items, ShardEntities, {"cfg": cfg}, resources, ctx.progress).results)
 
 
 def _bar_chart(freq: pa.Table, top: int = 20):
@@ -155,6 +117,7 @@ def run(ctx: StageContext) -> dict:
 STAGE = Stage(
     "entities",
     run=run,
+    section=EntitiesConfig,
     inputs=("download",),
     description="spaCy nouns/verbs/chunks, CC4M filter, cross-image pairs",
 )

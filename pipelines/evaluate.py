@@ -7,9 +7,10 @@ Ray Data actors, on the synthetic world and every configured benchmark whose dat
 Inputs: ``train`` (its ``model/latest.pt``) and ``world`` (when ``world`` is in
 ``pipeline.stages``; its eval split is always evaluated). For every method (``sseg`` = the
 trained model, then ``evaluate.baselines``), one Ray Data pass covers every protocol
-(``evaluate.protocols``) × dataset task: ``ray.data.from_items(image indices)`` →
-``map_batches(ShardEvaluator, compute=ActorPoolStrategy(size=num_actors))`` (each actor loads
-the method once) → rows summed per task with ``combine_rows`` → ``shard_metrics``. A
+(``evaluate.protocols``) × dataset task: the shard mapper (:mod:`pipelines.shard_map`) runs
+``num_actors`` :class:`~ovs.eval.runner.ShardEvaluator` actors (each loads the method once)
+over batches of global image ids → rows summed per task with ``combine_rows`` →
+``shard_metrics``. A
 configured benchmark without data fails the pipeline before it starts
 (``pipelines/common.py::preflight``) unless its entry says ``optional: true``: then it is
 skipped with one warning and counted (``datasets_missing``), and once its data appears the
@@ -37,17 +38,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from ovs.config import Config, flatten, to_dict
 from ovs.eval.config import BenchmarkMissing, EvalConfig, EvalDatasetConfig
 from ovs.eval.datasets import SegDataset, build_dataset
-from ovs.eval.method import MethodSpec
+from ovs.eval.method import MethodRef
 from ovs.eval.protocol import EvalShard, ProtocolConfig
 from ovs.eval.runner import EvalTask
 from ovs.io import atomic_write_bytes, atomic_write_json
 from ovs.stage import Stage, StageContext
+from pipelines.shard_map import ActorResources, WorkItem, map_items
 
 log = logging.getLogger("ovs")
 SSEG = "sseg"
@@ -120,55 +119,44 @@ def stale(cfg: Config, manifest: dict) -> str | None:
     return None
 
 
-def methods(ctx: StageContext, device: str) -> list[tuple[str, MethodSpec]]:
+def methods(ctx: StageContext, device: str) -> list[tuple[str, MethodRef]]:
     """``(name, spec)`` of the trained model, then every configured baseline."""
     cfg: EvalConfig = ctx.section
     ckpt = ctx.inputs["train"] / "model" / "latest.pt"
-    out = [(SSEG, MethodSpec(checkpoint=str(ckpt), device=device))]
+    out = [(SSEG, MethodRef(checkpoint=str(ckpt), device=device))]
     for b in cfg.baselines:
-        spec = MethodSpec(b.method, None, b.model, b.pretrained, device, b.logit_scale)
+        spec = MethodRef(b.method, None, b.model, b.pretrained, device, b.logit_scale)
         out.append((b.name, spec))
     return out
 
 
 def evaluate_sharded(
-    spec: MethodSpec, tasks: list[EvalTask], cfg: EvalConfig, seed: int, progress=None
+    spec: MethodRef, tasks: list[EvalTask], cfg: EvalConfig, seed: int, progress
 ) -> list[tuple[EvalShard, dict]]:
-    """Evaluate one method on every task with one pool of ``cfg.num_actors`` Ray Data actors
-    (each loads the method once). Every ``task.num_images`` must be set.
+    """Evaluate one method on every task with one pool of ``cfg.num_actors`` actors (each
+    loads the method once), ``cfg.batch_size`` images per call. Every ``task.num_images`` must
+    be set.
 
     Returns, per task, the summed :class:`EvalShard` and ``{index: uint8[H, W] prediction}``
     for its first ``task.num_examples`` images.
     """
-    import ray.data
-
     from ovs.eval.runner import ShardEvaluator, combine_rows, decode_examples
 
     total = sum(int(t.num_images or 0) for t in tasks)
-    blocks = min(total, max(cfg.num_actors, -(-total // cfg.batch_size)))
-    # from_items, not range(): the index blocks are made here, so no read task has to wait for
-    # a CPU that the actor pool holds (with num_actors x num_cpus = all CPUs that deadlocks)
-    items = [{"id": i} for i in range(total)]
-    rows = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
-        ShardEvaluator,
-        compute=ray.data.ActorPoolStrategy(size=min(cfg.num_actors, blocks)),
-        fn_constructor_kwargs={"spec": spec, "tasks": tasks, "seed": seed},
-        batch_size=cfg.batch_size,
-        num_cpus=cfg.num_cpus,
-        num_gpus=cfg.num_gpus or None,
-    )
+    step = max(1, cfg.batch_size)
+    items = [
+        WorkItem(f"{i // step:05d}", {"ids": list(range(i, min(i + step, total)))})
+        for i in range(0, total, step)
+    ]
+    resources = ActorResources(cfg.num_actors, num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus)
+    init = {"spec": spec, "tasks": tasks, "seed": seed}
+    done = map_items(items, ShardEvaluator, init, resources, progress, "batches")
+    rows = [done.results[it.key] for it in items]  # id order: deterministic skip lists
     shards: list[EvalShard | None] = [None] * len(tasks)
     examples: list[dict] = [{} for _ in tasks]
-    done = 0
-    for row in rows.iter_rows():
-        t = int(row["task"])
-        shard = combine_rows([row])
-        previous = shards[t]
-        shards[t] = shard if previous is None else previous + shard
-        examples[t].update(decode_examples([row]))
-        done += shard.num_images + len(shard.skipped)
-        if progress is not None:
-            progress(done, total, "images")
+    for t in {int(t) for row in rows for t in row["task"]}:
+        shards[t] = combine_rows(rows, task=t)
+        examples[t] = decode_examples(rows, task=t)
     missing = [tasks[i].dataset.name for i, s in enumerate(shards) if s is None]
     if missing:
         raise RuntimeError(f"the evaluation returned no rows for {missing}")
@@ -178,12 +166,12 @@ def evaluate_sharded(
 def write_outputs(out: Path, ds: SegDataset, result: dict, examples: dict, title: str) -> None:
     """Table, bar chart, confusion matrix and overlay grid into ``out``, then ``result.json``
     (last)."""
+    from ovs.codecs import png_bytes
     from ovs.eval.visualize import (
         comparison_grid,
         confusion_chart,
         figure_to_png,
         iou_bar_chart,
-        png_bytes,
     )
 
     iou = result["per_class_iou"]
@@ -215,7 +203,7 @@ def metric_prefix(method: str, protocol: str, dataset: str, first_protocol: str)
 def evaluate_method(
     ctx: StageContext,
     method: str,
-    spec: MethodSpec,
+    spec: MethodRef,
     protocols: list[ProtocolConfig],
     found: list[tuple[EvalDatasetConfig, int]],
 ) -> tuple[dict[tuple[str, str], dict], int]:
@@ -306,6 +294,7 @@ def run(ctx: StageContext) -> dict:
 STAGE = Stage(
     "evaluate",
     run=run,
+    section=EvalConfig,
     inputs=_inputs,
     description="zero-shot mIoU of the trained model and baselines on the world and benchmarks",
     stale=stale,

@@ -12,10 +12,6 @@ workdir or MLflow (nothing ran), 3 a stage stopped early and resumably (e.g.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 if __name__ == "__main__":
     from pipelines.common import main

@@ -1,7 +1,19 @@
-"""The stage table: every stage the pipeline knows, by name. Adding a stage = one line here."""
+"""The stage table and the root config assembled from it: the one place the stage list lives.
+
+Adding a stage is one line in ``STAGES`` (its ``Stage`` names its config section type); the
+root config then has a section of that type named like the stage, and ``pipeline.stages``
+runs it by default. The root type is built here, not in ``ovs/``: library code takes sections,
+and :mod:`ovs.stage` only needs the keys of :class:`ovs.config.Config`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ovs.config import Config, load
 from ovs.stage import Stage
 from pipelines import (
     download,
@@ -23,7 +35,54 @@ STAGES: dict[str, Stage] = {
         pseudo_masks.STAGE,
         train.STAGE,
         evaluate.STAGE,
-        pairs.STAGE,
         self_train.STAGE,
+        pairs.STAGE,
     )
 }
+
+
+@dataclass
+class PipelineConfig:
+    """Which stages ``pipelines/full.py`` runs (in dependency order); default: every stage of
+    ``STAGES``, in table order. A config names a subset only to run less (``conf/cc12m.yaml``)."""
+
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+
+
+@dataclass
+class RayConfig:
+    """How entry points reach Ray. Empty ``address``: join ``RAY_ADDRESS`` if set (``ray job
+    submit`` sets it), else start a local Ray for this process."""
+
+    address: str = ""
+    num_cpus: int | None = None  # local Ray only; None = all cores
+    object_store_memory_mb: int | None = 1024  # local Ray only
+
+
+def _section(name: str, tp: type) -> tuple[str, type, Any]:
+    return name, tp, field(default_factory=tp)
+
+
+def _experiment_config() -> type[Config]:
+    """The root type: :class:`ovs.config.Config`'s keys, ``pipeline``, ``ray``, then one
+    section per stage that has one, in table order."""
+    sections = [_section("pipeline", PipelineConfig), _section("ray", RayConfig)]
+    sections += [_section(n, s.section) for n, s in STAGES.items() if s.section is not None]
+    return dataclasses.make_dataclass(
+        "ExperimentConfig",
+        sections,
+        bases=(Config,),
+        namespace={
+            "__module__": __name__,
+            "__doc__": "The whole experiment: the root keys and one section per stage.",
+        },
+    )
+
+
+ExperimentConfig = _experiment_config()
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Any:
+    """The experiment config of ``path`` (None: the defaults) with ``key.sub=value`` overrides,
+    every section validated; :class:`ovs.config.ConfigError` names the key and file."""
+    return load(ExperimentConfig, path, overrides)

@@ -4,10 +4,12 @@
 
 Inputs: the ``download`` shards (images), ``entities`` (caption nouns), ``pseudo_masks``
 (the candidate masks) and, for the default S-Seg scorer, ``train`` (its ``model/latest.pt``).
-Each of ``num_actors`` Ray actors (``num_gpus`` / ``num_cpus`` each) loads the scorer once and
-turns whole shards into ``<out>/pairs/<stem>.parquet`` (``key, noun, mask_id, score,
-mask_area``; the shard's counts in the parquet metadata), written atomically, so a rerun skips
-the shards already written. Logged: counts of pairs and unique nouns, top nouns, a gallery of
+The shard mapper (:mod:`pipelines.shard_map`) runs ``num_actors``
+:class:`~ovs.pairs.maker.ShardPairer` actors (``num_gpus`` / ``num_cpus`` each; the scorer
+loaded once per actor) over whole shards; each shard's table becomes
+``<out>/pairs/<stem>.parquet`` (``PAIRS_SCHEMA``: ``key, noun, mask_id, score, mask_area``;
+the shard's counts in the parquet metadata), written atomically, so a rerun skips the shards
+already written. Logged: counts of pairs and unique nouns, top nouns, a gallery of
 pairs; with the ``world`` stage as input also ``pair_precision`` (chosen mask's majority GT
 class == the noun's class, on the world's train labels) next to the largest-mask,
 random-mask and oracle baselines on the same pairs, and a precision-vs-threshold table.
@@ -20,31 +22,10 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from ovs.config import Config
-from ovs.pairs.maker import PairMaker, PairsConfig, build_scorer, shard_counts
+from ovs.pairs.maker import PairsConfig, shard_counts
 from ovs.stage import Stage, StageContext
-
-
-class PairWorker:
-    """Ray actor body: one scorer per actor, whole shards per call."""
-
-    def __init__(self, cfg: PairsConfig, checkpoint: str | None) -> None:
-        import torch
-
-        torch.set_num_threads(max(1, int(cfg.num_cpus)))
-        self.maker = PairMaker(cfg, build_scorer(cfg, checkpoint))
-
-    def shard(self, tar: str, masks: str, entities: str, out: str) -> dict:
-        return self.maker.shard(tar, masks, entities, out)[1]
-
-
-def _evaluate(pairs: str, masks: str, tar: str, gt_dir: str, noun_to_class: dict, area: float):
-    from ovs.pairs.precision import evaluate_shard
-
-    return evaluate_shard(pairs, masks, tar, gt_dir, noun_to_class, area)
+from pipelines.shard_map import ActorResources, WorkItem, map_items
 
 
 def _inputs(cfg: Config) -> tuple[str, ...]:
@@ -60,71 +41,70 @@ def _inputs(cfg: Config) -> tuple[str, ...]:
 def _make_pairs(ctx: StageContext, shards: list[Path], out_dir: Path) -> tuple[int, int, float]:
     """Run the actors over the shards without an output yet; returns (shards run, samples
     they held, seconds)."""
-    import time
-
-    import ray
-    from ray.util import ActorPool
+    from ovs.pairs.maker import ShardPairer
 
     cfg: PairsConfig = ctx.section
-    todo = [s for s in shards if not (out_dir / f"{s.stem}.parquet").exists()]
-    if not todo:
-        return 0, 0, 0.0
     checkpoint = None
     if cfg.scorer == "sseg":
         checkpoint = cfg.checkpoint or str(ctx.inputs["train"] / "model" / "latest.pt")
-    worker = ray.remote(num_gpus=cfg.num_gpus, num_cpus=cfg.num_cpus)(PairWorker)
-    n = max(1, min(cfg.num_actors, len(todo)))
-    actors: list = [worker.remote(cfg, checkpoint) for _ in range(n)]
-    pool = ActorPool(actors)
     masks, ents = ctx.inputs["pseudo_masks"] / "masks", ctx.inputs["entities"] / "entities"
-    start = time.perf_counter()
-    try:
-        results = pool.map_unordered(
-            lambda a, s: a.shard.remote(
-                str(s),
-                str(masks / f"{s.stem}.parquet"),
-                str(ents / f"{s.stem}.parquet"),
-                str(out_dir / f"{s.stem}.parquet"),
-            ),
-            todo,
+    items = [
+        WorkItem(
+            s.stem,
+            {
+                "tar": str(s),
+                "masks": str(masks / f"{s.stem}.parquet"),
+                "entities": str(ents / f"{s.stem}.parquet"),
+            },
+            out_dir / f"{s.stem}.parquet",
         )
-        samples = 0
-        for done, result in enumerate(results, 1):
-            samples += result.get("samples", 0)
-            ctx.progress(done, len(todo), "shards")
-    finally:
-        for a in actors:
-            ray.kill(a)
-    return len(todo), samples, time.perf_counter() - start
+        for s in shards
+    ]
+    resources = ActorResources(cfg.num_actors, num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus)
+    init = {"cfg": cfg, "checkpoint": checkpoint}
+    done = map_items(items, ShardPairer, init, resources, ctx.progress)
+    samples = sum(shard_counts(out_dir / f"{k}.parquet").get("samples", 0) for k in done.results)
+    return len(done.results), samples, done.seconds
 
 
 def _world_metrics(ctx: StageContext, shards: list[Path], out_dir: Path) -> dict[str, float]:
     import ray
 
     from ovs.data import world
-    from ovs.pairs.precision import noun_classes, precision_curve, precision_metrics
+    from ovs.pairs.precision import (
+        ShardPrecision,
+        noun_classes,
+        precision_curve,
+        precision_metrics,
+    )
 
     cfg: PairsConfig = ctx.section
     root = ctx.inputs["world"]
-    noun_to_class = noun_classes(world.class_names(root))
-    gt_dir = str(root / "train" / "labels")
-    task = ray.remote(num_cpus=1)(_evaluate)
     masks = ctx.inputs["pseudo_masks"] / "masks"
-    refs = [
-        task.remote(
-            str(out_dir / f"{s.stem}.parquet"),
-            str(masks / f"{s.stem}.parquet"),
-            str(s),
-            gt_dir,
-            noun_to_class,
-            cfg.min_mask_area,
+    items = [
+        WorkItem(
+            s.stem,
+            {
+                "pairs": str(out_dir / f"{s.stem}.parquet"),
+                "masks": str(masks / f"{s.stem}.parquet"),
+                "tar": str(s),
+            },
         )
         for s in shards
     ]
+    init = {
+        "gt_dir": str(root / "train" / "labels"),
+        "noun_to_class": noun_classes(world.class_names(root)),
+        "min_area": cfg.min_mask_area,
+    }
+    cpus = int(ray.available_resources().get("CPU", 1)) or 1
+    done = map_items(
+        items, ShardPrecision, init, ActorResources(cpus), ctx.progress, "precision shards"
+    )
     total: Counter = Counter()
     scores: list[float] = []
     hits: list[bool] = []
-    for r in ray.get(refs):
+    for r in (done.results[it.key] for it in items):  # shard order: a deterministic curve
         scores += r.pop("scores")
         hits += r.pop("hits")
         total.update(r)
@@ -207,6 +187,7 @@ def run(ctx: StageContext) -> dict:
 STAGE = Stage(
     "pairs",
     run=run,
+    section=PairsConfig,
     inputs=_inputs,
     description="OVSeg mask-category pairs: best pseudo-mask per caption noun",
 )

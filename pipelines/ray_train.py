@@ -1,4 +1,5 @@
-"""Ray Train plumbing shared by the stages that train a model (``train``, ``self_train``).
+"""Ray Train plumbing of the training loop (``pipelines/loop.py``), which both training stages
+(``train``, ``self_train``) run.
 
 :func:`fit_and_export` runs a ``TorchTrainer`` (DDP on gloo, or nccl with GPUs; worker-group
 restarts from the last checkpoint via ``FailureConfig``; checkpoints kept under the stage's
@@ -7,8 +8,9 @@ output so a whole-job rerun resumes) and copies the final checkpoint's inference
 last checkpoint's state (``weights_only``), :func:`prepare` moves the model to its device before
 building and restoring the optimiser and schedule, :func:`report` reports metrics (rank 0 with a
 checkpoint holding every rank's data and RNG state, so a resume continues exactly),
-:func:`rank0_tracker` reopens the stage's MLflow run, :func:`any_rank` agrees on a flag across
-ranks, :class:`Window` accumulates logged metrics on the device between log steps.
+:func:`rank0_tracker` reopens the stage's MLflow run (:class:`RunRef`), :func:`any_rank` agrees
+on a flag across ranks, :class:`Window` accumulates logged metrics on the device between log
+steps.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ovs.train.loop_config import LoopConfig
 
 MODEL = "model.pt"  # inference checkpoint file inside a Ray checkpoint directory
 STATE = "state.pt"  # full training state inside a Ray checkpoint directory
@@ -47,15 +52,16 @@ def resume_state() -> dict | None:
 def prepare(
     model: Any,
     device: Any,
-    make_optimizer: Callable[[Any], Any],
+    make_optimizer: Callable[[], Any],
     make_schedule: Callable[[Any], Any],
     state: dict | None,
 ) -> tuple[Any, Any, int]:
-    """Move ``model`` to ``device``, *then* build its optimiser and schedule and load ``state``
-    into all three: optimiser state follows the parameters' device, so the first step after a
-    resume on a GPU never mixes devices. Returns ``(opt, sched, step to continue from)``."""
+    """Move ``model`` to ``device``, *then* build its optimiser (``make_optimizer()``, over the
+    model's parameters) and schedule (``make_schedule(opt)``) and load ``state`` into all
+    three: optimiser state follows the parameters' device, so the first step after a resume on
+    a GPU never mixes devices. Returns ``(opt, sched, step to continue from)``."""
     model.to(device)
-    opt = make_optimizer(model)
+    opt = make_optimizer()
     sched = make_schedule(opt)
     if state is None:
         return opt, sched, 0
@@ -109,13 +115,13 @@ def report(
     opt: Any,
     sched: Any,
     step: int,
-    save_model: Callable[[Any, Path, dict], Any],
+    save_model: Callable[[Path, dict], Any],
     own_state: dict,
 ) -> None:
     """``ray.train.report`` from every rank; rank 0 attaches a checkpoint holding the full
     training state (``STATE``: model, optimiser, schedule, step and every rank's ``own_state``,
     e.g. its data position and RNG states) and the inference model
-    (``save_model(model, path, extra)``). All ranks must call it at the same steps."""
+    (``save_model(path, extra)``, which writes ``model``'s). All ranks must call it at the same steps."""
     import ray.train
     import torch
 
@@ -135,19 +141,27 @@ def report(
             "ranks": ranks,
         }
         torch.save(state, Path(d) / STATE)
-        save_model(model, Path(d) / MODEL, {"step": step})
+        save_model(Path(d) / MODEL, {"step": step})
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
-def rank0_tracker(config: dict, rank: int) -> Any:
-    """The stage's MLflow run (``config["mlflow"]``: uri, run_id) on rank 0, else None."""
-    if rank != 0 or not config.get("mlflow"):
+@dataclass(frozen=True)
+class RunRef:
+    """The stage's MLflow run, as a worker reopens it: tracking URI and run id."""
+
+    uri: str
+    run_id: str
+
+
+def rank0_tracker(run: RunRef | None, rank: int) -> Any:
+    """An ``MlflowTracker`` on ``run`` for rank 0, else (other ranks, no run) None."""
+    if rank != 0 or run is None:
         return None
     from mlflow.tracking import MlflowClient
 
     from pipelines.tracking import MlflowTracker
 
-    return MlflowTracker(MlflowClient(config["mlflow"]["uri"]), config["mlflow"]["run_id"])
+    return MlflowTracker(MlflowClient(run.uri), run.run_id)
 
 
 def any_rank(flag: bool, device: Any, world: int) -> bool:
@@ -170,26 +184,21 @@ def latest_checkpoint(storage: Path) -> Path | None:
 
 
 def fit_and_export(
-    train_loop: Callable[[dict], None],
-    loop_config: dict[str, Any],
-    cfg: Any,
-    name: str,
-    out_dir: Path,
+    train_worker: Callable[[], None], cfg: LoopConfig, name: str, out_dir: Path
 ) -> tuple[Path, dict]:
-    """Train with Ray Train; returns ``(out_dir/model/latest.pt, rank 0's last reported
-    metrics)`` (the loops report ``step``: fewer than the configured steps means the loop
-    stopped early, e.g. at its time limit).
+    """Run ``train_worker`` on ``cfg.num_workers`` Ray Train workers; returns
+    ``(out_dir/model/latest.pt, rank 0's last reported metrics)`` (the loop reports ``step``:
+    fewer than the configured steps means it stopped early, e.g. at its time limit).
 
-    ``cfg`` provides ``num_workers``, ``use_gpu``, ``cpus_per_worker``, ``max_failures`` and
-    ``keep_checkpoints``; checkpoints go to ``out_dir/ray_train/<name>``.
+    ``cfg`` gives the workers' resources, ``max_failures`` and ``keep_checkpoints``;
+    checkpoints go to ``out_dir/ray_train/<name>``.
     """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
     storage = (out_dir / "ray_train").resolve()
     trainer = TorchTrainer(
-        train_loop,
-        train_loop_config=loop_config,
+        train_worker,
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.num_workers,
             use_gpu=cfg.use_gpu,

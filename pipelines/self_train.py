@@ -3,18 +3,19 @@ closed-vocabulary segmenter on them with Ray Train, evaluate it with the evaluat
 
     python pipelines/self_train.py [--config conf/default.yaml] [self_train.steps=2000 ...]
 
-1. **Pseudo-labels.** A Ray Data actor pool (``map_batches`` with a callable class,
-   ``compute=ActorPoolStrategy``, ``label.num_gpus`` per actor) loads the trained S-Seg once
-   per actor and labels whole shards of ``label.shard_size`` target images with the dataset's
-   class names under the evaluation protocol; each shard becomes
-   ``<out>/labels/<shard>.parquet`` (``key, image_path, label_png, conf_png, gt_png, status``),
-   written atomically, so a rerun labels only the missing shards. The driver then derives the
-   per-class confidence thresholds (:mod:`ovs.selftrain.pseudo_labels`) into
-   ``thresholds.json`` and, where the target split has ground truth, the pseudo-labels' mIoU.
-2. **Segmenter.** Ray Train ``TorchTrainer`` (DDP on gloo / nccl), structured like
-   ``pipelines/train.py``: checkpoints through ``ray.train.report``, worker restarts from the last
-   checkpoint (``FailureConfig``), a whole-job rerun resumes from the newest checkpoint stored
-   under the stage output.
+1. **Pseudo-labels.** The shard mapper (:mod:`pipelines.shard_map`) runs ``label.num_actors``
+   :class:`~ovs.selftrain.labeler.PseudoLabeler` actors (``label.num_gpus`` each; the trained
+   S-Seg loaded once per actor) over shards of ``label.shard_size`` target images, labelled
+   with the dataset's class names under the evaluation protocol; each shard's table becomes
+   ``<out>/labels/<shard>.parquet`` (``LABEL_SCHEMA``: ``key, image_path, label_png,
+   conf_png, gt_png, status``), written atomically, so a rerun labels only the missing shards.
+   The driver then derives the per-class confidence thresholds
+   (:mod:`ovs.selftrain.pseudo_labels`) into ``thresholds.json`` and, where the target split
+   has ground truth, the pseudo-labels' mIoU (:mod:`ovs.selftrain.labeler`).
+2. **Segmenter.** The training loop (``pipelines/loop.py``: Ray Train ``TorchTrainer``, DDP on
+   gloo / nccl) runs :class:`SegmenterTask`: checkpoints through ``ray.train.report``, worker
+   restarts from the last checkpoint (``FailureConfig``), a whole-job rerun resumes from the
+   newest checkpoint stored under the stage output.
 3. **Evaluation** on the held-out split with the same protocol as S-Seg: logs ``miou`` (S-Seg+)
    and ``sseg_miou`` (S-Seg on the same images, same protocol) side by side, ``miou_gain``,
    pseudo-label diagnostics, overlays and a per-class IoU chart.
@@ -22,14 +23,12 @@ closed-vocabulary segmenter on them with Ray Train, evaluate it with the evaluat
 
 from __future__ import annotations
 
-import json
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,21 +36,12 @@ import torch
 from ovs.config import Config
 from ovs.selftrain.training import SelfTrainConfig
 from ovs.stage import Stage, StageContext
-from pipelines.ray_train import (
-    Window,
-    any_rank,
-    check_complete,
-    fit_and_export,
-    prepare,
-    rank0_tracker,
-    rank_state,
-    report,
-    resume_state,
-    rng_state,
-    set_rng_state,
-)
+from pipelines.loop import LoopJob, run_loop
+from pipelines.ray_train import RunRef, check_complete
+from pipelines.shard_map import ActorResources, WorkItem, map_items
 
-LABEL_COLUMNS = ("key", "image_path", "label_png", "conf_png", "gt_png", "status")
+if TYPE_CHECKING:
+    from ovs.selftrain.training import BatchStream
 
 
 def _protocol_name(ctx_cfg: Config) -> str:
@@ -65,181 +55,53 @@ def _world_dir(ctx: StageContext) -> Path | None:
 # ----------------------------------------------------------------------------- step 1
 
 
-class PseudoLabeler:
-    """Ray Data actor: ``{"shard": [name], "refs": [json]}`` -> writes that shard's parquet."""
-
-    def __init__(
-        self,
-        checkpoint: str,
-        dataset,
-        class_names: list[list[str]],
-        has_background: bool,
-        dataset_key: str,
-        protocol: str,
-        out_dir: str,
-        num_threads: int,
-    ) -> None:
-        from ovs.eval.protocol import build_classifier, get_protocol
-        from ovs.models.sseg import load_checkpoint
-        from ovs.selftrain.pseudo_labels import DeviceMethod
-
-        torch.set_num_threads(max(1, num_threads))
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.method = DeviceMethod(load_checkpoint(checkpoint).to(device).eval(), device)
-        self.protocol = get_protocol(protocol)
-        self.classifier = build_classifier(
-            self.method, class_names, has_background, self.protocol, dataset_key
-        )
-        self.dataset, self.out_dir = dataset, Path(out_dir)
-
-    def _one(self, ref: dict) -> dict:
-        from ovs.eval.visualize import png_bytes
-        from ovs.selftrain.pseudo_labels import pseudo_label
-        from ovs.selftrain.training import read_image
-
-        row = {"key": ref["id"], "image_path": ref["path"], "status": "ok"}
-        row.update(label_png=b"", conf_png=b"", gt_png=b"")
-        try:
-            if ref["index"] is not None:
-                sample = self.dataset[ref["index"]]
-                image, gt = sample["image"], sample["label"]
-            else:
-                image, gt = read_image(ref["path"]), None
-        except (OSError, ValueError):
-            row["status"] = "bad_image"
-            return row
-        label, conf = pseudo_label(self.method, image, self.classifier, self.protocol)
-        row.update(label_png=png_bytes(label), conf_png=png_bytes(conf))
-        if gt is not None:
-            row["gt_png"] = png_bytes(gt)
-        return row
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import pyarrow as pa
-
-        from ovs.io import atomic_write_parquet
-
-        ok, bad = [], []
-        for shard, refs in zip(batch["shard"].tolist(), batch["refs"].tolist()):
-            rows = [self._one(r) for r in json.loads(refs)]
-            table = pa.table(
-                {
-                    c: pa.array(
-                        [r[c] for r in rows], pa.binary() if c.endswith("_png") else pa.string()
-                    )
-                    for c in LABEL_COLUMNS
-                }
-            )
-            atomic_write_parquet(self.out_dir / f"{shard}.parquet", table)
-            ok.append(sum(r["status"] == "ok" for r in rows))
-            bad.append(len(rows) - ok[-1])
-        return {"shard": batch["shard"], "ok": np.array(ok), "bad": np.array(bad)}
-
-
 def _label_shards(ctx: StageContext, label_dir: Path) -> tuple[list[Path], dict[str, int], float]:
-    """Run the actor pool over the shards not labelled yet; returns (all shard files, counts,
-    seconds)."""
-    import ray
-
+    """Run the labelling actors over the shards not labelled yet; returns (all shard files,
+    counts, seconds)."""
+    from ovs.selftrain.labeler import PseudoLabeler
     from ovs.selftrain.pseudo_labels import target_dataset, target_images
 
     cfg: SelfTrainConfig = ctx.section
     refs, dataset = target_images(cfg.target, _world_dir(ctx))
     names_ds = dataset or target_dataset(cfg.target, _world_dir(ctx), cfg.target.eval_split)
     size = max(1, cfg.label.shard_size)
-    shards = {
-        f"{i // size:05d}": [
-            {"id": r.id, "path": r.path, "index": r.index} for r in refs[i : i + size]
-        ]
-        for i in range(0, len(refs), size)
-    }
-    todo = [s for s in shards if not (label_dir / f"{s}.parquet").exists()]
-    counts = {
-        "target_images": len(refs),
-        "shards": len(shards),
-        "shards_resumed": len(shards) - len(todo),
-    }
-    start = time.perf_counter()
-    if todo:
-        items = [{"shard": s, "refs": json.dumps(shards[s])} for s in todo]
-        ds = ray.data.from_items(items, override_num_blocks=len(todo)).map_batches(
-            PseudoLabeler,
-            fn_constructor_args=(
-                str(ctx.inputs["train"] / "model" / "latest.pt"),
-                dataset,
-                names_ds.class_names,
-                names_ds.has_background,
-                names_ds.name,
-                _protocol_name(ctx.cfg),
-                str(label_dir),
-                int(cfg.label.num_cpus),
-            ),
-            batch_size=1,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=max(1, min(cfg.label.num_actors, len(todo)))),
-            num_cpus=cfg.label.num_cpus,
-            num_gpus=cfg.label.num_gpus,
+    files = [label_dir / f"{i // size:05d}.parquet" for i in range(0, len(refs), size)]
+    items = [
+        WorkItem(
+            f.stem,
+            {"refs": [{"id": r.id, "path": r.path, "index": r.index} for r in refs[i : i + size]]},
+            f,
         )
-        for done, _ in enumerate(ds.iter_rows(), 1):
-            ctx.progress(done, len(todo), "label shards")
-    return [label_dir / f"{s}.parquet" for s in shards], counts, time.perf_counter() - start
-
-
-def _label_statistics(files: list[Path], num_classes: int) -> dict:
-    """One pass over the shards: per-class confidence histograms and, where the target has
-    ground truth, the (pseudo-label, ground truth, confidence) histogram."""
-    import pyarrow.parquet as pq
-
-    from ovs.selftrain.pseudo_labels import confidence_histogram, label_gt_histogram
-    from ovs.selftrain.training import decode_png
-
-    stats: dict = {"hist": np.zeros((num_classes, 256), dtype=np.int64), "joint": None}
-    stats.update(ok=0, bad=0)
-    for f in files:
-        for r in pq.read_table(f, columns=list(LABEL_COLUMNS[2:])).to_pylist():
-            if r["status"] != "ok":
-                stats["bad"] += 1
-                continue
-            stats["ok"] += 1
-            label, conf = decode_png(r["label_png"]), decode_png(r["conf_png"])
-            stats["hist"] += confidence_histogram(label, conf, num_classes)
-            if r["gt_png"]:
-                joint = label_gt_histogram(label, conf, decode_png(r["gt_png"]), num_classes)
-                stats["joint"] = joint if stats["joint"] is None else stats["joint"] + joint
-    return stats
-
-
-def _label_quality(stats: dict, thresholds: np.ndarray) -> dict[str, float]:
-    """Pseudo-label mIoU / accuracy against the target split's ground truth, before and after
-    the confidence rule (kept pixels only), and the kept fraction."""
-    from ovs.eval.metrics import mean_iou, pixel_accuracy
-    from ovs.selftrain.pseudo_labels import kept_confusion
-
-    total = int(stats["hist"].sum())
-    kept = sum(int(stats["hist"][c, t:].sum()) for c, t in enumerate(thresholds.tolist()))
-    out = {"label_kept_fraction": kept / total if total else 0.0}
-    if stats["joint"] is None:
-        return out
-    all_conf = kept_confusion(stats["joint"])
-    kept_conf = kept_confusion(stats["joint"], thresholds)
-    out.update(
-        label_miou=mean_iou(all_conf),
-        label_acc=pixel_accuracy(all_conf),
-        label_kept_miou=mean_iou(kept_conf),
-        label_kept_acc=pixel_accuracy(kept_conf),
+        for f, i in zip(files, range(0, len(refs), size), strict=True)
+    ]
+    init = {
+        "checkpoint": str(ctx.inputs["train"] / "model" / "latest.pt"),
+        "dataset": dataset,
+        "class_names": names_ds.class_names,
+        "has_background": names_ds.has_background,
+        "dataset_key": names_ds.name,
+        "protocol": _protocol_name(ctx.cfg),
+        "num_threads": int(cfg.label.num_cpus),
+    }
+    resources = ActorResources(
+        cfg.label.num_actors, num_cpus=cfg.label.num_cpus, num_gpus=cfg.label.num_gpus
     )
-    return out
+    start = time.perf_counter()
+    done = map_items(items, PseudoLabeler, init, resources, ctx.progress, "label shards")
+    counts = {"target_images": len(refs), "shards": len(items), "shards_resumed": len(done.resumed)}
+    return files, counts, time.perf_counter() - start
 
 
 def pseudo_labels(ctx: StageContext, num_classes: int) -> tuple[list[Path], np.ndarray, dict, dict]:
     """Step 1: label, threshold, diagnose. Returns (shard files, thresholds, counts, metrics)."""
     from ovs.io import atomic_write_json
+    from ovs.selftrain.labeler import label_quality, label_statistics
     from ovs.selftrain.pseudo_labels import class_thresholds
 
     cfg: SelfTrainConfig = ctx.section
     label_dir = ctx.out_dir / "labels"
     files, counts, seconds = _label_shards(ctx, label_dir)
-    stats = _label_statistics(files, num_classes)
+    stats = label_statistics(files, num_classes)
     thresholds = class_thresholds(
         stats["hist"], cfg.label.ignore_quantile, cfg.label.min_confidence
     )
@@ -253,7 +115,7 @@ def pseudo_labels(ctx: StageContext, num_classes: int) -> tuple[list[Path], np.n
         },
     )
     counts.update(labelled_images=stats["ok"], bad_images=stats["bad"])
-    metrics = _label_quality(stats, thresholds)
+    metrics = label_quality(stats, thresholds)
     if counts["shards_resumed"] < counts["shards"]:
         metrics["label_seconds"] = seconds
     return files, thresholds, counts, metrics
@@ -262,151 +124,119 @@ def pseudo_labels(ctx: StageContext, num_classes: int) -> tuple[list[Path], np.n
 # ----------------------------------------------------------------------------- step 2
 
 
-def _build(config: dict):
-    """The segmenter with its initial weights (identical on every rank)."""
-    from ovs.models.upernet import build_segmenter
-    from ovs.selftrain.training import init_backbone_from_sseg
+@dataclass(frozen=True)
+class SegmenterTaskFactory:
+    """The ``self_train`` stage's :class:`pipelines.loop.TaskFactory`: the closed-vocabulary
+    segmenter on the pseudo-label shards."""
 
-    cfg: SelfTrainConfig = config["cfg"]
-    model = build_segmenter(cfg.model, config["num_classes"], config["seed"])
-    if cfg.init_from_sseg:
-        state = torch.load(config["sseg_checkpoint"], map_location="cpu", weights_only=True)
-        init_backbone_from_sseg(model, state["model"])
-    return model
+    cfg: SelfTrainConfig
+    num_classes: int
+    shards: list[str]  # pseudo-label shard files; rank r reads shards[r::world]
+    thresholds: list[int]  # per-class confidence thresholds (uint8) of the confidence rule
+    sseg_checkpoint: str  # the trained S-Seg, for ``init_from_sseg``
 
-
-def setup(config: dict, device: torch.device, state: dict | None):
-    """Segmenter → device → optimiser and schedule → resume ``state`` (the order that keeps
-    the optimiser state on the parameters' device). Returns ``(model, opt, sched, start)``."""
-    from ovs.selftrain.training import build_optimizer, lr_factor
-
-    cfg: SelfTrainConfig = config["cfg"]
-    # build_segmenter leaves the global RNG alone: seed it, or dropout draws from whatever
-    # state the worker process has (two runs of one config differed). A resume then restores
-    # the checkpointed RNG state over this one.
-    torch.manual_seed(config["seed"])
-    model = _build(config)
-    opt, sched, start = prepare(
-        model,
-        device,
-        lambda m: build_optimizer(m, cfg),
-        lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, cfg)),
-        state,
-    )
-    return model, opt, sched, start
+    def __call__(self, seed: int, device: torch.device, rank: int, world: int) -> SegmenterTask:
+        return SegmenterTask(self, seed, device, rank, world)
 
 
-def train_loop(config: dict) -> None:
-    """One Ray Train worker. ``config``: cfg, seed, num_classes, shards, thresholds,
-    sseg_checkpoint, out_dir, mlflow."""
-    import ray.train
-    import ray.train.torch
-    from torch.nn.parallel import DistributedDataParallel
+class SegmenterTask:
+    """The S-Seg+ segmenter's training pieces in one worker (:class:`pipelines.loop.Task`):
+    pixel cross-entropy on augmented pseudo-labelled batches (:class:`ovs.selftrain.training.
+    BatchStream`, one numpy generator per rank for permutations and augmentation)."""
 
-    from ovs.models.upernet import save_segmenter
-    from ovs.precision import training_dtype
-    from ovs.selftrain.loss import pixel_cross_entropy
-    from ovs.selftrain.training import batches, load_rows
+    metric_prefix = "self_train/"
+    log_grad_norm = False
 
-    cfg: SelfTrainConfig = config["cfg"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(max(1, cfg.cpus_per_worker))
-    device = ray.train.torch.get_device()
-    if device.type == "cpu":
-        from ovs.cpu import keep_freed_memory
+    def __init__(
+        self, factory: SegmenterTaskFactory, seed: int, device: torch.device, rank: int, world: int
+    ) -> None:
+        from ovs.methods import METHODS, load_checkpoint
+        from ovs.methods.segmenter.recipe import init_backbone
 
-        keep_freed_memory()  # no page faults per step (ovs/cpu.py)
-    state = resume_state()
-    model, opt, sched, start = setup(config, device, state)
-    model.train()
-    net = DistributedDataParallel(model) if world > 1 else model
-    shards = [Path(p) for p in config["shards"]][rank::world]
-    rows, counts = load_rows(shards, np.array(config["thresholds"]), cfg.cache_in_memory)
-    stream = batches(
-        rows, cfg.batch_size, cfg.augment, np.random.default_rng([config["seed"], rank])
-    )
-    own = rank_state(state, rank, world)
-    if own is not None:  # continue the batch stream and the RNGs where the checkpoint left them
-        stream.load_state_dict(own["stream"])
-        set_rng_state(own["torch"], device)
-    tracker = rank0_tracker(config, rank)
-    amp_dtype = training_dtype(cfg.amp_dtype, device)
-    marker = Path(config["out_dir"]) / ".injected_failure"
-    t_start = time.monotonic()
-    window, window_t = Window(), time.monotonic()
-    wait_fractions: list[float] = []
-    step = start
-    while step < cfg.steps:
-        t_data = time.monotonic()
-        images, labels = next(stream)
-        window.data_wait_s += time.monotonic() - t_data
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = net(images.to(device))
-        loss = pixel_cross_entropy(logits, labels.to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        step += 1
-        if step == cfg.inject_failure_at_step and rank == world - 1 and not marker.exists():
-            marker.touch()
-            raise RuntimeError(f"injected worker failure at step {step} (failure drill)")
-        window.add({"loss": loss}, len(images))
-        log_step = step % cfg.log_every == 0 or step >= cfg.steps
-        out_of_time = log_step and any_rank(
-            cfg.time_limit_s is not None and time.monotonic() - t_start > cfg.time_limit_s,
-            device,
-            world,
+        self.factory, self.cfg, self.seed = factory, factory.cfg, seed
+        self.device, self.rank, self.world = device, rank, world
+        self.spec = METHODS["segmenter"]
+        # The builder leaves the global RNG alone: seed it, or dropout draws from whatever
+        # state the worker process has (two runs of one config differed). A resume then restores
+        # the checkpointed RNG state over this one.
+        torch.manual_seed(seed)
+        self.model = self.spec.build_model(self.cfg.model, seed, factory.num_classes)
+        if self.cfg.init_from_sseg:
+            trained, source = load_checkpoint(factory.sseg_checkpoint)
+            if trained.image_backbone is None:
+                raise ValueError(f"init_from_sseg: method {trained.name!r} has no image backbone")
+            init_backbone(self.model, trained.image_backbone(source))
+        self.stream: BatchStream | None = None
+        self.rows_used = 0
+
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.spec.optimizer(self.model, self.cfg)
+
+    def schedule(self, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        from ovs.train.schedules import poly_schedule
+
+        return poly_schedule(opt, self.cfg, self.cfg.poly_power)
+
+    def objective(self) -> torch.nn.Module:
+        self.model.train()
+        return self.spec.wrap_ddp(self.spec.objective(self.model, self.cfg.model))
+
+    def batches(self, start_step: int, own: dict | None) -> Iterator[Any]:
+        """The rank's :class:`~ovs.selftrain.training.BatchStream`; a resume restores its
+        state (the stream's position is its state, not ``start_step``)."""
+        from ovs.selftrain.training import batches, load_rows
+
+        shards = [Path(p) for p in self.factory.shards][self.rank :: self.world]
+        rows, counts = load_rows(
+            shards, np.array(self.factory.thresholds), self.cfg.cache_in_memory
         )
-        last = step >= cfg.steps or out_of_time
-        metrics: dict | None = None
-        if log_step:
-            dt = max(time.monotonic() - window_t, 1e-9)
-            metrics = {
-                "self_train/loss": window.means()["loss"],
-                "self_train/lr": sched.get_last_lr()[-1],
-                "self_train/img_per_s": window.images * world / dt,
-                "self_train/data_wait_fraction": window.data_wait_s / dt,
-                "step": step,
-            }
-            wait_fractions.append(metrics["self_train/data_wait_fraction"])
-            if tracker is not None:
-                tracker.log_metrics(metrics, step=step)
-            window, window_t = Window(), time.monotonic()
-        if step % cfg.checkpoint_every == 0 or last:
-            metrics = dict(metrics or {"step": step})
-            metrics["rows_used"] = counts["used"]
-            metrics["data_wait_fraction"] = float(np.mean(wait_fractions or [0.0]))
-            own_state = {"stream": stream.state_dict(), "torch": rng_state(device)}
-            report(metrics, rank, world, model, opt, sched, step, save_segmenter, own_state)
-        if out_of_time:
-            break
+        self.rows_used = counts["used"]
+        rng = np.random.default_rng([self.seed, self.rank])
+        self.stream = batches(rows, self.cfg.batch_size, self.cfg.augment, rng)
+        if own is not None:  # continue the batch stream where the checkpoint left it
+            self.stream.load_state_dict(own["stream"])
+        return self.stream
+
+    def inputs(self, batch: Any) -> tuple[tuple[Any, ...], int]:
+        """``(images, labels)`` on the device for the segmenter's objective
+        (:mod:`ovs.methods.segmenter.objective`)."""
+        images, labels = batch
+        return (images.to(self.device), labels.to(self.device)), len(images)
+
+    def data_state(self, step: int) -> dict:
+        assert self.stream is not None
+        return {"stream": self.stream.state_dict()}
+
+    def counts(self) -> dict[str, float]:
+        """The rank's pseudo-labelled rows it trains on."""
+        return {"rows_used": self.rows_used}
+
+    def save_model(self, path: Path, extra: dict) -> Any:
+        return self.spec.save_checkpoint(self.model, path, extra)
 
 
 def fit(
     ctx: StageContext, shards: list[Path], thresholds: np.ndarray, num_classes: int
 ) -> tuple[Path, dict]:
-    """Step 2: Ray Train; returns the final segmenter checkpoint under the stage output and
-    rank 0's last reported metrics (``step``: the steps done)."""
-    from ovs.precision import resolve_dtype
-
+    """Step 2: the training loop; returns the final segmenter checkpoint under the stage output
+    and rank 0's last reported metrics (``step``: the steps done)."""
     cfg: SelfTrainConfig = ctx.section
-    resolve_dtype(cfg.amp_dtype, torch.device("cpu"))  # an unknown name fails before Ray Train
     tracker: Any = ctx.tracker  # an MlflowTracker: workers reopen its run by id
-    loop_config = {
-        "cfg": cfg,
-        "seed": ctx.cfg.seed,
-        "num_classes": num_classes,
-        "shards": [str(s) for s in shards],
-        "thresholds": thresholds.tolist(),
-        "sseg_checkpoint": str(ctx.inputs["train"] / "model" / "latest.pt"),
-        "out_dir": str(ctx.out_dir),
-        "mlflow": {"uri": tracker.client.tracking_uri, "run_id": tracker.run_id},
-    }
-    return fit_and_export(train_loop, loop_config, cfg, "sseg_plus", ctx.out_dir)
+    factory = SegmenterTaskFactory(
+        cfg=cfg,
+        num_classes=num_classes,
+        shards=[str(s) for s in shards],
+        thresholds=thresholds.tolist(),
+        sseg_checkpoint=str(ctx.inputs["train"] / "model" / "latest.pt"),
+    )
+    job = LoopJob(
+        loop=cfg,
+        task=factory,
+        seed=ctx.cfg.seed,
+        out_dir=str(ctx.out_dir),
+        run=RunRef(tracker.client.tracking_uri, tracker.run_id),
+    )
+    return run_loop(job, "sseg_plus")
 
 
 # ----------------------------------------------------------------------------- step 3
@@ -419,19 +249,18 @@ def _eval_device(cfg: SelfTrainConfig) -> torch.device:
 def evaluate_both(ctx: StageContext, checkpoint: Path) -> tuple[dict, dict, list]:
     """S-Seg+ and S-Seg on the held-out split, same images, same protocol; plus a few
     (image, S-Seg, S-Seg+, GT) rows for the overlay picture."""
+    from ovs.eval.method import load_trained
     from ovs.eval.protocol import get_protocol
-    from ovs.models.sseg import load_checkpoint
-    from ovs.models.upernet import load_segmenter
-    from ovs.selftrain.pseudo_labels import DeviceMethod, target_dataset
+    from ovs.methods import load_checkpoint
+    from ovs.selftrain.pseudo_labels import target_dataset
 
     cfg: SelfTrainConfig = ctx.section
     device = _eval_device(cfg)
     dataset = target_dataset(cfg.target, _world_dir(ctx), cfg.target.eval_split)
     protocol = get_protocol(_protocol_name(ctx.cfg))
     n = len(dataset) if cfg.eval_limit is None else min(cfg.eval_limit, len(dataset))
-    seg = load_segmenter(checkpoint).to(device).eval()
-    sseg_model = load_checkpoint(ctx.inputs["train"] / "model" / "latest.pt").to(device).eval()
-    sseg = DeviceMethod(sseg_model, device)
+    seg = load_checkpoint(checkpoint)[1].to(device).eval()
+    sseg = load_trained(ctx.inputs["train"] / "model" / "latest.pt", device)
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, cfg.cpus_per_worker))  # the driver evaluates like a worker
     try:
@@ -456,57 +285,13 @@ def _evaluate_pair(seg, sseg, dataset, protocol, n: int) -> tuple[dict, dict, li
     return plus, base, rows
 
 
-def _panel_grid(rows: list[list[np.ndarray]], gap: int = 4) -> np.ndarray:
-    """Rows of equally sized ``uint8[H, W, 3]`` panels side by side, rows stacked, white gaps."""
-    lines = []
-    for panels in rows:
-        sep = np.full((panels[0].shape[0], gap, 3), 255, np.uint8)
-        parts = [x for p in panels for x in (p, sep)][:-1]
-        lines.append(np.concatenate(parts, axis=1))
-    width = max(line.shape[1] for line in lines)
-    out = []
-    for line in lines:
-        out += [line, np.full((gap, width, 3), 255, np.uint8)]
-    return np.concatenate(out[:-1], axis=0)
-
-
-def _overlay_grid(rows: list, names: list[str]) -> np.ndarray:
-    """Rows of image | S-Seg | S-Seg+ | ground truth, with a class legend."""
-    from ovs.eval.visualize import colorize, legend, with_legend
-
-    grid = _panel_grid(
-        [[image, colorize(sseg), colorize(plus), colorize(gt)] for image, sseg, plus, gt in rows]
-    )
-    return with_legend(grid, legend(names))
-
-
-def _label_examples(files: list[Path], thresholds: np.ndarray, n: int = 8) -> np.ndarray | None:
-    """Target images | pseudo-label after the confidence rule (ignored pixels show the image)
-    | ground truth (grey when the target has none)."""
-    import pyarrow.parquet as pq
-
-    from ovs.eval.visualize import colorize, overlay
-    from ovs.selftrain.pseudo_labels import apply_confidence_rule
-    from ovs.selftrain.training import decode_png, read_image
-
-    rows: list[list[np.ndarray]] = []
-    for f in files[:1]:
-        for r in pq.read_table(f).slice(0, 4 * n).to_pylist():
-            if r["status"] != "ok" or len(rows) >= n:
-                continue
-            image = read_image(r["image_path"])
-            ruled = apply_confidence_rule(
-                decode_png(r["label_png"]), decode_png(r["conf_png"]), thresholds
-            )
-            gt = colorize(decode_png(r["gt_png"])) if r["gt_png"] else np.full_like(image, 128)
-            rows.append([image, overlay(image, ruled, alpha=1.0), gt])
-    return _panel_grid(rows) if rows else None
-
-
 def log_pictures(ctx: StageContext, plus: dict, base: dict, rows: list, names: list[str]) -> None:
+    """Log the held-out overlays, S-Seg+'s per-class IoU bars and confusion matrix, and the
+    per-class IoU table of S-Seg+ next to S-Seg."""
     from ovs.eval.visualize import confusion_chart, iou_bar_chart
+    from ovs.selftrain.figures import overlay_grid
 
-    ctx.tracker.log_image(_overlay_grid(rows, names), "overlays.png")
+    ctx.tracker.log_image(overlay_grid(rows, names), "overlays.png")
     ctx.tracker.log_figure(
         iou_bar_chart(plus["per_class_iou"], "S-Seg+ IoU (held-out split)"), "per_class_iou.png"
     )
@@ -528,6 +313,7 @@ def log_pictures(ctx: StageContext, plus: dict, base: dict, rows: list, names: l
 
 
 def run(ctx: StageContext) -> dict:
+    from ovs.selftrain.figures import label_examples
     from ovs.selftrain.pseudo_labels import target_dataset
 
     cfg: SelfTrainConfig = ctx.section
@@ -558,7 +344,7 @@ def run(ctx: StageContext) -> dict:
     counts["eval_images"] = int(plus["num_images"])
     ctx.tracker.log_metrics(metrics)
     log_pictures(ctx, plus, base, rows, eval_set.canonical_names)
-    examples = _label_examples(files, thresholds)
+    examples = label_examples(files, thresholds)
     if examples is not None:
         ctx.tracker.log_image(examples, "pseudo_labels.png")
     ctx.tracker.log_artifact(final, "model")
@@ -575,6 +361,7 @@ def _inputs(cfg: Config) -> tuple[str, ...]:
 STAGE = Stage(
     "self_train",
     run=run,
+    section=SelfTrainConfig,
     inputs=_inputs,
     description="S-Seg+: pseudo-label the target's train images, train a UperNet segmenter",
 )

@@ -2,9 +2,10 @@
 
     python pipelines/train.py [--config conf/default.yaml] [--force] [train.steps=300 ...]
 
-Each Ray Train worker reads its share of the download shards joined with their pseudo-masks and
-entity texts, trains with AdamW + warm-up/cosine, and reports metrics (and, from rank 0,
-checkpoints) through ``ray.train.report``. A worker failure restarts the worker group from the
+The training loop (``pipelines/loop.py``) runs :class:`SSegTask` on Ray Train workers: each reads
+its share of the download shards joined with their pseudo-masks and entity texts, trains with
+AdamW + warm-up/cosine, and reports metrics (and, from rank 0, checkpoints) through
+``ray.train.report``. A worker failure restarts the worker group from the
 last checkpoint (``FailureConfig``); a whole-job rerun of the stage resumes from the last
 checkpoint stored under the stage's output directory. Rank 0 logs losses, learning rate and
 throughput to the stage's MLflow run. The driver then evaluates the initial and the final model
@@ -13,66 +14,34 @@ zero-shot with only class names and logs ``miou``, ``miou_at_init`` and ``oracle
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 import warnings
-from dataclasses import replace
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from ovs.objective import SSegLossConfig, wrap_ddp
+from ovs.methods import METHODS
+from ovs.methods.sseg.config import SSegLossConfig
 from ovs.stage import Stage, StageContext
 from ovs.training import TrainConfig
-from pipelines.ray_train import (
-    Window,
-    any_rank,
-    check_complete,
-    fit_and_export,
-    prepare,
-    rank0_tracker,
-    rank_state,
-    report,
-    resume_state,
-    rng_state,
-    set_rng_state,
-)
+from pipelines.loop import LoopJob, run_loop
+from pipelines.ray_train import RunRef, check_complete
 
-
-def setup(config: dict, device: torch.device, state: dict | None):
-    """Model → device → optimiser and schedule → resume ``state`` (the order that keeps the
-    optimiser state on the parameters' device). Returns ``(model, objective, opt, sched,
-    start step)``; the model is identical on every rank (same seed)."""
-    from ovs.objective import SSegObjective
-    from ovs.training import build_model, build_optimizer, lr_factor
-
-    cfg: TrainConfig = config["cfg"]
-    model = build_model(cfg, config["seed"])
-    objective = SSegObjective(model, config["loss"])
-    objective.to(device)  # the model and the objective's own parameters, if any
-    opt, sched, start = prepare(
-        model,
-        device,
-        lambda m: build_optimizer(m, cfg),
-        lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, cfg)),
-        state,
-    )
-    return model, objective, opt, sched, start
+if TYPE_CHECKING:
+    from ovs.training import SampleSource
+    from pipelines.ingest import RankIngest
 
 
 def ingest_executor(cfg: TrainConfig, cluster_cpus: float) -> str:
     """Where the streaming ingest's decode tasks run (``TrainConfig`` docstring): ``local``
     in-memory mode or no spare CPU under ``auto``; ``ray`` when one is free; ``ray`` asked for
     with none free fails here, before Ray Train starts, naming the counts."""
-    if cfg.ingest_executor not in ("auto", "ray", "local"):
-        raise ValueError(
-            f"train.ingest_executor must be 'auto', 'ray' or 'local', got {cfg.ingest_executor!r}"
-        )
     reserved = cfg.num_workers * cfg.cpus_per_worker
     free = cluster_cpus - reserved
     if cfg.ingest_executor == "local" or cfg.cache_in_memory:
@@ -92,174 +61,166 @@ def ingest_executor(cfg: TrainConfig, cluster_cpus: float) -> str:
     return "local"
 
 
-def stream_ingest(config: dict, rank: int, world: int) -> Any:
+@dataclass(frozen=True)
+class SSegData:
+    """Where a rank's training batches come from: the download shards joined by key with
+    their masks (pseudo-masks, or world ground truth under ``supervision: gt``) and entity
+    texts."""
+
+    shards: str  # download shards directory
+    masks_dir: str
+    texts_dir: str
+    decode_size: int  # in-memory mode: images decoded once at this size
+    samples_per_shard: int  # streaming mode: sets the shuffle window in shards
+    ingest_executor: str  # streaming mode: "ray" or "local" (:func:`ingest_executor`)
+
+
+@dataclass(frozen=True)
+class SSegTaskFactory:
+    """The ``train`` stage's :class:`pipelines.loop.TaskFactory`: S-Seg on ``data``."""
+
+    cfg: TrainConfig
+    loss: SSegLossConfig
+    data: SSegData
+    class_texts: list[str] | None  # supervision gt: the texts matched masks are classified as
+
+    def __call__(self, seed: int, device: torch.device, rank: int, world: int) -> SSegTask:
+        return SSegTask(self, seed, device, rank, world)
+
+
+def stream_ingest(cfg: TrainConfig, data: SSegData, seed: int, rank: int, world: int) -> RankIngest:
     """The streaming mode's batch source for one rank: a :class:`pipelines.ingest.RankIngest`
     over the rank's shards (``shards_for_rank``), seeded by the run seed and the rank.
     ``.batches(start_step=step)`` resumes at the step counter."""
-    import math
-
     from ovs.data.ingest import IngestConfig
     from ovs.data.train_data import shards_for_rank
     from pipelines.ingest import RankIngest
 
-    cfg: TrainConfig = config["cfg"]
-    window = max(1, math.ceil(cfg.shuffle_buffer / max(1, config["samples_per_shard"])))
+    window = max(1, math.ceil(cfg.shuffle_buffer / max(1, data.samples_per_shard)))
     return RankIngest(
-        shards_for_rank(config["shards"], rank, world),
-        config["masks_dir"],
-        config["texts_dir"],
+        shards_for_rank(data.shards, rank, world),
+        data.masks_dir,
+        data.texts_dir,
         IngestConfig(
             augment=cfg.augment,
             batch_size=cfg.batch_size,
             require_keep=cfg.require_cc4m,
             window_shards=window,
         ),
-        seed=config["seed"],
+        seed=seed,
         rank=rank,
-        executor=config.get("ingest_executor", "ray"),
+        executor=data.ingest_executor,
     )
 
 
-def train_loop(config: dict) -> None:
-    """One Ray Train worker. ``config``: cfg, seed, shards, masks_dir, texts_dir, loss,
-    class_texts, decode_size, out_dir, mlflow."""
-    import ray.train
-    import ray.train.torch
+class SSegTask:
+    """S-Seg's training pieces in one worker (:class:`pipelines.loop.Task`).
 
-    from ovs.cpu import keep_freed_memory
-    from ovs.data.ingest import as_float
-    from ovs.data.train_data import shards_for_rank
-    from ovs.models.sseg import save_checkpoint
-    from ovs.models.text import tokenize
-    from ovs.precision import training_dtype
-    from ovs.training import SampleSource, make_batch, prompts_for_nouns
+    Batches come from the rank's :class:`ovs.training.SampleSource` (in memory, resumed from its
+    state) or its streaming :class:`pipelines.ingest.RankIngest` (resumed from the step). One
+    numpy generator per rank draws, each step, the in-memory augmentation and then the caption
+    nouns of the noun loss.
+    """
 
-    cfg: TrainConfig = config["cfg"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(max(1, cfg.cpus_per_worker))
-    device = ray.train.torch.get_device()
-    if device.type == "cpu":
-        keep_freed_memory()  # no page faults per step (ovs/cpu.py)
-    state = resume_state()
-    model, objective, opt, sched, start = setup(config, device, state)
-    loss_cfg = config["loss"]
-    class_tokens = None
-    if config.get("class_texts"):
-        class_tokens = tokenize(config["class_texts"], cfg.model.text.context_length).to(device)
-    net = wrap_ddp(objective)  # every rank: it creates a process group
-    streaming = not cfg.cache_in_memory
-    source: SampleSource | None = None
-    ingest: Any = None
-    if streaming:  # Ray Data ingest (pipelines/ingest.py): resumes from the step counter
-        ingest = stream_ingest(config, rank, world)
-    else:
-        source = SampleSource(
-            shards_for_rank(config["shards"], rank, world),
-            Path(config["masks_dir"]),
-            Path(config["texts_dir"]),
-            config["decode_size"],
-            cfg,
-            seed=config["seed"] * 1000 + rank * 7,
-        )
-    rng = np.random.default_rng([config["seed"], rank])  # augmentation and noun draws
-    own = rank_state(state, rank, world)
-    if own is not None:  # continue the data stream and every RNG where the checkpoint left them
-        if source is not None:
-            source.load_state_dict(own["source"])
-        rng.bit_generator.state = own["rng"]
-        set_rng_state(own["torch"], device)
-    if ingest is not None:
-        stream = ingest.batches(start_step=start)
-    else:
-        assert source is not None
-        batches = source.batches(cfg.batch_size)
-    tracker = rank0_tracker(config, rank)
-    amp_dtype = training_dtype(cfg.amp_dtype, device)
-    marker = Path(config["out_dir"]) / ".injected_failure"
-    t_start = time.monotonic()
-    window, window_t = Window(), time.monotonic()
-    wait_fractions: list[float] = []
-    step = start
-    while step < cfg.steps:
-        t_data = time.monotonic()
-        if ingest is not None:  # decoded and augmented in the ingest's tasks
-            b = next(stream)
-            images = as_float(b.images.to(device, non_blocking=True))
-            labels, texts, noun_lists = b.labels.to(device), b.texts, b.nouns
+    metric_prefix = "train/"
+    log_grad_norm = True
+
+    def __init__(
+        self, factory: SSegTaskFactory, seed: int, device: torch.device, rank: int, world: int
+    ) -> None:
+        from ovs.models.text import tokenize
+
+        self.cfg, self.loss, self.data = factory.cfg, factory.loss, factory.data
+        self.seed, self.device, self.rank, self.world = seed, device, rank, world
+        self.spec = METHODS[self.cfg.method]
+        method_cfg = replace(self.cfg.method_config, loss=self.loss)
+        self.context = method_cfg.model.text.context_length
+        self.model = self.spec.build_model(method_cfg, seed, None)
+        self._objective = self.spec.objective(self.model, method_cfg)
+        self._objective.to(device)  # the model and the objective's own parameters, if any
+        self.class_tokens = None
+        if factory.class_texts:
+            self.class_tokens = tokenize(factory.class_texts, self.context).to(device)
+        self.rng = np.random.default_rng([seed, rank])  # augmentation and noun draws
+        self.source: SampleSource | None = None
+        self.ingest: RankIngest | None = None
+
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.spec.optimizer(self.model, self.cfg)
+
+    def schedule(self, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        from ovs.train.schedules import cosine_schedule
+
+        return cosine_schedule(opt, self.cfg)
+
+    def objective(self) -> torch.nn.Module:
+        return self.spec.wrap_ddp(self._objective)
+
+    def batches(self, start_step: int, own: dict | None) -> Iterator[Any]:
+        from ovs.data.train_data import shards_for_rank
+        from ovs.training import SampleSource
+
+        if not self.cfg.cache_in_memory:  # Ray Data ingest: resumes from the step counter
+            self.ingest = stream_ingest(self.cfg, self.data, self.seed, self.rank, self.world)
         else:
-            samples = next(batches)
-            images, labels, texts = make_batch(samples, cfg, cfg.model, rng)
-            noun_lists = [s.nouns for s in samples]
-        tokens = tokenize(texts, cfg.model.text.context_length)
-        nouns = None
-        if loss_cfg.noun_weight > 0:
+            self.source = SampleSource(
+                shards_for_rank(self.data.shards, self.rank, self.world),
+                Path(self.data.masks_dir),
+                Path(self.data.texts_dir),
+                self.data.decode_size,
+                self.cfg,
+                seed=self.seed * 1000 + self.rank * 7,
+            )
+        if own is not None:  # continue the data stream and its RNG where the checkpoint left them
+            if self.source is not None:
+                self.source.load_state_dict(own["source"])
+            self.rng.bit_generator.state = own["rng"]
+        if self.ingest is not None:
+            return self.ingest.batches(start_step=start_step)
+        assert self.source is not None
+        return self.source.batches(self.cfg.batch_size)
+
+    def inputs(self, batch: Any) -> tuple[tuple[Any, ...], int]:
+        """``(images, labels, tokens, class tokens, noun tokens, noun targets)`` for
+        the S-Seg objective (:mod:`ovs.methods.sseg.objective`)."""
+        from ovs.data.ingest import as_float
+        from ovs.models.text import tokenize
+        from ovs.training import make_batch, prompts_for_nouns
+
+        device, context = self.device, self.context
+        if self.ingest is not None:  # decoded and augmented in the ingest's tasks
+            images = as_float(batch.images.to(device, non_blocking=True))
+            labels, texts, noun_lists = batch.labels.to(device), batch.texts, batch.nouns
+        else:
+            images, labels, texts = make_batch(batch, self.cfg.augment, self.rng)
+            noun_lists = [s.nouns for s in batch]
+        tokens = tokenize(texts, context).to(device)
+        nouns: tuple[Any, Any] = (None, None)
+        if self.loss.noun_weight > 0:
             prompts, targets = prompts_for_nouns(
-                noun_lists, loss_cfg.nouns_per_image, loss_cfg.noun_template, rng
+                noun_lists, self.loss.nouns_per_image, self.loss.noun_template, self.rng
             )
             nouns = (
-                tokenize(prompts, cfg.model.text.context_length).to(device),
+                tokenize(prompts, context).to(device),
                 torch.from_numpy(targets).to(device),
             )
-        window.data_wait_s += time.monotonic() - t_data
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            out = net(
-                images.to(device),
-                labels.to(device),
-                tokens.to(device),
-                class_tokens,
-                *(nouns or (None, None)),
-            )
-        opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        grad_norm = (
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            if cfg.grad_clip > 0
-            else torch.zeros((), device=device)
-        )
-        opt.step()
-        sched.step()
-        step += 1
-        if step == cfg.inject_failure_at_step and rank == world - 1 and not marker.exists():
-            marker.touch()
-            raise RuntimeError(f"injected worker failure at step {step} (failure drill)")
-        window.add({**out, "grad_norm": grad_norm}, images.shape[0])
-        log_step = step % cfg.log_every == 0 or step >= cfg.steps
-        out_of_time = log_step and any_rank(
-            cfg.time_limit_s is not None and time.monotonic() - t_start > cfg.time_limit_s,
-            device,
-            world,
-        )
-        last = step >= cfg.steps or out_of_time
-        metrics: dict | None = None
-        if log_step:
-            dt = max(time.monotonic() - window_t, 1e-9)
-            metrics = {f"train/{k}": v for k, v in window.means().items()}
-            metrics.update(
-                {
-                    "train/lr": sched.get_last_lr()[0],
-                    "step": step,
-                    "train/img_per_s": window.images * world / dt,
-                    "train/data_wait_fraction": window.data_wait_s / dt,
-                }
-            )
-            wait_fractions.append(metrics["train/data_wait_fraction"])
-            if tracker is not None:
-                tracker.log_metrics(metrics, step=step)
-            window, window_t = Window(), time.monotonic()
-        if step % cfg.checkpoint_every == 0 or last:
-            metrics = dict(metrics or {"step": step})
-            metrics["data_wait_fraction"] = float(np.mean(wait_fractions or [0.0]))
-            own_state = {"rng": rng.bit_generator.state, "torch": rng_state(device)}
-            if source is not None:
-                metrics["train/join_" + "used"] = source.stats.counts.get("used", 0)
-                own_state["source"] = source.state_dict()
-            else:  # the ingest resumes from the step; its skip counts since this start
-                metrics.update({f"train/join_{k}": v for k, v in ingest.counts.items()})
-                own_state["ingest_step"] = step
-            report(metrics, rank, world, model, opt, sched, step, save_checkpoint, own_state)
-        if out_of_time:
-            break
+        inputs = (images.to(device), labels.to(device), tokens, self.class_tokens, *nouns)
+        return inputs, images.shape[0]
+
+    def data_state(self, step: int) -> dict:
+        if self.source is not None:
+            return {"rng": self.rng.bit_generator.state, "source": self.source.state_dict()}
+        return {"rng": self.rng.bit_generator.state, "ingest_step": step}
+
+    def counts(self) -> dict[str, float]:
+        """The join's used samples (in memory) or the ingest's counts since this start."""
+        if self.source is not None:
+            return {"train/join_used": self.source.stats.counts.get("used", 0)}
+        assert self.ingest is not None
+        return {f"train/join_{k}": v for k, v in self.ingest.counts.items()}
+
+    def save_model(self, path: Path, extra: dict) -> Any:
+        return self.spec.save_checkpoint(self.model, path, extra)
 
 
 def _gt_supervision(ctx: StageContext) -> tuple[Path, SSegLossConfig, list[str]]:
@@ -279,56 +240,51 @@ def _gt_supervision(ctx: StageContext) -> tuple[Path, SSegLossConfig, list[str]]
     names = [c[0] for c in world.class_names(ctx.inputs["world"])]
     template = get_templates(get_protocol(ctx.section.eval_protocol).templates)[0]
     loss = replace(
-        ctx.section.loss,
+        ctx.section.sseg.loss,
         num_pseudo_masks=len(names),
-        class_weight=ctx.section.loss.class_weight or 1.0,
+        class_weight=ctx.section.sseg.loss.class_weight or 1.0,
     )
     return out, loss, apply_templates(names, (template,))
 
 
 def fit(ctx: StageContext) -> tuple[Path, dict]:
-    """Run Ray Train; returns the final inference checkpoint path under the stage output and
-    rank 0's last reported metrics (``step``: the steps done)."""
-    from ovs.precision import resolve_dtype
-
-    cfg: TrainConfig = ctx.section
-    resolve_dtype(cfg.amp_dtype, torch.device("cpu"))  # an unknown name fails before Ray Train
-    tracker: Any = ctx.tracker  # an MlflowTracker: workers reopen its run by id
-    masks_dir, loss, class_texts = ctx.inputs["pseudo_masks"] / "masks", cfg.loss, None
-    if cfg.supervision == "gt":
-        masks_dir, loss, class_texts = _gt_supervision(ctx)
-    elif cfg.supervision != "pseudo":
-        raise ValueError(f"train.supervision must be 'pseudo' or 'gt', got {cfg.supervision!r}")
+    """Run the training loop; returns the final inference checkpoint path under the stage
+    output and rank 0's last reported metrics (``step``: the steps done)."""
     import ray
 
-    executor = ingest_executor(cfg, float(ray.cluster_resources().get("CPU", 0.0)))
-    loop_config = {
-        "cfg": cfg,
-        "ingest_executor": executor,
-        "samples_per_shard": ctx.cfg.download.number_sample_per_shard,
-        "seed": ctx.cfg.seed,
-        "shards": str(ctx.inputs["download"]),
-        "masks_dir": str(masks_dir),
-        "loss": loss,
-        "class_texts": class_texts,
-        "texts_dir": str(ctx.inputs["entities"] / "entities"),
-        "decode_size": ctx.cfg.world.image_size
+    cfg: TrainConfig = ctx.section
+    tracker: Any = ctx.tracker  # an MlflowTracker: workers reopen its run by id
+    masks_dir, loss, class_texts = ctx.inputs["pseudo_masks"] / "masks", cfg.sseg.loss, None
+    if cfg.supervision == "gt":
+        masks_dir, loss, class_texts = _gt_supervision(ctx)
+    data = SSegData(
+        shards=str(ctx.inputs["download"]),
+        masks_dir=str(masks_dir),
+        texts_dir=str(ctx.inputs["entities"] / "entities"),
+        decode_size=ctx.cfg.world.image_size
         if "world" in ctx.cfg.pipeline.stages
-        else cfg.model.input_size,
-        "out_dir": str(ctx.out_dir),
-        "mlflow": {"uri": tracker.client.tracking_uri, "run_id": tracker.run_id},
-    }
-    return fit_and_export(train_loop, loop_config, cfg, "sseg", ctx.out_dir)
+        else cfg.method_config.model.input_size,
+        samples_per_shard=ctx.cfg.download.number_sample_per_shard,
+        ingest_executor=ingest_executor(cfg, float(ray.cluster_resources().get("CPU", 0.0))),
+    )
+    job = LoopJob(
+        loop=cfg,
+        task=SSegTaskFactory(cfg, loss, data, class_texts),
+        seed=ctx.cfg.seed,
+        out_dir=str(ctx.out_dir),
+        run=RunRef(tracker.client.tracking_uri, tracker.run_id),
+    )
+    return run_loop(job, cfg.method)
 
 
-def zero_shot(ctx: StageContext, checkpoint: Path, tag: str) -> dict:
+def zero_shot(ctx: StageContext, checkpoint: Path) -> dict:
     """Evaluate a checkpoint on the world eval split with only class names."""
     from ovs.eval.datasets import synthetic_world
+    from ovs.eval.method import load_trained
     from ovs.eval.protocol import evaluate, get_protocol
-    from ovs.models.sseg import load_checkpoint
 
     cfg: TrainConfig = ctx.section
-    model = load_checkpoint(checkpoint).eval()
+    model = load_trained(checkpoint)
     dataset = synthetic_world(ctx.inputs["world"], "eval")
     n = len(dataset) if cfg.eval_limit is None else min(cfg.eval_limit, len(dataset))
     with torch.inference_mode():
@@ -338,11 +294,11 @@ def zero_shot(ctx: StageContext, checkpoint: Path, tag: str) -> dict:
 
 def log_pictures(ctx: StageContext, checkpoint: Path, result: dict) -> None:
     from ovs.eval.datasets import synthetic_world
+    from ovs.eval.method import load_trained
     from ovs.eval.protocol import classifier_for, get_protocol, predict_label
     from ovs.eval.visualize import comparison_grid, confusion_chart, iou_bar_chart
-    from ovs.models.sseg import load_checkpoint
 
-    model = load_checkpoint(checkpoint).eval()
+    model = load_trained(checkpoint)
     dataset = synthetic_world(ctx.inputs["world"], "eval")
     protocol = get_protocol(ctx.section.eval_protocol)
     classifier = classifier_for(model, dataset, protocol)
@@ -369,13 +325,12 @@ def log_pictures(ctx: StageContext, checkpoint: Path, result: dict) -> None:
 
 
 def run(ctx: StageContext) -> dict:
-    from ovs.models.sseg import save_checkpoint
-    from ovs.training import build_model
-
     cfg: TrainConfig = ctx.section
+    spec = METHODS[cfg.method]
     init = ctx.out_dir / "model" / "init.pt"
     if not init.exists():
-        save_checkpoint(build_model(cfg, ctx.cfg.seed), init, {"step": 0})
+        model = spec.build_model(cfg.method_config, ctx.cfg.seed, None)
+        spec.save_checkpoint(model, init, {"step": 0})
     t0 = time.time()
     final, reported = fit(ctx)
     train_seconds = time.time() - t0
@@ -390,8 +345,8 @@ def run(ctx: StageContext) -> dict:
         k.removeprefix("train/"): int(v) for k, v in reported.items() if k.startswith("train/join_")
     }
     if "world" in ctx.inputs:
-        at_init = zero_shot(ctx, init, "init")
-        result = zero_shot(ctx, final, "final")
+        at_init = zero_shot(ctx, init)
+        result = zero_shot(ctx, final)
         metrics.update(miou=result["miou"], miou_at_init=at_init["miou"], pixel_acc=result["acc"])
         oracle = ctx.manifests.get("pseudo_masks", {}).get("metrics", {}).get("oracle_miou")
         if oracle is not None:
@@ -408,7 +363,9 @@ def _inputs(cfg) -> tuple[str, ...]:
     return ("world", *base) if "world" in cfg.pipeline.stages else base
 
 
-STAGE = Stage("train", run=run, inputs=_inputs, description="train S-Seg with Ray Train")
+STAGE = Stage(
+    "train", run=run, section=TrainConfig, inputs=_inputs, description="train S-Seg with Ray Train"
+)
 
 if __name__ == "__main__":
     from pipelines.common import main

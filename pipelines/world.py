@@ -9,12 +9,9 @@ of VOC / Context / COCO-Object (``ovs.data.world_export``) there.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ovs.data import world
+from ovs.data.world import WorldConfig
 from ovs.stage import Stage, StageContext
 
 
@@ -47,7 +44,9 @@ def run(ctx: StageContext) -> dict:
     return {"counts": counts}
 
 
-STAGE = Stage("world", run=run, description="generate the synthetic caption world")
+STAGE = Stage(
+    "world", run=run, section=WorldConfig, description="generate the synthetic caption world"
+)
 
 if __name__ == "__main__":
     from pipelines.common import main

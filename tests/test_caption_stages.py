@@ -6,11 +6,10 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
-from ovs.config import load_config
 from ovs.data.shards import iter_shard, list_shards
 from ovs.stage import resolve
 from pipelines.common import connect_mlflow, run_stage
-from pipelines.graph import STAGES
+from pipelines.graph import STAGES, load_config
 from tests.tiny_world import tiny_world
 
 

@@ -60,7 +60,6 @@ def test_pipeline_job_runs_on_both_nodes(two_node_cluster, tmp_path):
             "download.number_sample_per_shard=4",
             "entities.pairs_per_sample=2",
             "pseudo_masks.num_actors=2",  # 1 CPU each on 1-CPU nodes: one actor per node
-            "pseudo_masks.decode_cpus=0",  # so read/decode tasks must not need a CPU
             "pseudo_masks.image_size=32",
             "pseudo_masks.oracle_images=4",
             "pseudo_masks.figure_images=2",
@@ -95,13 +94,14 @@ def test_pipeline_job_runs_on_both_nodes(two_node_cluster, tmp_path):
             ran.setdefault(t["name"], []).append(names.get(t["node_id"], str(t["node_id"])))
     print("actors:", {k: sorted(v) for k, v in where.items()})
     print("tasks:", {k: sorted(v) for k, v in ran.items()})
-    # pseudo_masks: two Ray Data pipelines (the shards, then the oracle split), each with a pool
-    # of two 1-CPU MaskActor actors: one per node each time
-    pm = "MapWorker(MapBatches(MaskActor))"
-    assert sorted(where[pm]) == ["head", "head", "worker", "worker"], where
+    # pseudo_masks: the shards on a pool of two 1-CPU ShardMasker actors, one per node, then
+    # the 4 oracle images (one batch, one item) on one ImageMasker actor
+    pm = "MapWorker(MapBatches(ShardMasker))"
+    assert sorted(where[pm]) == ["head", "worker"], where
     # which actor gets the few blocks of this tiny input is Ray Data's choice: work ran on at
     # least one of them (entities below shows work split across both nodes)
     assert ran.get(pm + ".submit"), ran
+    assert len(where["MapWorker(MapBatches(ImageMasker))"]) == 1, where
     # entities: Ray Data's two ShardEntities actors, one per node, each processed blocks
     ent = "MapWorker(MapBatches(ShardEntities))"
     assert sorted(where[ent]) == ["head", "worker"], where

@@ -1,8 +1,11 @@
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 
-from ovs.config import Config, ConfigError, digest, flatten, load_config, parse_overrides, to_dict
+from ovs.config import ConfigError, digest, flatten, parse_overrides, to_dict
+from pipelines.graph import STAGES, ExperimentConfig, load_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -16,7 +19,7 @@ def write(tmp_path, text, name="c.yaml"):
 def test_defaults_and_file(tmp_path):
     cfg = load_config(write(tmp_path, "experiment: x\nworld:\n  num_train: 7\n"))
     assert cfg.experiment == "x" and cfg.world.num_train == 7
-    assert cfg.world.image_size == Config().world.image_size
+    assert cfg.world.image_size == ExperimentConfig().world.image_size
     assert cfg.workdir_path == Path.cwd() / "runs" / "x"
 
 
@@ -59,10 +62,10 @@ def test_overrides(tmp_path):
 
 
 def test_flatten_and_digest_stable():
-    d = to_dict(Config())
+    d = to_dict(ExperimentConfig())
     flat = flatten(d)
-    assert flat["world.num_train"] == Config().world.num_train
-    assert digest(d) == digest(to_dict(Config()))
+    assert flat["world.num_train"] == ExperimentConfig().world.num_train
+    assert digest(d) == digest(to_dict(ExperimentConfig()))
     assert digest(d) != digest(to_dict(load_config(None, ["world.seed=1"])))
 
 
@@ -104,6 +107,52 @@ def test_section_validation_error_names_the_file(tmp_path):
     p = write(tmp_path, "download:\n  url_list: [/x/a.tsv]\n  header: false\n")
     with pytest.raises(ConfigError, match=rf"{p}: download.header is false"):
         load_config(p)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("world.max_objects=0", "world.min_objects"),
+        ("world.mention_prob=1.5", "world.mention_prob"),
+        ("download.distributor=spark", "download.distributor"),
+        ("download.incremental_mode=append", "download.incremental_mode"),
+        ("entities.text_mode=lemmas", "entities.text_mode"),
+        ("entities.noun_chunks=ner", "entities.noun_chunks"),
+        ("pseudo_masks.extractor=resnet", "pseudo_masks.extractor"),
+        ("pseudo_masks.k=300", "pseudo_masks.k"),
+        ("pseudo_masks.decode=gpu", "pseudo_masks.decode"),
+        ("pseudo_masks.runtime=tensorrt", "pseudo_masks.runtime"),
+        ("evaluate.protocols=[nope]", "evaluate.protocols"),
+        ("evaluate.datasets=[{name: voc99, root: /x}]", "evaluate.datasets[0].name"),
+        ("evaluate.baselines=[{name: b, method: dino}]", "evaluate.baselines[0].method"),
+        ("pairs.scorer=nope", "pairs.scorer"),
+        ("pairs.noun_column=text", "pairs.noun_column"),
+        ("pairs.templates=many", "pairs.templates"),
+    ],
+)
+def test_every_section_is_validated_at_load(override, key):
+    """A bad value fails load_config (before any stage runs) with a message naming its key."""
+    with pytest.raises(ConfigError, match=rf"^defaults \+ overrides: {re.escape(key)}\b"):
+        load_config(None, [override])
+
+
+def test_validation_sees_the_final_config(tmp_path):
+    """A bad file value that an override corrects loads: sections are checked once, at the end."""
+    p = write(tmp_path, "pairs:\n  scorer: nope\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(p))}: pairs.scorer"):
+        load_config(p)
+    assert load_config(p, ["pairs.scorer=clip"]).pairs.scorer == "clip"
+
+
+def test_root_config_is_the_stage_table():
+    """One section per stage, named like it, of the type its Stage names; pipeline.stages
+    defaults to the whole table in order."""
+    cfg = ExperimentConfig()
+    assert cfg.pipeline.stages == list(STAGES)
+    for name, stage in STAGES.items():
+        assert type(getattr(cfg, name)) is stage.section
+    fields = [f.name for f in dataclasses.fields(ExperimentConfig)]
+    assert fields == ["experiment", "workdir", "seed", "pipeline", "ray", *STAGES]
 
 
 # ----------------------------------------------------------------------------- benchmark data

@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from ovs.pseudo_masks.device_decode import decode_resize_batch, resize_uint8
-from ovs.pseudo_masks.masker import PseudoMaskConfig, PseudoMasker, decode_label_png, decode_resize
+from ovs.codecs import decode_label_png
+from ovs.pseudo_masks.device_decode import decode_resize, decode_resize_batch, resize_uint8
+from ovs.pseudo_masks.masker import PseudoMaskConfig, PseudoMasker
 
 CPU = torch.device("cpu")
 

@@ -224,16 +224,23 @@ def test_headerless_tsv_through_img2dataset(server: str, tmp_path: Path) -> None
 
 def test_headerless_config_validation(tmp_path: Path) -> None:
     ok = DownloadConfig(url_list=["/x/cc12m.tsv"], header=False, columns=["url", "caption"])
+    ok.validate()
     assert ok.columns == ["url", "caption"]
     with pytest.raises(ValueError, match="set download.columns"):
-        DownloadConfig(url_list=["/x/a.tsv"], header=False)
+        DownloadConfig(url_list=["/x/a.tsv"], header=False).validate()
     with pytest.raises(ValueError, match="no column 'caption'"):
-        DownloadConfig(url_list=["/x/a.tsv"], header=False, columns=["url", "text"])
+        DownloadConfig(url_list=["/x/a.tsv"], header=False, columns=["url", "text"]).validate()
     with pytest.raises(ValueError, match="unique"):
-        DownloadConfig(url_list=["/x/a.tsv"], header=False, columns=["url", "caption", "url"])
+        DownloadConfig(
+            url_list=["/x/a.tsv"], header=False, columns=["url", "caption", "url"]
+        ).validate()
     with pytest.raises(ValueError, match="is for"):
-        DownloadConfig(url_list=["/x/a.parquet"], header=False, columns=["url", "caption"])
+        DownloadConfig(
+            url_list=["/x/a.parquet"], header=False, columns=["url", "caption"]
+        ).validate()
     with pytest.raises(ValueError, match="local"):
-        DownloadConfig(url_list=["https://h/a.tsv"], header=False, columns=["url", "caption"])
+        DownloadConfig(
+            url_list=["https://h/a.tsv"], header=False, columns=["url", "caption"]
+        ).validate()
     with pytest.raises(ValueError, match="only for header: false"):
-        DownloadConfig(url_list=["/x/a.tsv"], columns=["url", "caption"])
+        DownloadConfig(url_list=["/x/a.tsv"], columns=["url", "caption"]).validate()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ovs.eval.baselines import build_clip_baseline
-from ovs.eval.method import MethodSpec, SegMethod, load_method
+from ovs.eval.method import MethodRef, SegMethod, load_method
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_logit_scale_override_sharpens():
 
 
 def test_load_method_by_name_and_errors(tmp_path):
-    m = load_method(MethodSpec(method="clip", model="tiny", pretrained=None))
+    m = load_method(MethodRef(method="clip", model="tiny", pretrained=None))
     assert m.dense_probs(torch.rand(1, 3, 16, 24), m.text_embeddings(["a", "b"])).shape == (
         1,
         2,
@@ -82,15 +82,15 @@ def test_load_method_by_name_and_errors(tmp_path):
         24,
     )
     with pytest.raises(ValueError):
-        load_method(MethodSpec())
+        load_method(MethodRef())
     with pytest.raises(ValueError):
-        load_method(MethodSpec(method="nope"))
+        load_method(MethodRef(method="nope"))
     with pytest.raises(FileNotFoundError):
-        load_method(MethodSpec(checkpoint=str(tmp_path / "missing.pt")))
+        load_method(MethodRef(checkpoint=str(tmp_path / "missing.pt")))
     with pytest.raises(FileNotFoundError):
-        load_method(MethodSpec(checkpoint=str(tmp_path)))  # dir without checkpoints
+        load_method(MethodRef(checkpoint=str(tmp_path)))  # dir without checkpoints
     with pytest.raises(ValueError, match="MLflow run id"):
-        load_method(MethodSpec(checkpoint="0123456789abcdef0123456789abcdef"))
+        load_method(MethodRef(checkpoint="0123456789abcdef0123456789abcdef"))
 
 
 def test_resolve_checkpoint_in_workdir(tmp_path):

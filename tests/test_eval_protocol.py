@@ -252,7 +252,7 @@ def test_bench_prints_json_last(capsys):
 
 def test_shard_evaluator_adapter(tmp_path, method):
     from ovs.eval.config import EvalConfig, EvalDatasetConfig
-    from ovs.eval.method import MethodSpec
+    from ovs.eval.method import MethodRef
     from ovs.eval.runner import EvalTask, ShardEvaluator, combine_rows, decode_examples
 
     ds = _world(tmp_path)
@@ -260,10 +260,10 @@ def test_shard_evaluator_adapter(tmp_path, method):
     proto2 = replace(proto, name="t2", logit_aggregation="sum", templates="imagenet80")
     cfg = EvalDatasetConfig(name="world", root=str(tmp_path / "world"))
     tasks = [EvalTask(cfg, proto, None, 2), EvalTask(cfg, proto2, 3)]
-    worker = ShardEvaluator(MethodSpec(method="maskclip", model="tiny"), tasks, method=method)
+    worker = ShardEvaluator(MethodRef(method="maskclip", model="tiny"), tasks, method=method)
     assert worker.total == 5 + 3
     # Batches straddle the two tasks; row order does not matter.
-    rows = [worker({"id": np.array(ids)}) for ids in ([7, 0, 1], [2, 5], [3, 4, 6])]
+    rows = [worker(ids) for ids in ([7, 0, 1], [2, 5], [3, 4, 6])]
     merged = combine_rows(rows, task=0)
     np.testing.assert_array_equal(
         merged.confusion, evaluate_shard(method, ds, proto, range(5)).confusion

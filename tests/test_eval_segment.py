@@ -69,8 +69,9 @@ def test_segment_errors(tmp_path, capsys):
 
 
 def _tiny_sseg():
+    from ovs.methods.sseg.config import SSegConfig
+    from ovs.methods.sseg.model import SSeg
     from ovs.models.maskformer import MaskFormerConfig
-    from ovs.models.sseg import SSeg, SSegConfig
     from ovs.models.text import TextConfig
 
     torch.manual_seed(0)
@@ -93,7 +94,7 @@ def _tiny_sseg():
 @pytest.fixture(scope="module")
 def sseg_ckpt(tmp_path_factory):
     """A real tiny S-Seg checkpoint inside a pipeline-like workdir, and the model it holds."""
-    from ovs.models.sseg import save_checkpoint
+    from ovs.methods.sseg.checkpoint import save_checkpoint
 
     model = _tiny_sseg()
     workdir = tmp_path_factory.mktemp("workdir")
@@ -116,11 +117,12 @@ def _perturb(module):
 
 
 def _expected_label(model, image, classes):
-    from ovs.eval.method import SSegMethod
     from ovs.eval.protocol import build_classifier, get_protocol, predict_label
 
     protocol = get_protocol("tiny")
     protocol.names = "synonyms"
+    from ovs.methods.sseg.adapters import SSegMethod
+
     method = SSegMethod(model)
     return predict_label(
         method, image, build_classifier(method, classes, False, protocol), protocol
@@ -128,11 +130,12 @@ def _expected_label(model, image, classes):
 
 
 def test_load_method_sseg_checkpoint(sseg_ckpt, tmp_path):
-    from ovs.eval.method import MethodSpec, SSegMethod, load_method
+    from ovs.eval.method import MethodRef, load_method
+    from ovs.methods.sseg.adapters import SSegMethod
 
     model, path, workdir = sseg_ckpt
     for ref in (path, workdir):  # the file, or the workdir (its newest latest.pt)
-        m = load_method(MethodSpec(checkpoint=str(ref), device="cpu"))
+        m = load_method(MethodRef(checkpoint=str(ref), device="cpu"))
         assert isinstance(m, SSegMethod) and m.device == torch.device("cpu")
         x = torch.rand(2, 3, 40, 56)
         emb = m.text_embeddings(["cat", "dog", "grass"])
@@ -142,12 +145,12 @@ def test_load_method_sseg_checkpoint(sseg_ckpt, tmp_path):
         torch.testing.assert_close(probs, model.dense_probs(x, emb))
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="cannot load S-Seg checkpoint"):
-        load_method(MethodSpec(checkpoint=str(bad)))
+    with pytest.raises(ValueError, match="cannot load checkpoint"):
+        load_method(MethodRef(checkpoint=str(bad)))
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(2)}, other)
-    with pytest.raises(ValueError, match="not an S-Seg checkpoint"):
-        load_method(MethodSpec(checkpoint=str(other)))
+    with pytest.raises(ValueError, match="not a sseg checkpoint"):
+        load_method(MethodRef(checkpoint=str(other)))
 
 
 def _log_model_run(client, exp_id, path, **tags):
@@ -161,7 +164,7 @@ def _log_model_run(client, exp_id, path, **tags):
 def test_segment_cli_checkpoint_path_workdir_and_run_id(sseg_ckpt, tmp_path, mlflow_uri):
     from mlflow.tracking import MlflowClient
 
-    from ovs.models.sseg import load_checkpoint
+    from ovs.methods import load_checkpoint
     from pipelines.tracking import TAG_SOURCE_RUN
 
     model, path, workdir = sseg_ckpt
@@ -183,7 +186,7 @@ def test_segment_cli_checkpoint_path_workdir_and_run_id(sseg_ckpt, tmp_path, mlf
         np.testing.assert_array_equal(label, expected, err_msg=form)
         assert (out / "a_overlay.png").is_file()
     # Not a vacuous comparison: the older checkpoint in the workdir labels the image otherwise.
-    older = load_checkpoint(workdir / "train" / "0000old" / "model" / "latest.pt").eval()
+    older = load_checkpoint(workdir / "train" / "0000old" / "model" / "latest.pt")[1].eval()
     assert (_expected_label(older, image, [["cat"], ["dog", "puppy"], ["grass"]]) != expected).any()
 
 

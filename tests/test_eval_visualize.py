@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ovs.codecs import png_bytes
 from ovs.eval.visualize import (
     colorize,
     comparison_grid,
@@ -13,7 +14,6 @@ from ovs.eval.visualize import (
     legend,
     make_palette,
     overlay,
-    png_bytes,
     row_normalize,
     with_legend,
 )

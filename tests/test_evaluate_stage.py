@@ -12,13 +12,12 @@ import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from ovs.config import load_config
 from ovs.eval.datasets import build_dataset
-from ovs.eval.method import MethodSpec, load_method
+from ovs.eval.method import MethodRef, load_method
 from ovs.eval.protocol import evaluate
 from ovs.stage import read_manifest, resolve
 from pipelines.common import connect_mlflow, run_stage
-from pipelines.graph import STAGES
+from pipelines.graph import STAGES, load_config
 from tests.tiny_world import tiny_world
 
 pytestmark = pytest.mark.slow
@@ -122,9 +121,9 @@ def test_evaluate_stage(tmp_path, mlflow_uri, ray_local, caplog):
     protocol = cfg.evaluate.resolved_protocols()[0]
     ckpt = resolve(STAGES, "train", cfg).out_dir / "model" / "latest.pt"
     torch.manual_seed(cfg.seed)
-    baseline = load_method(MethodSpec("maskclip", None, "tiny", None))
+    baseline = load_method(MethodRef("maskclip", None, "tiny", None))
     for name, method in (
-        ("sseg", load_method(MethodSpec(checkpoint=str(ckpt)))),
+        ("sseg", load_method(MethodRef(checkpoint=str(ckpt)))),
         ("maskclip", baseline),
     ):
         saved = json.loads((out / name / "tiny" / "world" / "result.json").read_text())

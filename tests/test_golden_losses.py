@@ -1,6 +1,8 @@
 """Golden numerics of training: the first 50 losses of the default model (``conf/default.yaml``'s
-``train`` section) at a fixed seed, one thread, on fixed synthetic batches, through the same
-model, objective, optimiser, schedule and clipping the training loop uses.
+``train`` section) at a fixed seed, one thread, on fixed synthetic batches, through the
+training loop's own step (:func:`ovs.train.step.train_step`: forward under autocast, backward,
+clipping, optimiser and schedule step) with the model, objective, optimiser and schedule the
+``train`` stage uses.
 
 ``tests/golden/train_losses.json`` was written before the layout refactor (issue 13); the test
 reproduces it bit for bit on a machine with the fingerprint it was recorded on (elsewhere,
@@ -18,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from ovs.config import load_config
+from pipelines.graph import load_config
 from tests.golden.machine import GOLDEN, REPO, fingerprint
 
 FILE = GOLDEN / "train_losses.json"
@@ -40,24 +42,29 @@ def synthetic_batches(size: int, k: int):
 
 
 def golden_losses() -> list[float]:
+    from ovs.methods import METHODS
     from ovs.models.text import tokenize
-    from ovs.objective import SSegObjective
-    from ovs.training import build_model, build_optimizer, lr_factor, prompts_for_nouns
+    from ovs.train.schedules import cosine_schedule
+    from ovs.train.step import train_step
+    from ovs.training import prompts_for_nouns
 
     torch.set_num_threads(1)
     cfg = load_config(REPO / "conf" / "default.yaml", []).train
-    model = build_model(cfg, SEED)
-    objective = SSegObjective(model, cfg.loss)
-    opt = build_optimizer(model, cfg)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    spec = METHODS["sseg"]
+    method_cfg = cfg.method_config
+    model = spec.build_model(method_cfg, SEED, None)
+    objective = spec.objective(model, method_cfg)
+    opt = spec.optimizer(model, cfg)
+    sched = cosine_schedule(opt, cfg)
     rng = np.random.default_rng([SEED, 0])
-    ctx = cfg.model.text.context_length
+    ctx = method_cfg.model.text.context_length
+    cpu = torch.device("cpu")
     out = []
-    for images, labels, texts, nouns in synthetic_batches(cfg.model.input_size, 8):
+    for images, labels, texts, nouns in synthetic_batches(method_cfg.model.input_size, 8):
         prompts, targets = prompts_for_nouns(
-            nouns, cfg.loss.nouns_per_image, cfg.loss.noun_template, rng
+            nouns, method_cfg.loss.nouns_per_image, method_cfg.loss.noun_template, rng
         )
-        res = objective(
+        inputs = (
             images,
             labels,
             tokenize(texts, ctx),
@@ -65,11 +72,7 @@ def golden_losses() -> list[float]:
             tokenize(prompts, ctx),
             torch.from_numpy(targets),
         )
-        opt.zero_grad(set_to_none=True)
-        res["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
+        res, _ = train_step(objective, inputs, model, opt, sched, cfg.grad_clip, None, cpu)
         out.append(float(res["loss"]))
     return out
 

@@ -233,8 +233,8 @@ def test_rayjob_runs_full_pipeline_on_the_raycluster_spec():
 
 
 def test_rayjob_config_loads_with_its_overrides():
-    from ovs.config import load_config
     from pipelines.common import parse_args
+    from pipelines.graph import load_config
 
     args = parse_args(shlex.split(_one("k8s/rayjob.yaml")["spec"]["entrypoint"])[2:], "test")
     config = REPO / args.config.removeprefix("/app/")

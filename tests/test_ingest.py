@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from ovs.codecs import decode_label_png, encode_label_png
 from ovs.data.augment import AugmentConfig, augment_pair, sample_crop
 from ovs.data.ingest import (
     BatchAssembler,
@@ -23,7 +24,6 @@ from ovs.data.ingest import (
     sample_rng,
 )
 from ovs.data.shards import list_shards
-from ovs.pseudo_masks.masker import decode_label_png, encode_label_png
 from pipelines.ingest import RankIngest
 from tests.test_shards import make_shard
 from tools.bench.ingest import synthetic_jpeg, write_shards

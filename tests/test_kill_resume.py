@@ -25,11 +25,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from ovs.config import load_config
 from ovs.data.shards import iter_shard, list_shards
 from ovs.stage import MANIFEST, resolve
 from pipelines.common import connect_mlflow, run_stage
-from pipelines.graph import STAGES
+from pipelines.graph import STAGES, load_config
 from tests.tiny_world import tiny_world
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,11 +38,10 @@ OVERRIDES = [
     "world.num_eval=4",
     "download.number_sample_per_shard=4",  # 24 samples -> 6 shards
     "pseudo_masks.image_size=32",
-    # one actor and one read/decode task at a time on the single CPU, 2 images per batch:
-    # shards complete one after another, so the kill lands between shards
+    # one actor on the single CPU, 2 images per batch: shards complete one after another,
+    # so the kill lands between shards
     "pseudo_masks.num_actors=1",
     "pseudo_masks.num_cpus=0.5",
-    "pseudo_masks.decode_cpus=0.5",
     "pseudo_masks.batch_size=2",
     "pseudo_masks.oracle_images=4",
     "pseudo_masks.figure_images=2",

@@ -6,14 +6,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ovs.losses import (
-    class_loss,
-    contrastive_loss,
-    dice_loss,
-    mask_loss,
-    noun_contrastive_loss,
-    sigmoid_focal_loss,
-)
+from ovs.methods.sseg.losses import class_loss, dice_loss, mask_loss, sigmoid_focal_loss
+from ovs.train.contrastive import contrastive_loss, noun_contrastive_loss
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from ovs.matching import (
+from ovs.methods.sseg.matching import (
     batch_dice_cost,
     batch_focal_cost,
     hungarian_match,

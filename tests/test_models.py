@@ -6,11 +6,13 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from ovs.matching import hungarian_match, label_maps_to_masks
+from ovs.methods.sseg.checkpoint import from_checkpoint, save_checkpoint
+from ovs.methods.sseg.config import SSegConfig, SSegLossConfig, paper_sseg
+from ovs.methods.sseg.matching import hungarian_match, label_maps_to_masks
+from ovs.methods.sseg.model import SSeg
+from ovs.methods.sseg.objective import SSegObjective
 from ovs.models.maskformer import Backbone, MaskFormer, MaskFormerConfig, mask_pool
-from ovs.models.sseg import SSeg, SSegConfig, load_checkpoint, paper_sseg, save_checkpoint
 from ovs.models.text import TextConfig, TextTransformer, tokenize
-from ovs.objective import SSegLossConfig, SSegObjective
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -148,7 +150,7 @@ def _pad_mean(imgs: torch.Tensor, model: SSeg) -> torch.Tensor:
 
 def test_checkpoint_roundtrip(model, tmp_path):
     path = save_checkpoint(model, tmp_path / "m.pt", extra={"step": 3})
-    loaded = load_checkpoint(path).eval()
+    loaded = from_checkpoint(torch.load(path, weights_only=True)).eval()
     assert loaded.cfg == model.cfg
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():

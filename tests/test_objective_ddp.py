@@ -2,7 +2,7 @@
 
 * ``SSegObjective`` now sends both embeddings and the matched-mask count in one all-gather;
   :class:`_Reference` is the previous forward (two gathers + a count all-reduce).
-* :func:`ovs.objective.wrap_ddp` averages the token table's gradient over its used rows only;
+* :func:`ovs.methods.sseg.ddp.wrap_ddp` averages the token table's gradient over its used rows only;
   the reference is plain ``DistributedDataParallel``.
 Two gloo ranks on loopback, the micro model, real DDP; losses and every gradient must agree.
 """
@@ -17,10 +17,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from ovs.losses import contrastive_loss, gather_with_grad, mask_loss
-from ovs.matching import hungarian_match, label_maps_to_masks
-from ovs.models.sseg import SSeg
-from ovs.objective import SSegLossConfig, SSegObjective, wrap_ddp
+from ovs.methods.sseg.config import SSegLossConfig
+from ovs.methods.sseg.ddp import wrap_ddp
+from ovs.methods.sseg.losses import mask_loss
+from ovs.methods.sseg.matching import hungarian_match, label_maps_to_masks
+from ovs.methods.sseg.model import SSeg
+from ovs.methods.sseg.objective import SSegObjective
+from ovs.train.contrastive import contrastive_loss, gather_with_grad
 from tests.test_models import _micro_config, _toy_batch
 
 _WORLD = 2

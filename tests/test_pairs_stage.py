@@ -10,11 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ovs.config import load_config
 from ovs.pairs.maker import PAIRS_SCHEMA
 from ovs.stage import MANIFEST, resolve
 from pipelines.common import connect_mlflow, run_stage
-from pipelines.graph import STAGES
+from pipelines.graph import STAGES, load_config
 from pipelines.pairs import _inputs
 from tests.tiny_world import tiny_world
 

@@ -8,19 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
+from ovs.codecs import decode_label_png, encode_label_png
 from ovs.data import world
-from ovs.pseudo_masks.masker import (
-    PseudoMaskConfig,
-    PseudoMasker,
-    decode_label_png,
-    decode_resize,
-    encode_label_png,
-    oracle_labels,
-    oracle_miou,
-    pseudo_mask_figure,
-    smooth_labels,
-    upsample_labels,
-)
+from ovs.pseudo_masks.device_decode import decode_resize
+from ovs.pseudo_masks.masker import PseudoMaskConfig, PseudoMasker, smooth_labels, upsample_labels
+from ovs.pseudo_masks.oracle import oracle_labels, oracle_miou, pseudo_mask_figure
 
 
 def _jpeg(img: np.ndarray) -> bytes:
@@ -196,6 +188,38 @@ def test_oracle_miou_handmade_cases():
     ignored[:4, :4] = 255  # a segment that only covers void maps to void
     assert oracle_labels(gt, ignored, 4)[0, 0] == 255
     assert oracle_miou([gt], [ignored], 4) == 1.0
+
+
+def _oracle_miou_before_refactor(pseudo_labels, gt_labels, num_classes, ignore=255):
+    """The pre-ovs.eval.metrics arithmetic of oracle_miou (issue 13): numpy confusion and the
+    mean over the present classes as one compact array. The stage's golden figure must not
+    move by a bit."""
+    conf = np.zeros((num_classes, num_classes), dtype=np.int64)
+    for pseudo, gt in zip(pseudo_labels, gt_labels, strict=True):
+        pred = oracle_labels(pseudo, gt, num_classes, ignore)
+        valid = (gt != ignore) & (gt < num_classes) & (pred < num_classes)
+        idx = gt[valid].astype(np.int64) * num_classes + pred[valid].astype(np.int64)
+        conf += np.bincount(idx, minlength=num_classes**2).reshape(num_classes, num_classes)
+    tp = np.diag(conf).astype(np.float64)
+    union = conf.sum(0) + conf.sum(1) - tp
+    present = union > 0
+    return float((tp[present] / union[present]).mean()) if present.any() else float("nan")
+
+
+def test_oracle_miou_is_bit_identical_to_the_pre_refactor_arithmetic():
+    rng = np.random.default_rng(7)
+    for trial in range(40):
+        c = int(rng.integers(2, 40))
+        present = rng.choice(c, size=int(rng.integers(1, c + 1)), replace=False)  # absent classes
+        gts, pseudo = [], []
+        for _ in range(3):
+            gt = rng.choice(present, (16, 16)).astype(np.uint8)
+            gt[rng.random((16, 16)) < 0.1] = 255
+            if trial % 4 == 0:
+                gt[0, :3] = c + 1  # ids >= C are left out like void
+            gts.append(gt)
+            pseudo.append(rng.integers(0, 8, (8, 8)).astype(np.uint8))
+        assert oracle_miou(pseudo, gts, c) == _oracle_miou_before_refactor(pseudo, gts, c)
 
 
 def test_oracle_on_world_images_beats_random_segments():

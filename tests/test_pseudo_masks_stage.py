@@ -10,9 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from ovs.codecs import decode_label_png
 from ovs.config import Config
 from ovs.data import world
-from ovs.pseudo_masks.masker import PseudoMaskConfig, decode_label_png
+from ovs.pseudo_masks.masker import PseudoMaskConfig
 from ovs.stage import Progress, StageContext
 from pipelines.pseudo_masks import run
 from pipelines.tracking import MlflowTracker
@@ -20,7 +21,7 @@ from pipelines.tracking import MlflowTracker
 
 @dataclass
 class _Config(Config):
-    """Config with the pseudo_masks section (the coordinator wires it into ovs/config.py)."""
+    """A root config with only the section this stage reads."""
 
     pseudo_masks: PseudoMaskConfig = field(default_factory=PseudoMaskConfig)
 

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from ovs.config import load_config
+from pipelines.graph import load_config
 from tests.ray_nodes import REPO, ray_cluster, submit_pipeline
 
 pytestmark = pytest.mark.slow

@@ -13,23 +13,24 @@ import timm
 import torch
 import torch.nn.functional as F
 
+from ovs.codecs import png_bytes
 from ovs.data.augment import AugmentConfig
 from ovs.eval.datasets import SampleRef, SegDataset
 from ovs.eval.metrics import confusion_matrix, summarize
 from ovs.eval.protocol import labels_from_probs, tiny
-from ovs.eval.visualize import png_bytes
-from ovs.models.sseg import SSeg, SSegConfig
-from ovs.models.upernet import (
-    SegmenterConfig,
-    build_segmenter,
+from ovs.methods.segmenter.checkpoint import from_checkpoint, save_checkpoint
+from ovs.methods.segmenter.config import SegmenterConfig, paper_segmenter
+from ovs.methods.segmenter.losses import pixel_cross_entropy
+from ovs.methods.segmenter.model import build_segmenter
+from ovs.methods.segmenter.recipe import (
+    build_optimizer,
+    init_backbone,
     layer_decay_groups,
     layer_ids,
-    load_segmenter,
-    paper_segmenter,
-    save_segmenter,
 )
+from ovs.methods.sseg.config import SSegConfig
+from ovs.methods.sseg.model import SSeg
 from ovs.selftrain.evaluate import evaluate_closed, predict_closed
-from ovs.selftrain.loss import pixel_cross_entropy
 from ovs.selftrain.pseudo_labels import (
     TargetConfig,
     apply_confidence_rule,
@@ -44,12 +45,10 @@ from ovs.selftrain.pseudo_labels import (
 from ovs.selftrain.training import (
     SelfTrainConfig,
     batches,
-    build_optimizer,
-    init_backbone_from_sseg,
     load_rows,
-    lr_factor,
     paper_self_train,
 )
+from ovs.train.schedules import poly_schedule, warmup_poly
 
 VIT = SegmenterConfig(
     backbone="vit_tiny_patch16_224",
@@ -176,16 +175,17 @@ def test_optimizer_and_poly_schedule():
     assert min(g["lr"] for g in opt.param_groups) == pytest.approx(
         1e-3 * 0.5 ** (layer_ids(model)[1] - 1)
     )
-    assert lr_factor(0, cfg) == pytest.approx(0.1)
-    assert lr_factor(9, cfg) == pytest.approx(1.0)
-    assert lr_factor(55, cfg) == pytest.approx(0.5)  # linear poly (power 1) half-way
-    assert lr_factor(100, cfg) == pytest.approx(0.0)
+    sched = poly_schedule(opt, cfg, cfg.poly_power)  # every group: its lr x the same factor
+    assert sched.get_last_lr() == [g["initial_lr"] * 0.1 for g in opt.param_groups]
+    assert warmup_poly(9, cfg, cfg.poly_power) == pytest.approx(1.0)
+    assert warmup_poly(55, cfg, cfg.poly_power) == pytest.approx(0.5)  # linear poly half-way
+    assert warmup_poly(100, cfg, cfg.poly_power) == pytest.approx(0.0)
 
 
 def test_segmenter_checkpoint_roundtrip(tmp_path):
     model = build_segmenter(RESNET, 5, seed=3).eval()
-    save_segmenter(model, tmp_path / "m.pt", {"step": 7})
-    loaded = load_segmenter(tmp_path / "m.pt").eval()
+    save_checkpoint(model, tmp_path / "m.pt", {"step": 7})
+    loaded = from_checkpoint(torch.load(tmp_path / "m.pt", weights_only=True)).eval()
     x = torch.rand(1, 3, 32, 32)
     torch.testing.assert_close(loaded(x), model(x))
     assert loaded.num_classes == 5
@@ -207,14 +207,14 @@ def test_backbone_from_local_checkpoint(tmp_path):
 def test_init_backbone_from_sseg():
     sseg = SSeg(SSegConfig())
     seg = build_segmenter(SegmenterConfig(), 4)
-    n = init_backbone_from_sseg(seg, sseg.state_dict())
+    n = init_backbone(seg, sseg.image_backbone())
     assert n > 50
     torch.testing.assert_close(
         seg.backbone.model.layer3[0].conv1.weight,
         sseg.maskformer.backbone.net.layer3[0].conv1.weight,
     )
-    with pytest.raises(ValueError, match="no S-Seg backbone tensor"):
-        init_backbone_from_sseg(build_segmenter(VIT, 4), sseg.state_dict())
+    with pytest.raises(ValueError, match="no tensor of the trained image backbone"):
+        init_backbone(build_segmenter(VIT, 4), sseg.image_backbone())
 
 
 # ----------------------------------------------------------------------------- pseudo-labels

@@ -11,11 +11,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from ovs.config import load_config
-from ovs.models.upernet import load_segmenter
+from ovs.methods import load_checkpoint
 from ovs.stage import read_manifest, resolve
 from pipelines.common import connect_mlflow, run_stage
-from pipelines.graph import STAGES
+from pipelines.graph import STAGES, load_config
 from tests.tiny_world import tiny_world
 
 pytestmark = pytest.mark.slow
@@ -68,7 +67,8 @@ def test_self_train_stage_failure_drill_and_resume(tmp_path, mlflow_uri, ray_loc
     ]
     thresholds = json.loads((out / "thresholds.json").read_text())
     assert len(thresholds["thresholds_uint8"]) == 16
-    model = load_segmenter(out / "model" / "latest.pt")
+    spec, model = load_checkpoint(out / "model" / "latest.pt")
+    assert spec.name == "segmenter"
     assert model.num_classes == 16
     assert torch.load(out / "model" / "latest.pt", weights_only=True)["step"] == 6
     metrics = m["metrics"]

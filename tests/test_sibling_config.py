@@ -13,10 +13,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ovs.config import Config, load_config, to_dict
+from ovs.config import Config, to_dict
 from ovs.data.world_export import benchmark_roots
-from ovs.models.sseg import paper_sseg
+from ovs.methods.sseg.config import paper, paper_sseg
 from ovs.selftrain.training import paper_self_train
+from pipelines.graph import load_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 WORKDIR = "/tmp/sibling-workdir"
@@ -43,21 +44,21 @@ SIZE_AND_LOCATION: dict[str, str] = {
     "pseudo_masks.num_actors": "worker count",
     "pseudo_masks.num_cpus": "worker resources",
     "pseudo_masks.num_gpus": "worker resources (location: no GPU here)",
-    "train.model.maskformer.backbone_kwargs.embed_dim": "width: Swin embedding width",
-    "train.model.maskformer.backbone_kwargs.depths": "depth: Swin blocks per stage",
-    "train.model.maskformer.backbone_kwargs.num_heads": "width: Swin heads per stage",
-    "train.model.maskformer.pixel_dim": "width",
-    "train.model.maskformer.mask_dim": "width",
-    "train.model.maskformer.hidden_dim": "width",
-    "train.model.maskformer.ffn_dim": "width",
-    "train.model.maskformer.num_heads": "width: decoder heads",
-    "train.model.maskformer.num_queries": "size: queries (masks per image)",
-    "train.model.maskformer.dec_layers": "depth",
-    "train.model.text.width": "width",
-    "train.model.text.heads": "width: heads",
-    "train.model.text.layers": "depth",
-    "train.model.embed_dim": "width",
-    "train.model.input_size": "size: crop side",
+    "train.sseg.model.maskformer.backbone_kwargs.embed_dim": "width: Swin embedding width",
+    "train.sseg.model.maskformer.backbone_kwargs.depths": "depth: Swin blocks per stage",
+    "train.sseg.model.maskformer.backbone_kwargs.num_heads": "width: Swin heads per stage",
+    "train.sseg.model.maskformer.pixel_dim": "width",
+    "train.sseg.model.maskformer.mask_dim": "width",
+    "train.sseg.model.maskformer.hidden_dim": "width",
+    "train.sseg.model.maskformer.ffn_dim": "width",
+    "train.sseg.model.maskformer.num_heads": "width: decoder heads",
+    "train.sseg.model.maskformer.num_queries": "size: queries (masks per image)",
+    "train.sseg.model.maskformer.dec_layers": "depth",
+    "train.sseg.model.text.width": "width",
+    "train.sseg.model.text.heads": "width: heads",
+    "train.sseg.model.text.layers": "depth",
+    "train.sseg.model.embed_dim": "width",
+    "train.sseg.model.input_size": "size: crop side",
     "train.augment.size": "size: crop side",
     "train.num_workers": "worker count",
     "train.cpus_per_worker": "worker resources",
@@ -155,10 +156,13 @@ def plain(obj: Any) -> Any:
 
 
 def test_cc12m_model_is_paper_sseg() -> None:
-    got, want = flat(to_dict(resolved("cc12m.yaml").train.model)), flat(plain(paper_sseg()))
+    train = resolved("cc12m.yaml").train
+    assert train.method == "sseg"
+    got, want = flat(to_dict(train.sseg)), flat(plain(paper()))
     assert got.keys() == want.keys()
     assert {k: got[k] for k in got if got[k] != want[k]} == {}
-    assert got["maskformer.mask_features"] == "query"
+    assert got["model.maskformer.mask_features"] == "query"
+    assert plain(paper().model) == plain(paper_sseg())
 
 
 def test_cc12m_self_train_is_the_paper_recipe() -> None:
@@ -183,16 +187,16 @@ def test_allowlist_catches_a_structural_change() -> None:
     """The check can fail: structural edits to the sibling are reported, sizes are not."""
     paper = resolved("cc12m.yaml")
     for overrides in (
-        ["train.model.maskformer.mask_features=pooled"],
+        ["train.sseg.model.maskformer.mask_features=pooled"],
         ["train.cache_in_memory=true"],
         ["pseudo_masks.extractor=pixels"],
         ["pseudo_masks.decode=cpu"],
-        ["entities.text_mode=nouns"],
+        ["entities.text_mode=caption"],
         ["download.header=true", "download.columns=[]"],
         ["evaluate.protocols=[tiny]"],
         ["train.amp_dtype=float32"],
         ["self_train.layer_decay=1.0"],
-        ["train.model.maskformer.backbone=resnet18"],
+        ["train.sseg.model.maskformer.backbone=resnet18"],
     ):
         bad = not_allowed(paper, resolved("cc12m_local.yaml", overrides))
         assert overrides[0].split("=")[0] in bad, overrides
@@ -221,7 +225,7 @@ def test_sibling_reads_what_the_world_writes() -> None:
     assert local.entities.text_mode == "nouns_verbs"
     assert (local.pseudo_masks.extractor, local.pseudo_masks.decode) == ("dino_vits8", "device")
     assert local.train.cache_in_memory is False
-    assert local.train.model.maskformer.mask_features == "query"
+    assert local.train.sseg.model.maskformer.mask_features == "query"
     assert local.evaluate.protocols == ["mask_free"] and local.train.eval_protocol == "mask_free"
     short = {p.name: p.short_side for p in local.evaluate.resolved_protocols()}
     assert short == {"mask_free": 448}

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from ovs.config import load_config
 from ovs.stage import (
     MANIFEST,
     Stage,
@@ -19,6 +18,7 @@ from ovs.stage import (
     write_manifest,
 )
 from pipelines.common import PipelineError, connect_mlflow, run_stage
+from pipelines.graph import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 calls: list[str] = []
@@ -168,6 +168,9 @@ def _cli(args, tmp_path, **kw):
     env = {
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'ml.db'}",
         "PATH": "/usr/bin:/bin",
+        # Entry points import ovs/pipelines as installed packages (no sys.path edits); point
+        # them at this tree, as Ray's working_dir does, not at whichever checkout is installed.
+        "PYTHONPATH": str(REPO),
         "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
         **kw,
     }

@@ -1,6 +1,7 @@
-"""The training loops' pieces that need no Ray: set-up order on a device stand-in, resume-state
-loading (``weights_only``), exact data-stream resume, device-side metric windows, the
-incomplete-stage rule and the training precision."""
+"""The training loop's pieces that need no Ray: set-up order of both stages' tasks on a device
+stand-in, resume-state loading (``weights_only``), exact data-stream resume, device-side metric
+windows, the schedules, the section checks, the incomplete-stage rule and the training
+precision."""
 
 from __future__ import annotations
 
@@ -16,13 +17,17 @@ import torch
 from PIL import Image
 
 from ovs.data.augment import AugmentConfig
-from ovs.objective import SSegLossConfig
+from ovs.methods.sseg.config import SSegLossConfig
 from ovs.precision import training_dtype
 from ovs.selftrain.training import LabelledRow, SelfTrainConfig, batches
 from ovs.stage import StageIncomplete
+from ovs.train.loop_config import LoopConfig
+from ovs.train.schedules import cosine_schedule, poly_schedule, warmup_cosine, warmup_poly
 from ovs.training import SampleSource, TrainConfig
-from pipelines import self_train, train
+from pipelines.loop import LoopJob, setup
 from pipelines.ray_train import Window, check_complete, load_state, rank_state
+from pipelines.self_train import SegmenterTaskFactory
+from pipelines.train import SSegData, SSegTaskFactory
 from tests.test_shards import make_shard
 
 pytestmark = pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter")
@@ -31,9 +36,9 @@ META = torch.device("meta")  # a device that is not the CPU, without a GPU
 
 
 def _tiny_train_cfg(**kw) -> TrainConfig:
-    from ovs.config import load_config
+    from pipelines.graph import load_config
 
-    cfg = load_config(None, ["train.model.input_size=32", "train.augment.size=32"]).train
+    cfg = load_config(None, ["train.sseg.model.input_size=32", "train.augment.size=32"]).train
     for k, v in kw.items():
         setattr(cfg, k, v)
     return cfg
@@ -67,26 +72,32 @@ def _assert_on(device: torch.device, model: torch.nn.Module, opt: torch.optim.Op
         assert st["exp_avg"].device == p.device
 
 
+def _job(cfg, task) -> LoopJob:
+    return LoopJob(loop=cfg, task=task, seed=0, out_dir="", run=None)
+
+
 def test_train_setup_moves_model_before_loading_optimizer_state():
     cfg = _tiny_train_cfg()
-    config = {"cfg": cfg, "seed": 0, "loss": SSegLossConfig()}
+    data = SSegData("", "", "", 32, 10, "local")  # set-up reads no data
+    job = _job(cfg, SSegTaskFactory(cfg, SSegLossConfig(), data, None))
     cpu = torch.device("cpu")
-    model, _, opt, sched, start = train.setup(config, cpu, None)
+    task, opt, sched, start = setup(job, cpu, 0, 1, None)
     assert start == 0 and not opt.state
-    state = _trained_state(model, opt, sched, 2)
-    model, objective, opt, sched, start = train.setup(config, META, state)
+    state = _trained_state(task.model, opt, sched, 2)
+    task, opt, sched, start = setup(job, META, 0, 1, state)
     assert start == 2 and sched.last_epoch == 2
-    _assert_on(META, model, opt)
-    assert {p.device.type for p in objective.parameters()} == {"meta"}
+    _assert_on(META, task.model, opt)
+    assert {p.device.type for p in task.objective().parameters()} == {"meta"}
 
 
 def test_self_train_setup_moves_model_before_loading_optimizer_state():
-    config = {"cfg": SelfTrainConfig(), "seed": 0, "num_classes": 3}
-    model, opt, sched, start = self_train.setup(config, torch.device("cpu"), None)
-    state = _trained_state(model, opt, sched, 1)
-    model, opt, sched, start = self_train.setup(config, META, state)
+    cfg = SelfTrainConfig()
+    job = _job(cfg, SegmenterTaskFactory(cfg, 3, [], [], ""))
+    task, opt, sched, start = setup(job, torch.device("cpu"), 0, 1, None)
+    state = _trained_state(task.model, opt, sched, 1)
+    task, opt, sched, start = setup(job, META, 0, 1, state)
     assert start == 1
-    _assert_on(META, model, opt)
+    _assert_on(META, task.model, opt)
 
 
 class Payload:
@@ -232,6 +243,45 @@ def test_check_complete_raises_stage_incomplete_with_steps_done():
         check_complete(4, 10, "train", 60.0)
     assert e.value.metrics == {"steps_done": 4.0, "steps": 10.0}
     assert "rerun the same command" in str(e.value)
+
+
+def test_schedules_warm_up_then_decay():
+    cfg = LoopConfig(steps=100, warmup_steps=10, min_lr_ratio=0.0)
+    assert warmup_cosine(0, cfg) == warmup_poly(0, cfg, 1.0) == pytest.approx(0.1)
+    assert warmup_cosine(9, cfg) == warmup_poly(9, cfg, 1.0) == 1.0
+    assert warmup_cosine(55, cfg) == pytest.approx(0.5)  # cosine half-way
+    assert warmup_poly(55, cfg, 1.0) == pytest.approx(0.5)  # linear poly half-way
+    assert warmup_poly(55, cfg, 2.0) == pytest.approx(0.25)
+    floor = TrainConfig(steps=100, warmup_steps=10)
+    assert warmup_cosine(100, floor) == warmup_cosine(500, floor) == floor.min_lr_ratio
+    assert warmup_poly(100, cfg, 1.0) == 0.0
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    cosine = cosine_schedule(torch.optim.SGD(params, lr=2.0), cfg)
+    poly = poly_schedule(torch.optim.SGD(params, lr=2.0), cfg, 2.0)
+    for s in range(1, 4):
+        for sched in (cosine, poly):
+            sched.optimizer.step()
+            sched.step()
+        assert cosine.get_last_lr() == [2.0 * warmup_cosine(s, cfg)]
+        assert poly.get_last_lr() == [2.0 * warmup_poly(s, cfg, 2.0)]
+
+
+def test_sections_share_the_loop_config_and_validate_their_names():
+    for section in (TrainConfig(), SelfTrainConfig()):
+        assert isinstance(section, LoopConfig)
+        assert set(LoopConfig.UNHASHED) <= set(type(section).UNHASHED)
+        section.validate()
+    assert TrainConfig.UNHASHED == (*LoopConfig.UNHASHED, "ingest_executor")
+    bad = [
+        (TrainConfig(ingest_executor="gpu"), "ingest_executor must be"),
+        (TrainConfig(supervision="labels"), "supervision must be"),
+        (TrainConfig(amp_dtype="bf16"), "amp_dtype must be one of"),
+        (SelfTrainConfig(amp_dtype="fp16"), "amp_dtype must be one of"),
+        (SelfTrainConfig(log_every=0), "log_every must be at least 1"),
+    ]
+    for section, message in bad:
+        with pytest.raises(ValueError, match=message):
+            section.validate()
 
 
 def test_training_precision_defaults():

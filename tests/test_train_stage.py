@@ -8,11 +8,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from ovs.config import load_config
-from ovs.models.sseg import load_checkpoint
+from ovs.methods import load_checkpoint
 from ovs.stage import StageIncomplete, read_manifest, resolve
 from pipelines.common import connect_mlflow, run_stage
-from pipelines.graph import STAGES
+from pipelines.graph import STAGES, load_config
 from tests.tiny_world import tiny_world
 
 pytestmark = pytest.mark.slow
@@ -69,7 +68,8 @@ def test_train_with_worker_failure_then_job_restart(tmp_path, mlflow_uri, ray_lo
     assert 0.0 < m["metrics"]["data_wait_fraction"] < 1.0
     waits = client.get_metric_history(m["mlflow_run_id"], "train/data_wait_fraction")
     assert waits and all(0.0 < w.value < 1.0 for w in waits)
-    model = load_checkpoint(out / "model" / "latest.pt")
+    spec, model = load_checkpoint(out / "model" / "latest.pt")
+    assert spec.name == "sseg"
     assert model.text_embeddings(["cat"]).shape == (1, model.cfg.embed_dim)
     run = client.get_run(m["mlflow_run_id"])
     assert {"miou", "miou_at_init", "oracle_miou", "steps_done", "steps"} <= set(run.data.metrics)

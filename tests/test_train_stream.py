@@ -1,5 +1,5 @@
-"""The train loop's streaming batch source (``cache_in_memory: false``): the Ray Data ingest
-built as ``train_loop`` builds it, resumed at a step, equals the uninterrupted stream; the
+"""The train task's streaming batch source (``cache_in_memory: false``): the Ray Data ingest
+built as ``SSegTask.batches`` builds it, resumed at a step, equals the uninterrupted stream; the
 decode-task executor follows the CPUs the Train workers leave free."""
 
 import pytest
@@ -7,11 +7,13 @@ import torch
 
 from ovs.data.augment import AugmentConfig
 from ovs.training import TrainConfig, noun_prompts, prompts_for_nouns
-from pipelines.train import ingest_executor, stream_ingest
+from pipelines.train import SSegData, ingest_executor, stream_ingest
 from tools.bench.ingest import write_shards
 
+SEED = 4
 
-def _config(dirs, executor, **train):
+
+def _config(dirs, executor, **train) -> tuple[TrainConfig, SSegData]:
     shard_dir, masks, texts = dirs
     cfg = TrainConfig(
         augment=AugmentConfig(size=32, scale=(0.2, 1.0)),
@@ -20,15 +22,7 @@ def _config(dirs, executor, **train):
         shuffle_buffer=20,  # 20 / 12 per shard -> windows of 2 shards
         **train,
     )
-    return {
-        "cfg": cfg,
-        "seed": 4,
-        "shards": str(shard_dir),
-        "masks_dir": str(masks),
-        "texts_dir": str(texts),
-        "samples_per_shard": 12,
-        "ingest_executor": executor,
-    }
+    return cfg, SSegData(str(shard_dir), str(masks), str(texts), 32, 12, executor)
 
 
 @pytest.fixture(scope="module")
@@ -45,27 +39,27 @@ def test_stream_source_resumed_at_step_equals_uninterrupted(dirs, ray_local):
     an uninterrupted source (mid-epoch, at the epoch boundary, in the second epoch)."""
     config = _config(dirs, "ray")
     for rank in (0, 1):
-        ingest = stream_ingest(config, rank, 2)
+        ingest = stream_ingest(*config, SEED, rank, 2)
         assert ingest.cfg.window_shards == 2 and ingest.rows == 24 and ingest.per_epoch == 3
         full = [b for b, _ in zip(ingest.batches(start_step=0), range(7))]
         assert [(b.epoch, b.index) for b in full] == [(e, i) for e in (0, 1, 2) for i in (0, 1, 2)][
             :7
         ]
         for k in (2, 3, 5):
-            resumed = stream_ingest(config, rank, 2).batches(start_step=k)
+            resumed = stream_ingest(*config, SEED, rank, 2).batches(start_step=k)
             for want in full[k:]:
                 got = next(resumed)
                 assert _key(got) == _key(want)
                 assert torch.equal(got.images, want.images) and torch.equal(got.labels, want.labels)
-    other = [b.keys for b, _ in zip(stream_ingest(config, 1, 2).batches(), range(3))]
-    mine = [b.keys for b, _ in zip(stream_ingest(config, 0, 2).batches(), range(3))]
+    other = [b.keys for b, _ in zip(stream_ingest(*config, SEED, 1, 2).batches(), range(3))]
+    mine = [b.keys for b, _ in zip(stream_ingest(*config, SEED, 0, 2).batches(), range(3))]
     # ranks read disjoint shards
     assert not {k for b in other for k in b} & {k for b in mine for k in b}
 
 
 def test_stream_source_local_executor_gives_the_same_batches(dirs, ray_local):
-    a = stream_ingest(_config(dirs, "local"), 0, 1).batches(start_step=1)
-    b = stream_ingest(_config(dirs, "ray"), 0, 1).batches(start_step=1)
+    a = stream_ingest(*_config(dirs, "local"), SEED, 0, 1).batches(start_step=1)
+    b = stream_ingest(*_config(dirs, "ray"), SEED, 0, 1).batches(start_step=1)
     for _ in range(3):
         x, y = next(a), next(b)
         assert _key(x) == _key(y) and torch.equal(x.images, y.images)
@@ -86,8 +80,6 @@ def test_ingest_executor_follows_free_cpus():
         == "local"
     )
     assert ingest_executor(TrainConfig(), 64.0) == "local"  # in-memory mode builds no ingest
-    with pytest.raises(ValueError, match="ingest_executor must be"):
-        ingest_executor(TrainConfig(ingest_executor="gpu"), 2.0)
 
 
 def test_noun_prompts_of_samples_equal_prompts_of_their_nouns():
@@ -109,10 +101,9 @@ def test_streaming_train_stage_resumed_equals_uninterrupted(tmp_path, mlflow_uri
     """The real loop in streaming mode (one rank: the second CPU runs the Ray Data decode
     tasks): stopped by a time limit at step 2 and resumed, it ends bit-identical to a fresh
     run, and the ingest's counts reach the manifest."""
-    from ovs.config import load_config
     from ovs.stage import StageIncomplete, read_manifest, resolve
     from pipelines.common import connect_mlflow, run_stage
-    from pipelines.graph import STAGES
+    from pipelines.graph import STAGES, load_config
     from tests.tiny_world import tiny_world
 
     def cfg(*extra):

@@ -19,7 +19,7 @@ def tiny_world(
         f"download.number_sample_per_shard={per_shard}",
         "pseudo_masks.image_size=32",
         f"pseudo_masks.oracle_images={oracle_images}",
-        "train.model.input_size=32",
+        "train.sseg.model.input_size=32",
         "train.augment.size=32",
         "train.batch_size=4",
         "train.cpus_per_worker=1",

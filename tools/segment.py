@@ -3,7 +3,8 @@
     python -m tools.segment IMAGE... --classes "cat,dog,grass" --method maskclip --out DIR
     python -m tools.segment IMAGE... --classes "cat,dog" --checkpoint PATH|WORKDIR|RUN_ID --out DIR
 
-``--checkpoint``: an S-Seg checkpoint file, a directory holding one (a pipeline ``workdir``:
+``--checkpoint``: a trained method's checkpoint file (:mod:`ovs.methods`; the file names its
+method), a directory holding one (a pipeline ``workdir``:
 its newest ``latest.pt``), or an MLflow run id: the ``train`` stage run (its ``model``
 artifact), a skipped stage run (followed to the run that made the output) or a pipeline run
 (its newest child run with a ``model`` artifact), looked up at ``--tracking-uri`` (default
@@ -24,12 +25,10 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, UnidentifiedImageError
-
-from ovs.eval.method import MethodSpec, is_run_id, load_method
+from ovs.codecs import png_bytes, read_image
+from ovs.eval.method import MethodRef, is_run_id, load_method
 from ovs.eval.protocol import build_classifier, get_protocol, predict_label
-from ovs.eval.visualize import legend, make_palette, overlay, png_bytes, with_legend
+from ovs.eval.visualize import legend, make_palette, overlay, with_legend
 from ovs.io import atomic_write_bytes
 from pipelines.tracking import default_tracking_uri
 
@@ -44,15 +43,6 @@ def parse_classes(text: str) -> list[list[str]]:
         if names:
             classes.append(names)
     return classes
-
-
-def read_image(path: Path) -> np.ndarray:
-    """``uint8[H, W, 3]``; raises ``ValueError`` with the path for unreadable files."""
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from e
 
 
 def checkpoint_from_run(run_id: str, tracking_uri: str) -> Path:
@@ -100,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", type=Path, help="image files")
     p.add_argument("--classes", required=True, help='e.g. "cat,dog,grass" ("tv|television")')
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="S-Seg checkpoint file, pipeline workdir or run id")
+    src.add_argument("--checkpoint", help="trained checkpoint file, pipeline workdir or run id")
     src.add_argument("--method", choices=("clip", "maskclip"), help="training-free baseline")
     p.add_argument("--model", default="ViT-B-16", help="open_clip model name ('tiny': debug)")
     p.add_argument("--pretrained", default="openai", help="open_clip tag; 'none' = random")
@@ -137,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         if checkpoint and not Path(checkpoint).exists() and is_run_id(checkpoint):
             uri = args.tracking_uri or default_tracking_uri(REPO_ROOT)
             checkpoint = str(checkpoint_from_run(checkpoint, uri))
-        spec = MethodSpec(args.method, checkpoint, args.model, pretrained, args.device)
+        spec = MethodRef(args.method, checkpoint, args.model, pretrained, args.device)
         method = load_method(spec)
     except (FileNotFoundError, ValueError) as e:
         parser.error(str(e))
@@ -151,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         seen.add(stem)
         try:
             image = read_image(path)
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
+        except OSError as e:
+            print(f"error: cannot read image {path}: {e}", file=sys.stderr)
             failures += 1
             continue
         label = predict_label(method, image, classifier, protocol)

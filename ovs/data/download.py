@@ -98,7 +98,18 @@ class DownloadConfig:
     disallowed_header_directives: list[str] | None = None  # None = img2dataset's default
     max_shard_retry: int = 1
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the bad ``download.*`` setting (called at config load,
+        and by :func:`download`)."""
+        if self.distributor not in DISTRIBUTORS:
+            raise ValueError(
+                f"download.distributor must be one of {DISTRIBUTORS}, got {self.distributor!r}"
+            )
+        if self.incremental_mode not in INCREMENTAL_MODES:
+            raise ValueError(
+                f"download.incremental_mode must be one of {INCREMENTAL_MODES}, "
+                f"got {self.incremental_mode!r}"
+            )
         if self.header:
             if self.columns:
                 raise ValueError(
@@ -250,10 +261,7 @@ def download(cfg: DownloadConfig, out_dir: str | os.PathLike) -> dict:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     from img2dataset import download as i2d_download
 
-    if cfg.distributor not in DISTRIBUTORS:
-        raise ValueError(f"distributor must be one of {DISTRIBUTORS}, got {cfg.distributor!r}")
-    if cfg.incremental_mode not in INCREMENTAL_MODES:
-        raise ValueError(f"incremental_mode must be one of {INCREMENTAL_MODES}")
+    cfg.validate()
     out = Path(out_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
     _drop_broken_shards(out)

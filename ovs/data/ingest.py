@@ -49,12 +49,12 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
+from ovs.codecs import decode_label_png, read_keyed
 from ovs.data.augment import AugmentConfig, sample_crop
-from ovs.pseudo_masks.masker import decode_label_png, image_seed
+from ovs.pseudo_masks.masker import image_seed
 
 OK = "ok"
 # Metadata reasons, in the order the join checks them (train_data.iter_samples' order).
@@ -139,24 +139,20 @@ def tar_index(path: str | Path, ext: str = "jpg") -> tuple[list[str], np.ndarray
     return keys, np.asarray(offsets, np.int64), np.asarray(sizes, np.int64)
 
 
-def _read_keyed(path: Path, columns: list[str]) -> dict[str, dict]:
-    if not path.is_file():
-        return {}
-    names = pq.read_schema(path).names
-    table = pq.read_table(path, columns=[c for c in columns if c in names])
-    return {r["key"]: r for r in table.to_pylist()}
-
-
 def join_shard(
     shard: str | Path, masks_dir: str | Path, texts_dir: str | Path, require_keep: bool = False
 ) -> ShardTable:
     """Join shard ``<stem>.tar`` with ``masks_dir/<stem>.parquet`` (``key,label_png,status``)
     and ``texts_dir/<stem>.parquet`` (``key,text,keep,status[,nouns]``) by key: a shard-level
-    map, no global join. A missing file means every sample lacks that part."""
+    map, no global join, rows in key order. A missing file means every sample lacks that part."""
     shard = Path(shard)
     keys, offset, size = tar_index(shard)
-    masks = _read_keyed(Path(masks_dir) / f"{shard.stem}.parquet", ["key", "label_png"])
-    texts = _read_keyed(Path(texts_dir) / f"{shard.stem}.parquet", ["key", "text", "keep", "nouns"])
+    # Key order, not tar order: img2dataset writes a shard's members as their downloads
+    # finish, which differs from run to run; the plan and its batches must not.
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    keys, offset, size = [keys[i] for i in order], offset[order], size[order]
+    masks = read_keyed(Path(masks_dir) / f"{shard.stem}.parquet", ["key", "label_png"])
+    texts = read_keyed(Path(texts_dir) / f"{shard.stem}.parquet", ["key", "text", "keep", "nouns"])
     pngs: list[bytes | None] = []
     captions: list[str] = []
     nouns: list[tuple[str, ...]] = []

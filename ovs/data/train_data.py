@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
+from ovs.codecs import decode_label_png, read_keyed
 from ovs.data.shards import iter_shard, list_shards
 
 
@@ -46,14 +47,6 @@ def shards_for_rank(shard_dir: str | Path, rank: int, world_size: int) -> list[P
     return shards[rank::world_size]
 
 
-def _read_keyed(path: Path, columns: list[str]) -> dict[str, dict]:
-    if not path.is_file():
-        return {}
-    table = pq.read_table(path, columns=columns)
-    rows = table.to_pylist()
-    return {r["key"]: r for r in rows}
-
-
 def decode_image(data: bytes, size: int) -> np.ndarray | None:
     """JPEG/PNG bytes → uint8 ``[size, size, 3]`` (bilinear), or None if undecodable."""
     try:
@@ -67,10 +60,10 @@ def decode_image(data: bytes, size: int) -> np.ndarray | None:
 
 
 def decode_mask(png: bytes) -> np.ndarray | None:
+    """A stored pseudo-mask (label PNG) -> uint8 ``[h, w]``, or None if undecodable."""
     try:
-        with Image.open(io.BytesIO(png)) as im:
-            return np.asarray(im, dtype=np.uint8)
-    except Exception:  # noqa: BLE001
+        return decode_label_png(png)
+    except Exception:  # noqa: BLE001 - a corrupt mask is an undecodable sample, counted
         return None
 
 
@@ -89,13 +82,15 @@ def iter_samples(
     entity filter are used.
     """
     for shard in shards:
-        masks = _read_keyed(masks_dir / f"{shard.stem}.parquet", ["key", "label_png", "status"])
+        masks = read_keyed(masks_dir / f"{shard.stem}.parquet", ["key", "label_png", "status"])
         text_path = texts_dir / f"{shard.stem}.parquet"
         columns = ["key", "text", "keep", "status"]
         if "nouns" in pq.read_schema(text_path).names:
             columns.append("nouns")
-        texts = _read_keyed(text_path, columns)
-        for row in iter_shard(shard, members=("jpg",)):
+        texts = read_keyed(text_path, columns)
+        # Key order, not tar order: img2dataset writes a shard's members as their downloads
+        # finish, which differs from run to run; the batches must not.
+        for row in sorted(iter_shard(shard, members=("jpg",)), key=lambda r: r["key"]):
             key = row["key"]
             m, t = masks.get(key), texts.get(key)
             if m is None or m.get("label_png") is None:

@@ -30,14 +30,13 @@ shifts objects to ``1..12``; :func:`to_background_labels` does the mapping.
 
 from __future__ import annotations
 
-import io
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from ovs.codecs import png_bytes, read_image, read_label_png
 from ovs.io import atomic_write_bytes, atomic_write_json, atomic_write_parquet, atomic_write_text
 
 
@@ -63,6 +62,38 @@ class WorldConfig:
     # Also write the world in the real datasets' layouts here (ovs.data.world_export: a
     # headerless cc12m.tsv, VOC2012 / Context / COCO-Object folders); "" = no export.
     export_dir: str = ""
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the bad ``world.*`` setting (called at config load)."""
+        if self.image_size < 8 or self.num_train < 1 or self.num_eval < 0:
+            raise ValueError(
+                "world.image_size must be >= 8, world.num_train >= 1 and world.num_eval >= 0, got "
+                f"{self.image_size}, {self.num_train}, {self.num_eval}"
+            )
+        if not 1 <= self.min_objects <= self.max_objects:
+            raise ValueError(
+                "world.min_objects must be >= 1 and <= world.max_objects, got "
+                f"{self.min_objects} and {self.max_objects}"
+            )
+        if not 0.0 < self.min_object_frac <= self.max_object_frac <= 1.0:
+            raise ValueError(
+                "world.min_object_frac and world.max_object_frac must satisfy "
+                f"0 < min <= max <= 1, got {self.min_object_frac} and {self.max_object_frac}"
+            )
+        for key in (
+            "mention_prob",
+            "stuff_mention_prob",
+            "synonym_prob",
+            "wrong_prob",
+            "distractor_prob",
+        ):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ValueError(f"world.{key} must be in [0, 1], got {getattr(self, key)}")
+        if self.colour_jitter < 0 or self.noise_std < 0:
+            raise ValueError(
+                "world.colour_jitter and world.noise_std must be >= 0, got "
+                f"{self.colour_jitter} and {self.noise_std}"
+            )
 
 
 @dataclass(frozen=True)
@@ -414,12 +445,6 @@ def caption(cfg: WorldConfig, index: int, label: np.ndarray, objects: list[int])
 # ----------------------------------------------------------------------------- files
 
 
-def png_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def class_lines(with_background: bool = False) -> list[str]:
     """Lines of a class-name file: canonical name first, synonyms after, comma-separated."""
     lines = [",".join((c.name,) + c.synonyms) for c in CLASSES]
@@ -498,8 +523,8 @@ def load_split(root: str | Path, split: str, limit: int | None = None) -> list[d
         out.append(
             {
                 "id": p.stem,
-                "image": np.asarray(Image.open(p).convert("RGB")),
-                "label": np.asarray(Image.open(root / "labels" / p.name)),
+                "image": read_image(p),
+                "label": read_label_png(root / "labels" / p.name),
             }
         )
     return out

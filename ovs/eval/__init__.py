@@ -1,6 +1,7 @@
 """Evaluation harness: benchmark datasets, protocols, baselines, metrics glue, pictures.
 
-- ``method``: the ``SegMethod`` interface and ``load_method(spec)``.
+- ``method``: the ``SegMethod`` interface and ``load_method(ref)`` (baselines; trained methods
+  through their spec).
 - ``datasets``: mmseg-layout loaders (VOC, Context, COCO-Object/Stuff, ADE20K, Cityscapes,
   synthetic world).
 - ``coco_object``: COCO-Stuff / instance JSON → COCO-Object labels (+ CLI).
@@ -9,5 +10,6 @@
 - ``baselines``: CLIP and MaskCLIP dense baselines on open_clip.
 - ``visualize``: palettes, overlays, grids, IoU bar charts.
 - ``config``: ``EvalConfig``, the evaluation stage's config section.
-- ``runner``: ``EvalTask`` + ``ShardEvaluator`` (Ray Data actor body) and ``combine_rows``.
+- ``runner``: ``EvalTask`` + ``ShardEvaluator`` (the sharded evaluation's per-item function)
+  and ``combine_rows``.
 """

@@ -26,7 +26,6 @@ CLI: ``python -m ovs.eval.coco_object COCO_STUFF_ROOT [--split val2017] [--out D
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 from pathlib import Path
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ovs.codecs import png_bytes
 from ovs.io import atomic_write_bytes
 
 # Raw stuffthingmap values (category id − 1) that no COCO category uses.
@@ -170,12 +170,6 @@ def instances_to_object_labels(coco: dict) -> dict[int, np.ndarray]:
 # ---------------------------------------------------------------- writers / CLI
 
 
-def _png_bytes(label: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(label.astype(np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def convert_stuffthingmaps(
     coco_stuff_root: str | Path,
     split: str = "val2017",
@@ -210,7 +204,7 @@ def convert_stuffthingmaps(
         if raw.ndim != 2:
             counts["failed"] += 1
             continue
-        atomic_write_bytes(target, _png_bytes(lut[raw]))
+        atomic_write_bytes(target, png_bytes(lut[raw]))
         counts["written"] += 1
     return counts
 
@@ -225,7 +219,7 @@ def convert_instances(instances_json: str | Path, out_root: str | Path, split: s
     dst = Path(out_root) / "annotations" / split
     labels = instances_to_object_labels(coco)
     for image_id, label in labels.items():
-        atomic_write_bytes(dst / f"{stems[image_id]}_instanceTrainIds.png", _png_bytes(label))
+        atomic_write_bytes(dst / f"{stems[image_id]}_instanceTrainIds.png", png_bytes(label))
     return len(labels)
 
 

@@ -83,7 +83,9 @@ class EvalConfig:
     batch_size: int = 4
     num_examples: int = 4
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the bad ``evaluate.*`` setting (called at config load):
+        unknown protocol, benchmark or baseline names fail before training, not after."""
         from ovs.eval.baselines import BASELINE_MODES
         from ovs.eval.datasets import DATASETS
 

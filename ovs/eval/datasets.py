@@ -40,12 +40,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from ovs.codecs import IGNORE, read_image, read_label_png
 from ovs.eval.coco_object import RAW_TO_STUFF171, raw_to_object_lut
 from ovs.eval.names import load_class_names, read_class_file
-
-IGNORE = 255
 
 
 @dataclass(frozen=True)
@@ -141,14 +139,8 @@ class SegDataset:
 
     def __getitem__(self, i: int) -> dict:
         ref = self.samples[i]
-        with Image.open(ref.image) as im:
-            image = np.asarray(im.convert("RGB"), dtype=np.uint8)
-        with Image.open(ref.label) as lm:
-            if lm.mode not in ("P", "L", "I", "I;16"):
-                raise ValueError(f"{ref.label}: label PNG has mode {lm.mode}, expected ids")
-            raw = np.asarray(lm)
-        if raw.dtype != np.uint8:
-            raw = np.where(raw > 255, IGNORE, raw).astype(np.uint8)
+        image = read_image(ref.image)
+        raw = read_label_png(ref.label)
         if raw.shape != image.shape[:2]:
             raise ValueError(f"{ref.id}: label {raw.shape} vs image {image.shape[:2]}")
         return {"image": image, "label": self.luts[ref.lut][raw], "id": ref.id}

@@ -2,21 +2,18 @@
 
 A method only maps images + text embeddings to per-name probabilities; everything
 protocol-specific (templates, synonyms, background, sliding windows, resizing) lives in
-:mod:`ovs.eval.protocol`. The S-Seg model and the CLIP / MaskCLIP baselines implement it.
+:mod:`ovs.eval.protocol`. Trained methods reach it through their spec's ``seg_method``
+(:mod:`ovs.methods`); the CLIP / MaskCLIP baselines implement it directly.
 """
 
 from __future__ import annotations
 
-import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
-
-if TYPE_CHECKING:
-    from ovs.models.sseg import SSeg
 
 
 @runtime_checkable
@@ -44,8 +41,9 @@ class SegMethod(Protocol):
 
 
 @dataclass
-class MethodSpec:
-    """What to load: a baseline by name, or a trained S-Seg checkpoint.
+class MethodRef:
+    """What to load: a baseline by name, or a trained method's checkpoint (any method of
+    :data:`ovs.methods.METHODS`; the file names its method).
 
     ``checkpoint`` accepts a checkpoint file or a directory holding one (a pipeline work dir:
     its newest ``latest.pt``); an MLflow run id must be resolved to the run's ``model``
@@ -75,8 +73,8 @@ def resolve_checkpoint(ref: str) -> Path:
 
     A directory (a pipeline work dir, a train stage output, a downloaded MLflow ``model``
     artifact) resolves to its most recently written ``latest.pt``, else its most recent
-    ``*.pt``; in a pipeline work dir only the ``train`` stage's outputs are searched (other
-    stages, e.g. ``self_train``, save other model types). Raises ``FileNotFoundError`` for a path that does not exist or a directory
+    ``*.pt``; in a pipeline work dir only the ``train`` stage's outputs are searched (the
+    open-vocabulary model; ``self_train`` saves a closed-vocabulary segmenter). Raises ``FileNotFoundError`` for a path that does not exist or a directory
     without checkpoints; ``ValueError`` for an MLflow run id (the library opens no MLflow
     store: the caller resolves the run's ``model`` artifact dir and passes that instead).
     """
@@ -98,54 +96,30 @@ def resolve_checkpoint(ref: str) -> Path:
     raise FileNotFoundError(f"checkpoint {ref!r} does not exist")
 
 
-class SSegMethod:
-    """A trained S-Seg model as a :class:`SegMethod` on one device (eval mode, no grad)."""
+def load_trained(path: str | Path, device: str | torch.device = "cpu") -> SegMethod:
+    """Any method's checkpoint file as a :class:`SegMethod` on ``device`` (its spec's
+    ``seg_method``). Raises ``ValueError`` naming the file when it is no method's checkpoint."""
+    from ovs.methods import load_checkpoint
 
-    def __init__(self, model: SSeg, device: str | torch.device = "cpu") -> None:
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
-
-    def text_embeddings(self, texts: list[str]) -> torch.Tensor:
-        """``[T, E]`` L2-normalised."""
-        return self.model.text_embeddings(texts)
-
-    def dense_probs(self, images: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, H, W]`` in [0, 1], ``[M, E]`` → ``[B, M, H, W]`` (see ``SSeg.dense_probs``)."""
-        return self.model.dense_probs(images.to(self.device), text_emb.to(self.device))
+    spec, model = load_checkpoint(path, map_location=device)
+    return spec.seg_method(model, torch.device(device))
 
 
-def load_sseg(path: str | Path, device: str = "cpu") -> SSegMethod:
-    """Load an :func:`ovs.models.sseg.save_checkpoint` file onto ``device``.
+def load_method(ref: MethodRef) -> SegMethod:
+    """Build the method a reference names, on ``ref.device``.
 
-    Raises ``ValueError`` naming the file when it is not such a checkpoint (unreadable,
-    another ``torch.save`` format, or weights that do not fit the saved config).
+    Exactly one of ``method`` / ``checkpoint`` must be set. Errors: ``ValueError`` (bad
+    reference, unknown method, run id, not a method's checkpoint), ``FileNotFoundError`` (no
+    checkpoint).
     """
-    from ovs.models.sseg import load_checkpoint
-
-    try:
-        model = load_checkpoint(path, map_location=device)
-    except (KeyError, TypeError, AttributeError, IndexError) as e:
-        raise ValueError(f"{path} is not an S-Seg checkpoint (config/model): {e!r}") from e
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"cannot load S-Seg checkpoint {path}: {first}") from e
-    return SSegMethod(model, device)
-
-
-def load_method(spec: MethodSpec) -> SegMethod:
-    """Build the method a spec names, on ``spec.device``.
-
-    Exactly one of ``method`` / ``checkpoint`` must be set. Errors: ``ValueError`` (bad spec,
-    unknown method, run id, not an S-Seg checkpoint), ``FileNotFoundError`` (no checkpoint).
-    """
-    if (spec.method is None) == (spec.checkpoint is None):
+    if (ref.method is None) == (ref.checkpoint is None):
         raise ValueError("give exactly one of method= or checkpoint=")
-    if spec.method is not None:
+    if ref.method is not None:
         from ovs.eval.baselines import BASELINE_MODES, build_clip_baseline
 
-        if spec.method not in BASELINE_MODES:
-            raise ValueError(f"unknown method {spec.method!r}; choose from {BASELINE_MODES}")
+        if ref.method not in BASELINE_MODES:
+            raise ValueError(f"unknown method {ref.method!r}; choose from {BASELINE_MODES}")
         return build_clip_baseline(
-            spec.method, spec.model, spec.pretrained, spec.device, spec.logit_scale
+            ref.method, ref.model, ref.pretrained, ref.device, ref.logit_scale
         )
-    return load_sseg(resolve_checkpoint(spec.checkpoint or ""), spec.device)
+    return load_trained(resolve_checkpoint(ref.checkpoint or ""), ref.device)

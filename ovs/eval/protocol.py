@@ -25,7 +25,7 @@ Sharding: :func:`evaluate_shard` runs any subset of indices and returns a summab
 Known deviation: SCLIP averages *logits* over windows and applies its softmax once at the end;
 a :class:`SegMethod` returns probabilities, so windows average probabilities here. SCLIP's
 per-dataset ``logit_scale`` (40–65) and ``area_thd`` are method settings, not protocol ones
-(``MethodSpec.logit_scale``; area filtering is not implemented).
+(``MethodRef.logit_scale``; area filtering is not implemented).
 
 Published presets (:data:`PROTOCOLS`): ``mask_free`` (short side 448, window 448 / stride
 224, bg threshold VOC 0.95 / Context 0.35 / COCO-Object 0.95, single template "a photo of a

@@ -1,11 +1,10 @@
-"""Ray-Data-style adapter for sharded evaluation (the library side of an eval stage).
+"""Sharded evaluation, the library side of an eval stage: the per-item function and its rows.
 
 One method is evaluated on several *tasks* (a benchmark under a protocol) by one pool of
 workers, so each worker loads the method once. The tasks' images are numbered globally:
-task 0 owns ids ``0..n_0-1``, task 1 the next ``n_1`` and so on. A pipeline builds a dataset
-of ids (``ray.data.range(total)`` gives ``{"id": int}``; ``{"index": int}`` works too), runs
-``map_batches(ShardEvaluator, fn_constructor_kwargs=..., batch_size=...)``, sums the returned
-rows per task with :func:`combine_rows` and calls :func:`~ovs.eval.protocol.shard_metrics`.
+task 0 owns ids ``0..n_0-1``, task 1 the next ``n_1`` and so on. A pipeline hands batches of
+ids to :class:`ShardEvaluator` workers (``pipelines/shard_map.py``), sums the returned rows
+per task with :func:`combine_rows` and calls :func:`~ovs.eval.protocol.shard_metrics`.
 Predictions of a few chosen images come back with the rows (for overlay pictures), so the
 driver never has to load the model itself.
 """
@@ -13,6 +12,7 @@ driver never has to load the model itself.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,7 @@ import torch
 
 from ovs.eval.config import EvalDatasetConfig
 from ovs.eval.datasets import SegDataset, build_dataset
-from ovs.eval.method import MethodSpec, SegMethod, load_method
+from ovs.eval.method import MethodRef, SegMethod, load_method
 from ovs.eval.metrics import merge_confusions
 from ovs.eval.protocol import (
     EvalShard,
@@ -44,7 +44,7 @@ class EvalTask:
 
 
 class ShardEvaluator:
-    """Callable: ``{"id" | "index": int[N]}`` (global ids) → one row per task in the batch:
+    """Callable: ``ids`` (global ids, any order) → one row per task among them:
     ``{"task": int64[k], "num_classes": int64[k], "confusion": int64[k, C, C],
     "num_images": int64[k], "skipped": str[k], "examples": object[k]}``.
 
@@ -57,7 +57,7 @@ class ShardEvaluator:
 
     def __init__(
         self,
-        spec: MethodSpec,
+        spec: MethodRef,
         tasks: list[EvalTask] | EvalTask,
         method: SegMethod | None = None,
         seed: int = 0,
@@ -84,16 +84,15 @@ class ShardEvaluator:
         """Number of global ids (images over all tasks)."""
         return int(self.offsets[-1])
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list | np.ndarray]:
-        key = "index" if "index" in batch else "id"
-        ids = np.asarray(batch[key], dtype=np.int64).ravel()
-        if ids.size and (ids.min() < 0 or ids.max() >= self.total):
+    def __call__(self, ids: Sequence[int]) -> dict[str, np.ndarray]:
+        gids = np.asarray(ids, dtype=np.int64).ravel()
+        if gids.size and (gids.min() < 0 or gids.max() >= self.total):
             raise IndexError(f"ids outside 0..{self.total - 1}")
-        task_of = np.searchsorted(self.offsets, ids, side="right") - 1
+        task_of = np.searchsorted(self.offsets, gids, side="right") - 1
         out: dict[str, list] = {k: [] for k in ("task", "num_classes", "confusion")}
         out.update(num_images=[], skipped=[], examples=[])
         for t in np.unique(task_of):
-            local = [int(i) for i in ids[task_of == t] - self.offsets[t]]
+            local = [int(i) for i in gids[task_of == t] - self.offsets[t]]
             ds, task, clf = self.datasets[t], self.tasks[t], self.classifiers[t]
             with torch.inference_mode():
                 shard = evaluate_shard(self.method, ds, task.protocol, local, clf)

@@ -194,10 +194,3 @@ def figure_to_png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     return buf.getvalue()
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    """PNG bytes of a ``uint8[H, W]`` or ``uint8[H, W, 3]`` array."""
-    buf = io.BytesIO()
-    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()

@@ -1,1 +1,1 @@
-"""Image and text towers of S-Seg."""
+"""Shared model building blocks: layers, the MaskFormer and text towers, the UperNet head."""

@@ -1,8 +1,4 @@
-"""The S-Seg+ segmenter: a timm backbone + a UperNet head -> per-pixel logits over K classes.
-
-Closed vocabulary: the segmenter is trained on the pseudo-labels of one dataset and predicts
-that dataset's K classes (S-Seg paper §4.4 / Table 6: UperNet on an MAE-pretrained ViT-B/16,
-features from blocks 4, 6, 8 and 12).
+"""UperNet building blocks on any timm backbone: multi-scale features and the UperNet head.
 
 * :class:`MultiScaleBackbone` runs any timm model through ``forward_intermediates`` and keeps
   the outputs named by ``out_indices``. When they all share one stride (a plain ViT) they are
@@ -11,20 +7,12 @@ features from blocks 4, 6, 8 and 12).
 * :class:`UperNetHead` is mmseg's ``UPerHead``: a pyramid pooling module (PPM, scales
   1/2/3/6) on the coarsest level, an FPN top-down path with lateral 1x1 and output 3x3 convs,
   all levels upsampled to the finest and fused by a 3x3 conv, dropout, a 1x1 classifier.
-* :class:`Segmenter` = backbone + head; ``forward(images [B,3,H,W] in [0,1]) -> logits
-  [B,K,H,W]`` (bilinear upsampling from stride 4). mmseg's auxiliary FCN head is not used.
 
-:func:`layer_decay_groups` gives the optimiser's parameter groups with layer-wise learning
-rate decay (BEiT / MAE fine-tuning): backbone layer ``i`` of ``L`` gets ``decay ** (L - i)``
-of the learning rate, the neck and head get the full rate.
+The S-Seg+ segmenter that puts them together is :mod:`ovs.methods.segmenter`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import io
-import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,39 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ovs.io import atomic_write_bytes
-
 _TARGET_STRIDES = (4, 8, 16, 32)
-
-
-@dataclass
-class SegmenterConfig:
-    """Backbone + head. Defaults: the tiny CPU flavour (half-width ResNet-18, 64-channel head,
-    random init); :func:`paper_segmenter` gives the paper's ViT-B/16 (MAE) + UperNet."""
-
-    backbone: str = "resnet18"  # timm name; paper: vit_base_patch16_224.mae
-    pretrained: bool = False  # timm hub weights (needs network or a warm HF cache)
-    checkpoint: str | None = None  # local backbone weights file (.pth/.safetensors), timm keys
-    backbone_kwargs: dict[str, bool | int | float | str | list[int]] = field(
-        default_factory=lambda: {"channels": [32, 64, 128, 256]}
-    )
-    # forward_intermediates indices: ResNet (1, 2, 3, 4) = strides 4..32; ViT-B (3, 5, 7, 11) =
-    # blocks 4, 6, 8, 12 (the paper's choice).
-    out_indices: tuple[int, ...] = (1, 2, 3, 4)
-    channels: int = 64  # UperNet width (mmseg UperNet on MAE/BEiT: 768; ResNet configs: 512)
-    pool_scales: tuple[int, ...] = (1, 2, 3, 6)
-    dropout: float = 0.1  # before the classifier (mmseg default)
-
-
-def paper_segmenter() -> SegmenterConfig:
-    """Paper (Table 6): UperNet on an MAE-pretrained ViT-B/16, features of blocks 4/6/8/12."""
-    return SegmenterConfig(
-        backbone="vit_base_patch16_224.mae",
-        pretrained=True,
-        backbone_kwargs={"img_size": 512, "dynamic_img_size": True, "drop_path_rate": 0.1},
-        out_indices=(3, 5, 7, 11),
-        channels=768,
-    )
 
 
 def _conv_bn(cin: int, cout: int, k: int) -> nn.Sequential:
@@ -80,6 +36,9 @@ def _conv_bn(cin: int, cout: int, k: int) -> nn.Sequential:
 class MultiScaleBackbone(nn.Module):
     """A timm model's intermediate features at strides 4 / 8 / 16 / 32, NCHW.
 
+    ``backbone`` is a timm name, ``pretrained`` its hub weights, ``checkpoint`` a local weights
+    file (timm keys), ``out_indices`` the four ``forward_intermediates`` levels kept.
+
     ``forward(x [B,3,H,W] normalised with mean/std) -> [f4 [B,C0,H/4,W/4], f8, f16, f32]``. ``channels``
     lists ``C0..C3``; ``model`` is the (pruned) timm model, kept whole so that its
     ``group_matcher`` drives layer-wise lr decay.
@@ -89,29 +48,36 @@ class MultiScaleBackbone(nn.Module):
     mean: torch.Tensor
     std: torch.Tensor
 
-    def __init__(self, cfg: SegmenterConfig) -> None:
+    def __init__(
+        self,
+        backbone: str,
+        pretrained: bool,
+        checkpoint: str | None,
+        backbone_kwargs: dict[str, Any],
+        out_indices: tuple[int, ...],
+    ) -> None:
         super().__init__()
-        extra: dict[str, Any] = dict(cfg.backbone_kwargs)
-        if cfg.checkpoint is not None:
-            path = Path(cfg.checkpoint).expanduser()
+        extra: dict[str, Any] = dict(backbone_kwargs)
+        if checkpoint is not None:
+            path = Path(checkpoint).expanduser()
             if not path.is_file():
-                raise FileNotFoundError(f"backbone checkpoint for {cfg.backbone} not found: {path}")
+                raise FileNotFoundError(f"backbone checkpoint for {backbone} not found: {path}")
             # timm's own loader applies the model's checkpoint filter (MAE / BEiT key layouts,
             # position-embedding resampling).
             extra["pretrained_cfg_overlay"] = {"file": str(path)}
         self.model = timm.create_model(
-            cfg.backbone,
-            pretrained=cfg.pretrained or cfg.checkpoint is not None,
+            backbone,
+            pretrained=pretrained or checkpoint is not None,
             num_classes=0,
             **extra,
         )
-        if len(cfg.out_indices) != 4:
-            raise ValueError(f"out_indices must name 4 feature levels, got {cfg.out_indices}")
-        self.indices = list(cfg.out_indices)
+        if len(out_indices) != 4:
+            raise ValueError(f"out_indices must name 4 feature levels, got {out_indices}")
+        self.indices = list(out_indices)
         info = list(self.model.feature_info)
         if max(self.indices) >= len(info):
             raise ValueError(
-                f"{cfg.backbone} has {len(info)} feature levels; out_indices {cfg.out_indices}"
+                f"{backbone} has {len(info)} feature levels; out_indices {out_indices}"
             )
         strides = [int(info[i]["reduction"]) for i in self.indices]
         chans = [int(info[i]["num_chs"]) for i in self.indices]
@@ -124,7 +90,7 @@ class MultiScaleBackbone(nn.Module):
             self.rescale = nn.ModuleList(nn.Identity() for _ in chans)
         else:
             raise ValueError(
-                f"{cfg.backbone} out_indices {cfg.out_indices} give strides {strides}; need "
+                f"{backbone} out_indices {out_indices} give strides {strides}; need "
                 f"{_TARGET_STRIDES} or four levels of one stride (ViT)"
             )
         self.channels = chans
@@ -214,126 +180,3 @@ class UperNetHead(nn.Module):
             F.interpolate(o, size=size, mode="bilinear", align_corners=False) for o in outs[1:]
         ]
         return self.classifier(self.dropout(self.fuse(torch.cat(outs, dim=1))))
-
-
-class Segmenter(nn.Module):
-    """Backbone + UperNet: ``forward(images [B,3,H,W] RGB in [0,1]) -> logits [B,K,H,W]``,
-    ``K = num_classes`` (the target dataset's classes, background included if it has one).
-
-    Inputs whose sides are not multiples of 32 (and of the ViT patch size) are zero-padded
-    after normalisation and the output cropped back.
-    """
-
-    def __init__(self, cfg: SegmenterConfig, num_classes: int) -> None:
-        super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be positive, got {num_classes}")
-        self.cfg = cfg
-        self.num_classes = num_classes
-        self.backbone = MultiScaleBackbone(cfg)
-        self.head = UperNetHead(
-            self.backbone.channels, cfg.channels, num_classes, cfg.pool_scales, cfg.dropout
-        )
-        patch = getattr(getattr(self.backbone.model, "patch_embed", None), "patch_size", (1,))
-        self.pad_to = math.lcm(32, int(patch[0]))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        h, w = images.shape[-2:]
-        ph, pw = (-h) % self.pad_to, (-w) % self.pad_to
-        x = (images - self.backbone.mean.to(images)) / self.backbone.std.to(images)
-        x = F.pad(x, (0, pw, 0, ph))
-        logits = self.head(self.backbone(x))
-        logits = F.interpolate(logits, size=(h + ph, w + pw), mode="bilinear", align_corners=False)
-        return logits[..., :h, :w]
-
-    @torch.no_grad()
-    def probs(self, images: torch.Tensor) -> torch.Tensor:
-        """``[B,3,H,W]`` in [0,1] -> softmax class probabilities ``[B,K,H,W]``."""
-        return self.forward(images).float().softmax(dim=1)
-
-
-def build_segmenter(cfg: SegmenterConfig, num_classes: int, seed: int = 0) -> Segmenter:
-    """A segmenter with seeded random init for everything not loaded from weights."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return Segmenter(cfg, num_classes)
-
-
-# ----------------------------------------------------------------------------- optimiser
-
-
-def layer_ids(model: Segmenter) -> tuple[dict[str, int], int]:
-    """Layer index of every parameter name of ``model`` and the number of layers ``L + 1``.
-
-    Backbone parameters get the layer of their timm ``group_matcher`` group (ViT: embeddings 0,
-    block ``i`` -> ``i + 1``; ResNet: stem 0, stage blocks in order); backbones without a group
-    matcher count as one layer. Everything else (neck rescalers, head) gets layer ``L``.
-    """
-    from timm.models import group_parameters
-
-    bb: Any = model.backbone.model
-    if hasattr(bb, "group_matcher"):
-        layer_map = group_parameters(bb, bb.group_matcher(coarse=False), reverse=True)
-    else:
-        layer_map = {n: 0 for n, _ in bb.named_parameters()}
-    top = max(layer_map.values(), default=0) + 1
-    ids = {}
-    for name, _ in model.named_parameters():
-        prefix = "backbone.model."
-        ids[name] = layer_map.get(name[len(prefix) :], top - 1) if name.startswith(prefix) else top
-    return ids, top + 1
-
-
-def layer_decay_groups(
-    model: Segmenter, weight_decay: float, layer_decay: float
-) -> list[dict[str, Any]]:
-    """AdamW parameter groups with ``lr_scale = layer_decay ** (L - layer)``.
-
-    No weight decay on biases, norm parameters, position embeddings and tokens (BEiT / MAE).
-    The scheduler multiplies each group's ``lr_scale`` into the learning rate.
-    """
-    ids, n_layers = layer_ids(model)
-    top = n_layers - 1
-    groups: dict[tuple[int, bool], dict[str, Any]] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        no_decay = p.ndim <= 1 or name.endswith(("pos_embed", "cls_token", "reg_token"))
-        key = (ids[name], no_decay)
-        if key not in groups:
-            groups[key] = {
-                "params": [],
-                "weight_decay": 0.0 if no_decay else weight_decay,
-                "lr_scale": layer_decay ** (top - ids[name]),
-                "layer": ids[name],
-            }
-        groups[key]["params"].append(p)
-    return [groups[k] for k in sorted(groups)]
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def save_segmenter(model: Segmenter, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Atomically write ``{"config": asdict(cfg), "num_classes", "model": state_dict, **extra}``."""
-    buf = io.BytesIO()
-    state = {
-        "config": dataclasses.asdict(model.cfg),
-        "num_classes": model.num_classes,
-        "model": model.state_dict(),
-        **(extra or {}),
-    }
-    torch.save(state, buf)
-    return atomic_write_bytes(path, buf.getvalue())
-
-
-def load_segmenter(path: str | Path, map_location: str | torch.device = "cpu") -> Segmenter:
-    """Rebuild a segmenter from :func:`save_segmenter` output (saved weights, no download)."""
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    d = dict(state["config"])
-    for k in ("out_indices", "pool_scales"):
-        d[k] = tuple(d[k])
-    d.update(pretrained=False, checkpoint=None)
-    model = Segmenter(SegmenterConfig(**d), int(state["num_classes"]))
-    model.load_state_dict(state["model"])
-    return model

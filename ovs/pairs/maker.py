@@ -5,10 +5,11 @@ class-agnostic mask proposals for the image and lets CLIP pick, per noun, the pr
 matches "a photo of a {noun}." best; the pairs then supervise a mask classifier. Here the
 proposals are the pseudo-mask stage's segments and the scorer is chosen in config:
 
-* ``sseg`` (default, no outside weights): the trained S-Seg model. A mask's embedding is the
+* ``sseg`` (default, no outside weights): the trained model, through its method's
+  ``pair_scorer`` (:mod:`ovs.methods`); for S-Seg a mask's embedding is the
   mean over its pixels of S-Seg's per-pixel embedding ``e(x) = sum_q r_q(x) f_q`` (``f_q``
   the normalised query features, ``r_q(x) = sigmoid(m_q(x)) / sum_q' sigmoid(m_q'(x))`` the
-  query responsibilities that ``SSeg.dense_probs`` uses), re-normalised; the score is its
+  query responsibilities of S-Seg's ``dense_probs``), re-normalised; the score is its
   cosine with the noun's prompt embedding. Chosen over "mean dense probability, softmax over
   the sample's nouns": that softmax gives every mask probability 1 for a one-noun caption and
   makes a noun's score depend on the caption's unrelated nouns ("photo", "wallpaper").
@@ -21,18 +22,16 @@ candidate masks, those covering at least ``min_mask_area`` of the image) is kept
 is at least ``threshold``.
 
 Pieces: :class:`PairsConfig`; :func:`clean_nouns`, :func:`candidate_masks`,
-:func:`select_pairs` (pure); :func:`masked_crop`, :func:`sseg_mask_embeddings` (tensor ops);
-:class:`SSegScorer` / :class:`ClipScorer` (:func:`build_scorer`); :class:`PairMaker`, which
-pairs a whole shard (image shard + pseudo-mask parquet + entity parquet) and is what the
-stage's Ray actors wrap.
+:func:`select_pairs` (pure); :func:`masked_crop` (tensor ops); :class:`DenseScorer` (a trained
+model's ``mask_embeddings``) / :class:`ClipScorer` (:func:`build_scorer`); :class:`PairMaker`, which
+pairs a whole shard (image shard + pseudo-mask parquet + entity parquet); :class:`ShardPairer`,
+the stage's per-shard function (a scorer built once per Ray actor).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
-import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -46,7 +45,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ovs.pseudo_masks.masker import STATUS_OK, decode_label_png, resolve_device, upsample_labels
+from ovs.codecs import decode_label_png, decode_rgb, read_keyed
+from ovs.pseudo_masks.masker import STATUS_OK, resolve_device, upsample_labels
 
 SCORERS = ("sseg", "clip")
 NOUN_COLUMNS = ("nouns", "chunk_heads", "entities")
@@ -93,19 +93,25 @@ class PairsConfig:
     device: str = "auto"  # "auto" (cuda if available) | "cpu" | "cuda" | "cuda:N"
     gallery_pairs: int = 16  # pairs drawn in the logged gallery
 
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the bad ``pairs.*`` setting (called at config load)."""
+        from ovs.eval.templates import TEMPLATES
 
-def validate(cfg: PairsConfig) -> None:
-    """Raise ``ValueError`` naming the bad ``pairs.*`` setting."""
-    if cfg.scorer not in SCORERS:
-        raise ValueError(f"pairs.scorer must be one of {SCORERS}, got {cfg.scorer!r}")
-    if cfg.noun_column not in NOUN_COLUMNS:
-        raise ValueError(
-            f"pairs.noun_column must be one of {NOUN_COLUMNS}, got {cfg.noun_column!r}"
-        )
-    if not 0.0 <= cfg.min_mask_area < 1.0:
-        raise ValueError(f"pairs.min_mask_area must be in [0, 1), got {cfg.min_mask_area}")
-    if cfg.max_nouns < 1 or cfg.batch_size < 1 or cfg.image_size < 1:
-        raise ValueError("pairs.max_nouns, pairs.batch_size and pairs.image_size must be >= 1")
+        if self.scorer not in SCORERS:
+            raise ValueError(f"pairs.scorer must be one of {SCORERS}, got {self.scorer!r}")
+        if self.noun_column not in NOUN_COLUMNS:
+            raise ValueError(
+                f"pairs.noun_column must be one of {NOUN_COLUMNS}, got {self.noun_column!r}"
+            )
+        if self.templates not in TEMPLATES:
+            raise ValueError(
+                f"pairs.templates must be one of {sorted(TEMPLATES)}, got {self.templates!r}"
+            )
+        if not 0.0 <= self.min_mask_area < 1.0:
+            raise ValueError(f"pairs.min_mask_area must be in [0, 1), got {self.min_mask_area}")
+        for key in ("max_nouns", "batch_size", "image_size", "num_actors"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"pairs.{key} must be >= 1, got {getattr(self, key)}")
 
 
 # ----------------------------------------------------------------------------- pure pieces
@@ -206,34 +212,6 @@ def masked_crop(
     return canvas
 
 
-@torch.no_grad()
-def sseg_mask_embeddings(
-    model: Any, images: torch.Tensor, labels: torch.Tensor, num_masks: int
-) -> torch.Tensor:
-    """S-Seg embedding of every segment of every image.
-
-    ``images`` float ``[B, 3, H, W]`` RGB in [0, 1]; ``labels`` int64 ``[B, H, W]`` segment ids
-    in ``[0, num_masks)`` -> float32 ``[B, num_masks, E]``: per segment, the mean over its
-    pixels of ``e(x) = sum_q r_q(x) f_q`` (module docstring), L2-normalised. Empty segments
-    give zero rows. Inputs whose sides are not multiples of 32 are zero-padded after
-    normalisation, like ``SSeg.dense_probs``.
-    """
-    _, _, h, w = images.shape
-    ph, pw = (-h) % 32, (-w) % 32
-    x = (images - model.pixel_mean) / model.pixel_std
-    x = F.pad(x, (0, pw, 0, ph))
-    masks, q = model.maskformer(x)
-    feats = F.normalize(model.image_proj(q), dim=-1).float()  # [B, N, E]
-    masks = F.interpolate(masks.float(), size=(h + ph, w + pw), mode="bilinear")
-    resp = masks[..., :h, :w].sigmoid()  # [B, N, H, W]
-    if model.cfg.dense_normalize:
-        resp = resp / resp.sum(dim=1, keepdim=True).clamp_min(1e-6)
-    onehot = F.one_hot(labels.long(), num_masks).permute(0, 3, 1, 2).float()  # [B, K, H, W]
-    area = onehot.sum(dim=(2, 3))  # [B, K]
-    weights = torch.einsum("bkhw,bnhw->bkn", onehot, resp) / area.clamp_min(1.0)[..., None]
-    return F.normalize(weights @ feats, dim=-1)
-
-
 def _resize_short(image: np.ndarray, side: int) -> np.ndarray:
     """uint8 ``[H, W, 3]`` -> short side ``side`` (aspect kept, bilinear)."""
     h, w = image.shape[:2]
@@ -262,8 +240,11 @@ class MaskScorer(Protocol):
         ...
 
 
-class SSegScorer:
-    """Scores masks with a trained S-Seg model (:func:`sseg_mask_embeddings`)."""
+class DenseScorer:
+    """Scores masks with a trained model's own dense embeddings: ``model.text_embeddings(texts)
+    -> [T, E]`` and ``model.mask_embeddings(images [B,3,H,W] in [0,1], labels [B,H,W], K) ->
+    [B, K, E]`` (S-Seg: :mod:`ovs.methods.sseg.model`). Images go in at short side
+    ``image_size``; same-size images share a forward."""
 
     def __init__(
         self, model: Any, image_size: int, device: torch.device, batch_size: int = 32
@@ -292,7 +273,7 @@ class SSegScorer:
                 imgs = imgs.permute(0, 3, 1, 2).float() / 255.0
                 labs = torch.from_numpy(np.stack([c[2] for c in chunk]).astype(np.int64))
                 k = int(labs.max()) + 1
-                emb = sseg_mask_embeddings(self.model, imgs, labs.to(self.device), k).cpu()
+                emb = self.model.mask_embeddings(imgs, labs.to(self.device), k).cpu()
                 for j, (i, _, _) in enumerate(chunk):
                     out[i] = emb[j, torch.as_tensor(mask_ids[i], dtype=torch.long)]
         return out
@@ -366,42 +347,26 @@ class ClipScorer:
 
 
 def build_scorer(cfg: PairsConfig, checkpoint: str | Path | None = None) -> MaskScorer:
-    """The scorer ``cfg.scorer`` names, on ``cfg.device``. ``checkpoint``: the S-Seg model
-    file (``cfg.checkpoint`` wins when set)."""
-    validate(cfg)
+    """The scorer ``cfg.scorer`` names, on ``cfg.device``. ``checkpoint``: the trained model
+    file (``cfg.checkpoint`` wins when set), scored by its method's ``pair_scorer``."""
+    cfg.validate()
     device = resolve_device(cfg.device)
     if cfg.scorer == "sseg":
-        from ovs.models.sseg import load_checkpoint
+        from ovs.methods import load_checkpoint
 
         path = cfg.checkpoint or checkpoint
         if path is None:
             raise ValueError("pairs.scorer=sseg needs a checkpoint (pairs.checkpoint or train)")
         if not Path(path).is_file():
-            raise FileNotFoundError(f"pairs: S-Seg checkpoint {path} not found")
-        return SSegScorer(load_checkpoint(path), cfg.image_size, device, cfg.batch_size)
+            raise FileNotFoundError(f"pairs: trained model checkpoint {path} not found")
+        spec, model = load_checkpoint(path)
+        if spec.pair_scorer is None:
+            raise ValueError(f"pairs: method {spec.name!r} ({path}) cannot score masks")
+        return spec.pair_scorer(model, device, cfg.image_size, cfg.batch_size)
     return ClipScorer(cfg.clip_model, cfg.clip_pretrained, device, cfg.batch_size)
 
 
 # ----------------------------------------------------------------------------- shards
-
-
-def read_keyed(path: Path, columns: list[str]) -> dict[str, dict]:
-    """``key -> row`` of a per-shard parquet (missing file -> empty)."""
-    if not Path(path).is_file():
-        return {}
-    return {r["key"]: r for r in pq.read_table(path, columns=columns).to_pylist()}
-
-
-def decode_rgb(data: bytes | None) -> np.ndarray | None:
-    """Image bytes -> uint8 ``[H, W, 3]``, or None if undecodable."""
-    if not data:
-        return None
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except Exception:  # noqa: BLE001 - any decode failure is a bad sample, counted by the caller
-        return None
-    return arr if arr.shape[0] > 0 and arr.shape[1] > 0 else None
 
 
 def shard_counts(path: str | Path) -> dict[str, int]:
@@ -426,7 +391,7 @@ class PairMaker:
     max_cached_nouns = 200_000
 
     def __init__(self, cfg: PairsConfig, scorer: MaskScorer) -> None:
-        validate(cfg)
+        cfg.validate()
         self.cfg = cfg
         self.scorer = scorer
         self._text: dict[str, torch.Tensor] = {}
@@ -460,22 +425,16 @@ class PairMaker:
         return rows
 
     def shard(
-        self,
-        tar_path: str | Path,
-        masks_path: str | Path,
-        entities_path: str | Path,
-        out_path: str | Path | None = None,
+        self, tar_path: str | Path, masks_path: str | Path, entities_path: str | Path
     ) -> tuple[pa.Table, dict[str, int]]:
-        """Pair every sample of one shard; write ``out_path`` (atomically) when given.
+        """Pair every sample of one shard.
 
         Samples without an ok pseudo-mask, without usable nouns, with an undecodable image or
         mask, or with no candidate mask are skipped and counted. Returns the table
-        (``PAIRS_SCHEMA``, counts in its metadata) and the counts.
+        (``PAIRS_SCHEMA``, the counts in its metadata: :func:`shard_counts`) and the counts.
         """
         from ovs.data.shards import iter_shard
-        from ovs.io import atomic_write_parquet
 
-        start = time.perf_counter()
         cfg = self.cfg
         masks = read_keyed(Path(masks_path), ["key", "label_png", "k", "status"])
         ents = read_keyed(Path(entities_path), ["key", cfg.noun_column, "status"])
@@ -501,11 +460,7 @@ class PairMaker:
             schema=PAIRS_SCHEMA,
         )
         result = dict(counts)
-        table = table.replace_schema_metadata({COUNTS_KEY: json.dumps(result).encode()})
-        if out_path is not None:
-            atomic_write_parquet(out_path, table)
-        result_with_time = {**result, "seconds": time.perf_counter() - start}
-        return table, result_with_time
+        return table.replace_schema_metadata({COUNTS_KEY: json.dumps(result).encode()}), result
 
     def _item(
         self, sample: dict, mask_row: dict | None, ent_row: dict | None, counts: Counter
@@ -534,3 +489,19 @@ class PairMaker:
             counts["skipped_bad_mask"] += 1
             return None
         return _Item(sample["key"], image, label, nouns, ids, areas)
+
+
+class ShardPairer:
+    """The ``pairs`` stage's per-shard function: one shard (its images, pseudo-masks and
+    caption nouns) -> its ``PAIRS_SCHEMA`` table, the shard's counts in the metadata.
+
+    The scorer is built once, in ``__init__`` (one per Ray actor), with as many torch threads
+    as the actor holds CPUs.
+    """
+
+    def __init__(self, cfg: PairsConfig, checkpoint: str | None) -> None:
+        torch.set_num_threads(max(1, int(cfg.num_cpus)))
+        self.maker = PairMaker(cfg, build_scorer(cfg, checkpoint))
+
+    def __call__(self, tar: str, masks: str, entities: str) -> pa.Table:
+        return self.maker.shard(tar, masks, entities)[0]

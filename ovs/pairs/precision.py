@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
-from PIL import Image
 
-from ovs.pairs.maker import candidate_masks, read_keyed
-from ovs.pseudo_masks.masker import STATUS_OK, decode_label_png, upsample_labels
+from ovs.codecs import decode_label_png, decode_rgb, read_keyed, read_label_png
+from ovs.pairs.maker import candidate_masks
+from ovs.pseudo_masks.masker import STATUS_OK, upsample_labels
 
 IGNORE_INDEX = 255
 
@@ -139,14 +139,6 @@ def precision_metrics(stats: Mapping[str, float]) -> dict[str, float]:
     }
 
 
-def read_gt(path: Path) -> np.ndarray | None:
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im, dtype=np.uint8)
-    except (OSError, ValueError):
-        return None
-
-
 def evaluate_shard(
     pairs_path: str | Path,
     masks_path: str | Path,
@@ -178,7 +170,8 @@ def evaluate_shard(
             continue
         wid = (sample.get("json") or {}).get("id")
         m = masks.get(sample["key"])
-        gt = read_gt(Path(gt_dir) / f"{wid}.png") if wid is not None else None
+        gt_path = Path(gt_dir) / f"{wid}.png"
+        gt = read_label_png(gt_path) if wid is not None and gt_path.is_file() else None
         if gt is None or m is None or m.get("status") != STATUS_OK:
             total["no_gt"] += len(pairs)
             continue
@@ -193,6 +186,17 @@ def evaluate_shard(
                 scores.append(float(score))
                 hits.append(hit)
     return {**dict(total), "scores": scores, "hits": hits}
+
+
+class ShardPrecision:
+    """Per-shard function of the ``pairs`` stage's world metrics: :func:`evaluate_shard` of
+    one shard's pairs against the world's train labels in ``gt_dir``."""
+
+    def __init__(self, gt_dir: str, noun_to_class: dict[str, int], min_area: float) -> None:
+        self.gt_dir, self.noun_to_class, self.min_area = gt_dir, noun_to_class, min_area
+
+    def __call__(self, pairs: str, masks: str, tar: str) -> dict[str, Any]:
+        return evaluate_shard(pairs, masks, tar, self.gt_dir, self.noun_to_class, self.min_area)
 
 
 def precision_curve(
@@ -278,7 +282,6 @@ def gallery_items(
     """The first ``n`` pairs of a shard (tar order) as :class:`GalleryItem` (correctness when
     ``gt_dir`` and ``noun_to_class`` are given)."""
     from ovs.data.shards import iter_shard
-    from ovs.pairs.maker import decode_rgb
 
     rows = pq.read_table(pairs_path, columns=["key", "noun", "mask_id", "score"]).to_pylist()[:n]
     wanted: dict[str, list[dict]] = {}
@@ -295,10 +298,9 @@ def gallery_items(
         m = masks[sample["key"]]
         label = decode_label_png(m["label_png"])
         full = upsample_labels(label, image.shape[:2])
-        gt = None
         wid = (sample.get("json") or {}).get("id")
-        if gt_dir is not None and wid is not None:
-            gt = read_gt(Path(gt_dir) / f"{wid}.png")
+        gt_path = Path(gt_dir) / f"{wid}.png" if gt_dir is not None and wid is not None else None
+        gt = read_label_png(gt_path) if gt_path is not None and gt_path.is_file() else None
         for r in wanted[sample["key"]]:
             correct = None
             if gt is not None and noun_to_class is not None:

@@ -1,4 +1,5 @@
-"""Batched JPEG decode + resize on a torch device: nvJPEG on CUDA, libjpeg-turbo on CPU.
+"""Decode + resize of the masker's images: PIL per image on the CPU, or batched JPEG decode on a
+torch device (nvJPEG on CUDA, libjpeg-turbo on CPU).
 
 With ``pseudo_masks.decode: device`` the pseudo-mask actors get the encoded bytes and decode
 each batch on their own device with TorchCodec's ``decode_jpeg`` (which supersedes the
@@ -7,19 +8,44 @@ GPU node, CPU decoding of ~5,000 images/s would take most of the node's cores; n
 the GPU next to the forward.
 
 Each image is resized to ``size x size`` with antialiased bicubic interpolation, which is what
-PIL's BICUBIC resize does when it downscales (``ovs.pseudo_masks.masker.decode_resize``). Bytes that
+PIL's BICUBIC resize does when it downscales (:func:`decode_resize`, the CPU path). Bytes that
 are not a JPEG (PNG, WebP, ...) or that TorchCodec fails on are decoded by PIL one by one;
-bytes neither can decode give None, as ``decode_resize`` does.
+bytes neither can decode give None, as :func:`decode_resize` does.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def resize_rgb(image: Image.Image, size: int) -> np.ndarray:
+    """PIL image -> uint8 [size, size, 3] RGB, BICUBIC (antialiased when it downscales)."""
+    image = image.convert("RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def decode_resize(data: bytes | None, size: int) -> np.ndarray | None:
+    """Decode image bytes (JPEG, PNG, ...) on the CPU with PIL to uint8 [size, size, 3] RGB;
+    None if unreadable (the ``decode: cpu`` path, and this module's per-image fallback).
+
+    Never raises: corrupt, truncated, empty or absurdly large inputs all give None.
+    """
+    if not data:
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return resize_rgb(image, size)
+    except Exception:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError...)
+        return None
 
 
 def resize_uint8(image: torch.Tensor, size: int) -> torch.Tensor:
@@ -57,8 +83,6 @@ def decode_resize_batch(
     datas: Sequence[bytes | None], size: int, device: torch.device
 ) -> list[torch.Tensor | None]:
     """Encoded images -> uint8 [size, size, 3] tensors on ``device``, or None if undecodable."""
-    from ovs.pseudo_masks.masker import decode_resize
-
     out: list[torch.Tensor | None] = [None] * len(datas)
     raw = [bytes(d) if d is not None else b"" for d in datas]
     jpeg_idx = [i for i, d in enumerate(raw) if d.startswith(JPEG_MAGIC)]

@@ -5,13 +5,13 @@ label map to the input resolution; Table 1 reports oracle mIoU 78.8 (VOC) / 66.3
 against 49.5 / 43.3 for plain K-means on pixels.
 
 Pieces (each usable without Ray):
-- ``decode_resize``: JPEG/PNG bytes -> uint8 [S, S, 3], or None for a corrupt image.
-- ``PseudoMasker``: callable class, Ray Data ``map_batches`` style. Loads the extractor once,
-  then ``__call__(batch)`` turns a batch of images into compact label PNGs.
-- ``encode_label_png`` / ``decode_label_png`` / ``upsample_labels``: the stored format is a
-  uint8 PNG at feature-grid resolution; consumers upsample it (nearest) to the image size.
-- ``oracle_miou``: each pseudo segment takes its majority ground-truth label, then mIoU.
-- ``pseudo_mask_figure``: grid of images / pseudo-masks / oracle-labelled masks / GT.
+- ``PseudoMasker``: callable class. Loads the extractor once, then ``__call__(batch)`` turns
+  a batch of images (decoded by :mod:`ovs.pseudo_masks.device_decode`) into compact label PNGs.
+- ``ShardMasker`` / ``ImageMasker``: the stage's per-item functions (one webdataset shard ->
+  its ``MASK_SCHEMA`` table; image files -> their label PNGs, for the oracle).
+- ``upsample_labels``: the stored format is a uint8 PNG at feature-grid resolution
+  (:func:`ovs.codecs.encode_label_png`); consumers upsample it (nearest) to the image size.
+- The oracle mIoU and the pseudo-mask figure are in :mod:`ovs.pseudo_masks.oracle`.
 
 Geometry: images are resized to ``image_size x image_size`` without keeping the aspect ratio,
 so the label grid covers the whole image and upsampling it to the original H x W realigns it.
@@ -21,20 +21,22 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import pyarrow as pa
 import torch
 from PIL import Image
 
 from ovs import precision
-from ovs.pseudo_masks.device_decode import decode_resize_batch
-from ovs.pseudo_masks.features import ExtractorArgs, build_extractor
-from ovs.pseudo_masks.kmeans import kmeans
-from ovs.pseudo_masks.runtimes import build_forward, resolve_runtime
+from ovs.codecs import encode_label_png
+from ovs.pseudo_masks.device_decode import decode_resize, decode_resize_batch, resize_rgb
+from ovs.pseudo_masks.features import EXTRACTORS, ExtractorArgs, build_extractor
+from ovs.pseudo_masks.kmeans import METRICS, kmeans
+from ovs.pseudo_masks.runtimes import RUNTIMES, build_forward, resolve_runtime
 
 STATUS_OK = "ok"
 STATUS_DECODE_ERROR = "decode_error"
@@ -66,7 +68,6 @@ class PseudoMaskConfig:
         "num_actors",
         "num_gpus",
         "num_cpus",
-        "decode_cpus",
         "device",
         "runtime",
         "decode",
@@ -89,9 +90,8 @@ class PseudoMaskConfig:
     num_actors: int = 1  # Ray actors
     num_gpus: float = 0.0  # GPUs per actor (0: CPU actors)
     num_cpus: float = 1.0  # CPUs per actor (also its torch thread count)
-    decode_cpus: float = 1.0  # CPUs per Ray Data read / decode+resize task
-    # Where JPEGs are decoded: "cpu" (Ray Data CPU tasks, PIL) | "device" (in the actors, on
-    # their device: nvJPEG on GPUs; ovs.pseudo_masks.device_decode)
+    # Where the actors decode JPEGs: "cpu" (PIL) | "device" (on their device: nvJPEG on GPUs;
+    # ovs.pseudo_masks.device_decode)
     decode: str = "cpu"
     device: str = "auto"  # "auto" (cuda if available) | "cpu" | "cuda" | "cuda:N"
     # Extractor compute dtype: "auto" (bfloat16 where native, else float32; ovs.precision) |
@@ -107,44 +107,43 @@ class PseudoMaskConfig:
     oracle_images: int = 200  # world eval images for the oracle mIoU metric (0: off)
     figure_images: int = 8  # rows of the logged image / pseudo-mask / GT grid
 
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the bad ``pseudo_masks.*`` setting (called at config load,
+        and by :class:`PseudoMasker`)."""
+        if self.extractor not in EXTRACTORS:
+            raise ValueError(
+                f"pseudo_masks.extractor must be one of {sorted(EXTRACTORS)}, got {self.extractor!r}"
+            )
+        if self.metric not in ("auto", *METRICS):
+            raise ValueError(
+                f"pseudo_masks.metric must be auto or one of {METRICS}, got {self.metric!r}"
+            )
+        if self.runtime not in RUNTIMES:
+            raise ValueError(
+                f"pseudo_masks.runtime must be one of {RUNTIMES}, got {self.runtime!r}"
+            )
+        if self.autocast not in AUTOCAST_CHOICES:
+            raise ValueError(
+                f"pseudo_masks.autocast must be one of {AUTOCAST_CHOICES}, got {self.autocast!r}"
+            )
+        if self.smooth and self.smooth % 2 == 0:
+            raise ValueError(f"pseudo_masks.smooth must be 0 or odd, got {self.smooth}")
+        if self.decode not in DECODE_PLACES:
+            raise ValueError(
+                f"pseudo_masks.decode must be one of {DECODE_PLACES}, got {self.decode!r}"
+            )
+        if not 1 <= self.k <= 256:
+            raise ValueError(f"pseudo_masks.k must be in [1, 256] to fit a uint8 PNG, got {self.k}")
+        for key in ("image_size", "iters", "batch_size", "num_actors", "pixel_stride"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"pseudo_masks.{key} must be >= 1, got {getattr(self, key)}")
+        if not 0 <= self.png_compress_level <= 9:
+            raise ValueError(
+                f"pseudo_masks.png_compress_level must be in [0, 9], got {self.png_compress_level}"
+            )
 
-# ----------------------------------------------------------------------------- images / PNGs
 
-
-def _resize_rgb(image: Image.Image, size: int) -> np.ndarray:
-    image = image.convert("RGB")
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BICUBIC)
-    return np.asarray(image, dtype=np.uint8)
-
-
-def decode_resize(data: bytes | None, size: int) -> np.ndarray | None:
-    """Decode image bytes (JPEG, PNG, ...) to uint8 [size, size, 3] RGB; None if unreadable.
-
-    Never raises: corrupt, truncated, empty or absurdly large inputs all give None.
-    """
-    if not data:
-        return None
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return _resize_rgb(image, size)
-    except Exception:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError...)
-        return None
-
-
-def encode_label_png(label: np.ndarray, compress_level: int = 1) -> bytes:
-    """uint8 label map [h, w] -> PNG bytes (mode L)."""
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(label, dtype=np.uint8), mode="L").save(
-        buf, format="PNG", compress_level=compress_level
-    )
-    return buf.getvalue()
-
-
-def decode_label_png(data: bytes) -> np.ndarray:
-    """PNG bytes -> uint8 label map [h, w]."""
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image, dtype=np.uint8)
+# ----------------------------------------------------------------------------- label maps
 
 
 def upsample_labels(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -207,14 +206,7 @@ class PseudoMasker:
     """
 
     def __init__(self, cfg: PseudoMaskConfig, device: str | None = None) -> None:
-        if cfg.autocast not in AUTOCAST_CHOICES:
-            raise ValueError(f"autocast must be one of {AUTOCAST_CHOICES}, got {cfg.autocast!r}")
-        if cfg.smooth and cfg.smooth % 2 == 0:
-            raise ValueError(f"smooth must be 0 or odd, got {cfg.smooth}")
-        if cfg.decode not in DECODE_PLACES:
-            raise ValueError(f"decode must be one of {DECODE_PLACES}, got {cfg.decode!r}")
-        if not 1 <= cfg.k <= 256:
-            raise ValueError(f"k must be in [1, 256] to fit a uint8 PNG, got {cfg.k}")
+        cfg.validate()
         self.cfg = cfg
         self.device = resolve_device(device or cfg.device)
         args = ExtractorArgs(
@@ -317,6 +309,64 @@ class PseudoMasker:
         }
 
 
+MASK_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("label_png", pa.binary()),  # uint8 PNG [grid_h, grid_w], values in [0, k); b"": skipped
+        ("grid_h", pa.int32()),
+        ("grid_w", pa.int32()),
+        ("k", pa.int32()),
+        ("status", pa.string()),  # STATUS_OK | STATUS_DECODE_ERROR | STATUS_BAD_IMAGE
+    ]
+)
+
+
+def _actor_masker(cfg: PseudoMaskConfig) -> PseudoMasker:
+    """A masker whose torch threads match the CPUs its Ray actor holds."""
+    torch.set_num_threads(max(1, int(cfg.num_cpus)))
+    return PseudoMasker(cfg)
+
+
+class ShardMasker:
+    """The ``pseudo_masks`` stage's per-shard function: one webdataset shard -> its
+    ``MASK_SCHEMA`` table, one row per sample in tar order.
+
+    The extractor is loaded once (in ``__init__``, one per Ray actor); the shard's JPEG bytes
+    go to the masker ``batch_size`` samples at a time, decoded where ``cfg.decode`` says.
+    Undecodable or missing images are rows with status ``decode_error``.
+    """
+
+    def __init__(self, cfg: PseudoMaskConfig) -> None:
+        self.masker = _actor_masker(cfg)
+
+    def __call__(self, tar: str) -> pa.Table:
+        from ovs.data.shards import iter_shard
+
+        samples = [(s["key"], s.get("jpg") or b"") for s in iter_shard(tar, members=("jpg",))]
+        step = max(1, self.masker.cfg.batch_size)
+        parts = []
+        for start in range(0, len(samples), step):
+            chunk = samples[start : start + step]
+            parts.append(self.masker({"key": [k for k, _ in chunk], "jpg": [j for _, j in chunk]}))
+        return pa.table(
+            {name: [v for p in parts for v in p[name]] for name in MASK_SCHEMA.names},
+            schema=MASK_SCHEMA,
+        )
+
+
+class ImageMasker:
+    """The oracle's per-item function: image files -> their label PNGs (``b""`` when the
+    image is unusable), in the given order; the file stem is the image key (its seed)."""
+
+    def __init__(self, cfg: PseudoMaskConfig) -> None:
+        self.masker = _actor_masker(cfg)
+
+    def __call__(self, paths: list[str]) -> list[bytes]:
+        keys = [Path(p).stem for p in paths]
+        images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+        return [bytes(b) for b in self.masker({"key": keys, "image": images})["label_png"]]
+
+
 def _as_rgb(img: Any, size: int) -> np.ndarray | None:
     """Validate one decoded image; resize to [size, size, 3] uint8 if needed; None if unusable."""
     if img is None:
@@ -330,108 +380,5 @@ def _as_rgb(img: Any, size: int) -> np.ndarray | None:
     if arr.dtype != np.uint8:
         return None
     if arr.shape[:2] != (size, size):
-        return _resize_rgb(Image.fromarray(np.ascontiguousarray(arr)), size)
+        return resize_rgb(Image.fromarray(np.ascontiguousarray(arr)), size)
     return arr
-
-
-# ----------------------------------------------------------------------------- oracle mIoU
-
-
-def _confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore: int) -> np.ndarray:
-    """[C, C] counts, rows = ground truth, columns = prediction (pixels with gt == ignore or
-    pred outside [0, C) are dropped). Private: ovs/eval/metrics.py holds the project's metrics."""
-    valid = (gt != ignore) & (gt < num_classes) & (pred < num_classes)
-    idx = gt[valid].astype(np.int64) * num_classes + pred[valid].astype(np.int64)
-    return np.bincount(idx, minlength=num_classes**2).reshape(num_classes, num_classes)
-
-
-def _miou(conf: np.ndarray) -> float:
-    """Mean IoU over classes that occur in the ground truth or the prediction."""
-    tp = np.diag(conf).astype(np.float64)
-    union = conf.sum(0) + conf.sum(1) - tp
-    present = union > 0
-    return float((tp[present] / union[present]).mean()) if present.any() else float("nan")
-
-
-def oracle_labels(
-    pseudo: np.ndarray, gt: np.ndarray, num_classes: int, ignore: int = 255
-) -> np.ndarray:
-    """Give each pseudo segment its majority ground-truth label.
-
-    pseudo [h, w] (any resolution; upsampled nearest to gt's), gt [H, W] uint8 -> [H, W] uint8.
-    Segments that cover only ignored pixels map to ``ignore``.
-    """
-    if pseudo.shape != gt.shape:
-        pseudo = upsample_labels(pseudo, gt.shape)
-    seg = pseudo.astype(np.int64)
-    n_seg = int(seg.max()) + 1 if seg.size else 0
-    valid = (gt != ignore) & (gt < num_classes)
-    hist = np.bincount(
-        seg[valid] * num_classes + gt[valid].astype(np.int64), minlength=n_seg * num_classes
-    ).reshape(n_seg, num_classes)
-    mapping = np.where(hist.sum(1) > 0, hist.argmax(1), ignore).astype(np.uint8)
-    return mapping[seg]
-
-
-def oracle_miou(
-    pseudo_labels: Sequence[np.ndarray],
-    gt_labels: Sequence[np.ndarray],
-    num_classes: int,
-    ignore: int = 255,
-) -> float:
-    """Oracle mIoU of pseudo-masks: majority GT label per segment, confusion over the dataset.
-
-    pseudo_labels: per image [h, w] segment ids; gt_labels: per image [H, W] class ids (0..C-1,
-    ``ignore`` = void). Returns mIoU in [0, 1] (mean over classes present in GT or prediction).
-    """
-    if len(pseudo_labels) != len(gt_labels):
-        raise ValueError(f"{len(pseudo_labels)} pseudo maps for {len(gt_labels)} GT maps")
-    conf = np.zeros((num_classes, num_classes), dtype=np.int64)
-    for pseudo, gt in zip(pseudo_labels, gt_labels, strict=True):
-        conf += _confusion(oracle_labels(pseudo, gt, num_classes, ignore), gt, num_classes, ignore)
-    return _miou(conf)
-
-
-# ----------------------------------------------------------------------------- figure
-
-
-def _palette(n: int = 256, seed: int = 0) -> np.ndarray:
-    pal = np.random.default_rng(seed).integers(40, 256, size=(n, 3), dtype=np.uint8)
-    pal[255] = 0  # ignore -> black
-    return pal
-
-
-def pseudo_mask_figure(
-    images: Sequence[np.ndarray],
-    pseudo_labels: Sequence[np.ndarray],
-    gt_labels: Sequence[np.ndarray] | None = None,
-    num_classes: int | None = None,
-    max_rows: int = 8,
-) -> Any:
-    """Grid figure (matplotlib ``Figure``, no pyplot state): one row per image with columns
-    image | pseudo-mask | (oracle-labelled pseudo-mask | ground truth, when GT is given)."""
-    from matplotlib.figure import Figure
-
-    rows = min(len(images), max_rows)
-    with_gt = gt_labels is not None
-    if with_gt and num_classes is None:
-        raise ValueError("num_classes is needed to draw oracle labels")
-    cols = 4 if with_gt else 2
-    fig = Figure(figsize=(2.2 * cols, 2.2 * rows), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False)
-    pal = _palette()
-    titles = ["image", "pseudo-mask", "oracle labels", "ground truth"]
-    for r in range(rows):
-        img = images[r]
-        size = img.shape[:2]
-        panels = [img, pal[upsample_labels(pseudo_labels[r], size)]]
-        if with_gt:
-            gt = gt_labels[r]
-            panels += [pal[oracle_labels(pseudo_labels[r], gt, num_classes)], pal[gt]]
-        for c, panel in enumerate(panels):
-            ax = axes[r, c]
-            ax.imshow(panel, interpolation="nearest")
-            ax.set_axis_off()
-            if r == 0:
-                ax.set_title(titles[c], fontsize=9)
-    return fig

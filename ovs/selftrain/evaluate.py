@@ -28,24 +28,8 @@ from ovs.eval.protocol import (
     shard_metrics,
     sliding_window_probs,
 )
-from ovs.models.upernet import Segmenter
-
-
-class ClosedVocabMethod:
-    """The harness's ``dense_probs`` for a closed-vocabulary segmenter.
-
-    ``text_emb`` ``[M, K]`` selects/mixes classes: ``probs[b, m] = sum_k text_emb[m, k] *
-    p[b, k]``; the identity ``[K, K]`` gives the class probabilities themselves.
-    """
-
-    def __init__(self, model: Segmenter, device: torch.device | None = None) -> None:
-        self.model = model
-        self.device = device or next(model.parameters()).device
-
-    @torch.no_grad()
-    def dense_probs(self, images: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
-        probs = self.model.probs(images.to(self.device))
-        return torch.einsum("mk,bkhw->bmhw", text_emb.to(probs), probs)
+from ovs.methods.segmenter.adapters import ClosedVocabMethod
+from ovs.methods.segmenter.model import Segmenter
 
 
 @torch.no_grad()

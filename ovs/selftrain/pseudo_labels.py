@@ -114,19 +114,6 @@ def target_images(
     return refs, dataset
 
 
-class DeviceMethod:
-    """A :class:`~ovs.eval.method.SegMethod` wrapper that tells the harness its device."""
-
-    def __init__(self, model, device: torch.device) -> None:
-        self.model, self.device = model, device
-
-    def text_embeddings(self, texts: list[str]) -> torch.Tensor:
-        return self.model.text_embeddings(texts)
-
-    def dense_probs(self, images: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
-        return self.model.dense_probs(images, text_emb)
-
-
 def quantize(conf: torch.Tensor | np.ndarray) -> np.ndarray:
     """Confidences in [0, 1] -> ``uint8`` ``round(255 * c)``."""
     c = conf.detach().cpu().numpy() if isinstance(conf, torch.Tensor) else np.asarray(conf)

@@ -1,27 +1,28 @@
-"""S-Seg+ training pieces that do not depend on Ray: config, optimiser, schedule, batches.
+"""S-Seg+ training pieces that do not depend on Ray: the ``self_train`` section and its batches
+(the segmenter's model, objective and optimiser recipe are :mod:`ovs.methods.segmenter`).
 
-The distributed loop (Ray Train workers, DDP, checkpoints, MLflow from rank 0) is in
-``pipelines/self_train.py``; everything here is single-process and unit-tested.
+The distributed loop (Ray Train workers, DDP, checkpoints, MLflow from rank 0) is
+``pipelines/loop.py``, driven by ``pipelines/self_train.py``'s task; everything here is
+single-process and unit-tested.
 """
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import torch
-from PIL import Image
 
+from ovs.codecs import decode_label_png, read_image
 from ovs.data.augment import AugmentConfig, augment_pair
-from ovs.models.upernet import Segmenter, SegmenterConfig, layer_decay_groups, paper_segmenter
+from ovs.methods.segmenter.config import SegmenterConfig, paper_segmenter
 from ovs.selftrain.pseudo_labels import (
     PseudoLabelConfig,
     TargetConfig,
     apply_confidence_rule,
 )
+from ovs.train.loop_config import LoopConfig
 
 # Paper iterations per target dataset (S-Seg Table 6 setup: 20k / 40k / 80k).
 PAPER_STEPS = {"voc21": 20000, "voc20": 20000, "context60": 40000, "context59": 40000}
@@ -29,7 +30,7 @@ PAPER_STEPS["coco_object"] = 80000
 
 
 @dataclass
-class SelfTrainConfig:
+class SelfTrainConfig(LoopConfig):
     """The ``self_train`` stage (S-Seg+). Defaults: the tiny CPU recipe for the synthetic world
     (half-width ResNet-18 + 64-channel UperNet from scratch, 1000 steps of 16 = 1.6 epochs of
     the 10k world images; ~6 min on 2 cores including labelling and evaluation). Measured on the
@@ -41,15 +42,6 @@ class SelfTrainConfig:
     20k/40k/80k iterations for VOC/Context/COCO, layer-wise lr decay 0.7, 512 crops.
     """
 
-    # How the stage runs, not what it computes: left out of the stage hash (ovs.config.hash_view).
-    UNHASHED: ClassVar[tuple[str, ...]] = (
-        "cpus_per_worker",
-        "log_every",
-        "checkpoint_every",
-        "max_failures",
-        "time_limit_s",
-    )
-
     target: TargetConfig = field(default_factory=TargetConfig)
     # Evaluation protocol used both to pseudo-label and to evaluate S-Seg+ (and S-Seg again, for
     # the side-by-side numbers); "" = train.eval_protocol, what S-Seg was scored with.
@@ -60,32 +52,12 @@ class SelfTrainConfig:
     # label-free pretraining available offline, in place of the paper's MAE weights.
     init_from_sseg: bool = False
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(scale=(0.35, 1.0)))
-    num_workers: int = 1  # Ray Train workers (DDP ranks)
-    cpus_per_worker: int = 1  # torch threads per worker (1 is fastest on a shared 2-core box)
-    use_gpu: bool = False
-    batch_size: int = 16  # per worker
-    steps: int = 1000
-    warmup_steps: int = 30
-    lr: float = 1e-3
+    # The LoopConfig defaults are this recipe's: 1 CPU per worker (fastest on a shared 2-core
+    # box), no gradient clipping and poly decay to 0 (mmseg's UperNet).
     layer_decay: float = 1.0  # lr scale decay ** (L - layer) for backbone layers (paper 0.7)
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.999)
-    poly_power: float = 1.0
-    min_lr_ratio: float = 0.0  # poly decays to lr * min_lr_ratio (mmseg: 0)
-    grad_clip: float = 0.0  # max global grad norm; 0 disables (mmseg UperNet: none)
-    # Autocast dtype (ovs.precision.training_dtype): "auto" = bf16 on CUDA, fp32 on CPU;
-    # "bfloat16"/"float16" are honoured on any device; "float32" (or "") = no autocast.
-    amp_dtype: str = "auto"
+    poly_power: float = 1.0  # the schedule: warm-up, then (1 - t) ** poly_power
     cache_in_memory: bool = True  # keep decoded images in RAM (small datasets)
-    log_every: int = 50
-    checkpoint_every: int = 250
-    keep_checkpoints: int = 2
-    max_failures: int = 2  # worker-group restarts (Ray Train FailureConfig)
-    # Off by default: no wall clock decides a result. When set and hit (checked at log steps,
-    # agreed across ranks) the loop checkpoints and the stage ends resumable, not complete.
-    time_limit_s: float | None = None
     eval_limit: int | None = None  # evaluate on the first N held-out images (None = all)
-    inject_failure_at_step: int = -1  # tests: worker raises once at this step (failure drill)
 
 
 def paper_self_train(dataset: str, root: str) -> SelfTrainConfig:
@@ -110,59 +82,7 @@ def paper_self_train(dataset: str, root: str) -> SelfTrainConfig:
     )
 
 
-def lr_factor(step: int, cfg: SelfTrainConfig) -> float:
-    """Linear warm-up from ~0 to 1, then ``(1 - t) ** poly_power`` down to ``min_lr_ratio``."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / max(cfg.warmup_steps, 1)
-    t = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
-    t = min(max(t, 0.0), 1.0)
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * (1 - t) ** cfg.poly_power
-
-
-def build_optimizer(model: Segmenter, cfg: SelfTrainConfig) -> torch.optim.AdamW:
-    """AdamW over :func:`~ovs.models.upernet.layer_decay_groups`; each group's initial lr is
-    ``cfg.lr * lr_scale`` (a ``LambdaLR`` with :func:`lr_factor` then scales all alike)."""
-    groups = layer_decay_groups(model, cfg.weight_decay, cfg.layer_decay)
-    for g in groups:
-        g["lr"] = cfg.lr * g["lr_scale"]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
-
-
-def init_backbone_from_sseg(model: Segmenter, sseg_state: dict[str, torch.Tensor]) -> int:
-    """Copy S-Seg's image backbone (``maskformer.backbone.net.*``) into ``model``'s backbone
-    wherever names and shapes match; returns how many tensors were copied.
-
-    Raises ``ValueError`` when nothing matches (a different backbone architecture).
-    """
-    prefix = "maskformer.backbone.net."
-    own = model.backbone.model.state_dict()
-    copied = {}
-    for k, v in sseg_state.items():
-        if k.startswith(prefix):
-            name = k[len(prefix) :]
-            if name in own and own[name].shape == v.shape:
-                copied[name] = v
-    if not copied:
-        raise ValueError(
-            "init_from_sseg: no S-Seg backbone tensor matches the segmenter's backbone "
-            f"({model.cfg.backbone}); use the same timm backbone as train.model.maskformer"
-        )
-    model.backbone.model.load_state_dict(copied, strict=False)
-    return len(copied)
-
-
 # ----------------------------------------------------------------------------- data
-
-
-def decode_png(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im)
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """``uint8[H, W, 3]`` RGB."""
-    with Image.open(path) as im:
-        return np.array(im.convert("RGB"), dtype=np.uint8)  # writable: torch.from_numpy
 
 
 @dataclass
@@ -194,7 +114,7 @@ def load_rows(
                 counts["skipped_status"] += 1
                 continue
             label = apply_confidence_rule(
-                decode_png(r["label_png"]), decode_png(r["conf_png"]), thresholds
+                decode_label_png(r["label_png"]), decode_label_png(r["conf_png"]), thresholds
             )
             image = None
             if cache_images:

@@ -78,6 +78,29 @@ class EntitiesConfig:
     pairs_per_sample: int = 10  # cross-image partners per kept sample (OVSegmentor: 10)
     seed: int = 0  # pair sampling seed
 
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the bad ``entities.*`` setting (called at config load)."""
+        if self.text_mode not in TEXT_MODES:
+            raise ValueError(
+                f"entities.text_mode must be one of {TEXT_MODES}, got {self.text_mode!r}"
+            )
+        if self.noun_chunks not in CHUNK_MODES:
+            raise ValueError(
+                f"entities.noun_chunks must be one of {CHUNK_MODES}, got {self.noun_chunks!r}"
+            )
+        for key in ("batch_size", "n_process", "max_chars"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"entities.{key} must be >= 1, got {getattr(self, key)}")
+        if self.num_actors < 0 or self.pairs_per_sample < 0:
+            raise ValueError(
+                "entities.num_actors and entities.pairs_per_sample must be >= 0, got "
+                f"{self.num_actors} and {self.pairs_per_sample}"
+            )
+        if not 0.0 <= self.min_latin_frac <= 1.0:
+            raise ValueError(
+                f"entities.min_latin_frac must be in [0, 1], got {self.min_latin_frac}"
+            )
+
 
 def vocab_from_config(cfg: EntitiesConfig) -> EntityVocab:
     return build_vocab(cfg.vocab or CC4M_ENTITY_WORDS, cfg.synonyms)
@@ -342,3 +365,26 @@ class EntityExtractor:
         captions = [c if isinstance(c, str) else None for c in batch["caption"].tolist()]
         rows = extract(self.nlp, captions, self.cfg, self.vocab)
         return rows_to_table([str(k) for k in batch["key"].tolist()], rows)
+
+
+class ShardEntities:
+    """The ``entities`` stage's per-shard function: one webdataset shard's captions ->
+    its ``ENTITY_SCHEMA`` table, one row per sample in tar order.
+
+    spaCy is loaded once, in ``__init__`` (one per Ray actor); only the ``.txt`` members are
+    read, the images are skipped.
+    """
+
+    def __init__(self, cfg: EntitiesConfig) -> None:
+        self.extractor = EntityExtractor(cfg)
+
+    def __call__(self, tar: str) -> pa.Table:
+        from ovs.data.shards import iter_shard
+
+        samples = list(iter_shard(tar, ("txt",)))
+        return self.extractor(
+            {
+                "key": np.array([s["key"] for s in samples], dtype=object),
+                "caption": np.array([s.get("txt") for s in samples], dtype=object),
+            }
+        )

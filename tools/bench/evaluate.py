@@ -6,8 +6,9 @@
 
 Runs ``predict_label`` + confusion accumulation on random images against the VOC-21 class
 list (background thresholded), after one warm-up image. Methods: a random-init open_clip
-baseline (``--model`` an open_clip name or ``tiny``), or S-Seg: a checkpoint, else random
-init of the tiny (``--model tiny``) or paper (``--model paper``) configuration. Prints a JSON
+baseline (``--model`` an open_clip name or ``tiny``), or a trained method (``sseg``, through
+its spec in :data:`ovs.methods.METHODS`): a checkpoint, else random
+init of its tiny (``--model tiny``) or paper (``--model paper``) flavour. Prints a JSON
 line last.
 """
 
@@ -35,16 +36,17 @@ from ovs.eval.protocol import (
 def build_method(name: str, model: str, checkpoint: str | None, device: str):
     """The benchmarked :class:`~ovs.eval.method.SegMethod` (random weights unless a
     checkpoint is given)."""
-    from ovs.eval.method import SSegMethod, load_sseg, resolve_checkpoint
-    from ovs.models.sseg import SSeg, SSegConfig, paper_sseg
+    from ovs.eval.method import load_trained, resolve_checkpoint
+    from ovs.methods import METHODS
 
-    if name != "sseg":
+    if name not in METHODS:
         return build_clip_baseline(name, model, None, device)
     if checkpoint:
-        return load_sseg(resolve_checkpoint(checkpoint), device)
-    if model not in ("tiny", "paper"):
-        raise SystemExit(f"--method sseg: --model must be tiny or paper, got {model!r}")
-    return SSegMethod(SSeg(paper_sseg() if model == "paper" else SSegConfig()), device)
+        return load_trained(resolve_checkpoint(checkpoint), device)
+    spec = METHODS[name]
+    if model not in spec.flavors:
+        raise SystemExit(f"--method {name}: --model must be one of {sorted(spec.flavors)}")
+    return spec.seg_method(spec.build_model(spec.flavors[model](), 0, None), torch.device(device))
 
 
 def run(argv: list[str] | None = None) -> dict:

@@ -43,9 +43,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from ovs.codecs import encode_label_png
 from ovs.data.augment import AugmentConfig
 from ovs.data.ingest import IngestConfig
-from ovs.pseudo_masks.masker import encode_label_png
 
 _WORDS = "dog cat car tree boat person bus horse chair bottle sky grass water sand".split()
 
@@ -205,7 +205,7 @@ def current_rate(
     )  # fmt: skip
     batches = itertools.islice(stream, n)
     return _time_batches(
-        (make_batch(samples, cfg, cfg.model, rng) for samples in batches), lambda b: b[0].shape[0]
+        (make_batch(samples, cfg.augment, rng) for samples in batches), lambda b: b[0].shape[0]
     )
 
 

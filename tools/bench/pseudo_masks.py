@@ -41,16 +41,16 @@ import numpy as np
 import torch
 
 from ovs import precision
+from ovs.codecs import decode_label_png
 from ovs.pseudo_masks.kmeans import kmeans
 from ovs.pseudo_masks.masker import (
     AUTOCAST_CHOICES,
     PseudoMaskConfig,
     PseudoMasker,
     cpu_threads,
-    decode_label_png,
     image_seed,
-    oracle_miou,
 )
+from ovs.pseudo_masks.oracle import oracle_miou
 from ovs.pseudo_masks.runtimes import RUNTIMES
 
 T = TypeVar("T")

@@ -19,14 +19,16 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ovs.cpu import keep_freed_memory
-from ovs.models.sseg import SSeg, SSegConfig, paper_sseg
-from ovs.objective import SSegLossConfig, SSegObjective, wrap_ddp
+from ovs.methods import METHODS
+
+SPEC = METHODS["sseg"]  # the method whose step is measured
 
 _WORDS = "a the dog cat man woman car tree red blue on in with running sitting park street".split()
 
@@ -61,7 +63,7 @@ def gemm_flops_per_s(device: torch.device, n: int | None = None, reps: int = 10)
 
 
 def synthetic_batch(
-    model: SSeg, batch: int, size: int, k: int, device: torch.device, seed: int = 0
+    model: Any, batch: int, size: int, k: int, device: torch.device, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``images [B,3,S,S]`` in [0,1], ``labels [B,S/8,S/8]`` blocky ids < k, ``tokens [B,L]``."""
     g = torch.Generator().manual_seed(seed)
@@ -75,11 +77,10 @@ def synthetic_batch(
 
 
 def run(config: str, batch: int, steps: int, warmup: int, device: torch.device) -> dict:
-    cfg = paper_sseg() if config == "paper" else SSegConfig()
-    torch.manual_seed(0)
-    model = SSeg(cfg).to(device)
-    loss_cfg = SSegLossConfig()
-    obj = SSegObjective(model, loss_cfg)
+    mcfg = SPEC.flavors[config]()
+    cfg, loss_cfg = mcfg.model, mcfg.loss
+    model = SPEC.build_model(mcfg, 0, None).to(device)
+    obj = SPEC.objective(model, mcfg)
     # fused: one kernel over all parameters (CPU too since torch 2.4); the per-tensor loop
     # spent ~50 ms of a ~250 ms tiny step on 200 tensors' elementwise passes.
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05, fused=True)
@@ -142,19 +143,19 @@ def _scaling_worker(config: dict) -> None:
     torch.set_num_threads(config["threads"])
     if config.get("tuned", True):
         keep_freed_memory()
-    torch.manual_seed(0)
-    model = SSeg(SSegConfig())
-    loss_cfg = SSegLossConfig()
-    obj = SSegObjective(model, loss_cfg)
+    mcfg = SPEC.flavors["tiny"]()
+    loss_cfg = mcfg.loss
+    model = SPEC.build_model(mcfg, 0, None)
+    obj = SPEC.objective(model, mcfg)
     if not config.get("tuned", True):
         net: torch.nn.Module = DistributedDataParallel(obj) if world > 1 else obj
     else:
-        net = wrap_ddp(obj)
+        net = SPEC.wrap_ddp(obj)
     opt = torch.optim.AdamW(
         model.parameters(), lr=5e-4, weight_decay=0.05, fused=config.get("tuned", True)
     )
     data = synthetic_batch(
-        model, config["batch"], model.cfg.input_size, loss_cfg.num_pseudo_masks,
+        model, config["batch"], mcfg.model.input_size, loss_cfg.num_pseudo_masks,
         torch.device("cpu"), seed=rank,
     )  # fmt: skip
 

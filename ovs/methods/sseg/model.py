@@ -2,58 +2,23 @@
 
 Training (paper Fig. 4): ``masks, feats = model(images)``; image embedding = normalised mean of
 the N (projected, normalised) mask features; text embedding = projected [EOT] feature; losses in
-:mod:`ovs.objective`. Inference implements the evaluation harness's ``SegMethod`` protocol
-(``text_embeddings`` + ``dense_probs``) with MaskFormer's semantic inference.
+:mod:`ovs.methods.sseg.objective`. Inference gives what the evaluation harness's ``SegMethod``
+needs (``text_embeddings`` + ``dense_probs``, MaskFormer's semantic inference) and what the
+pairs scorer needs (``mask_embeddings``); both read :meth:`SSeg.query_maps`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import io
 import math
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ovs.io import atomic_write_bytes
+from ovs.methods.sseg.config import SSegConfig
 from ovs.models.layers import MLP
-from ovs.models.maskformer import MaskFormer, MaskFormerConfig, paper_maskformer
-from ovs.models.text import TextConfig, TextTransformer, paper_text, tokenize
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass
-class SSegConfig:
-    """The whole S-Seg model. Defaults: tiny flavour (64-px inputs, runs on CPU in seconds).
-    :func:`paper_sseg` returns the paper's configuration (what ``conf/cc12m.yaml`` uses)."""
-
-    maskformer: MaskFormerConfig = field(default_factory=MaskFormerConfig)
-    text: TextConfig = field(default_factory=TextConfig)
-    embed_dim: int = 64  # shared image-text space (paper 256)
-    init_temperature: float = 0.07  # sigma at init (CLIP); learnable
-    max_logit_scale: float = 100.0  # 1/sigma is clamped to [1, 100] (CLIP)
-    input_size: int = 64  # training crop side (paper 224; inference 448, harness-side)
-    pixel_mean: tuple[float, float, float] = IMAGENET_MEAN
-    pixel_std: tuple[float, float, float] = IMAGENET_STD
-    # dense_probs: divide MaskFormer's sum over queries by the per-pixel total mask mass so the
-    # M probabilities sum to 1 at every pixel (needed for max-probability background thresholds).
-    dense_normalize: bool = True
-    text_batch_size: int = 256  # names encoded per forward in text_embeddings
-
-
-def paper_sseg() -> SSegConfig:
-    """Paper configuration (appendix A.1): Swin-S MaskFormer, 6 decoder layers, 64 queries,
-    dim 256; text Transformer 12x256, context 77; 2-layer MLP projections into 256-d; 224 crops.
-    """
-    return SSegConfig(
-        maskformer=paper_maskformer(), text=paper_text(), embed_dim=256, input_size=224
-    )
+from ovs.models.maskformer import MaskFormer
+from ovs.models.text import TextTransformer, tokenize
 
 
 class SSeg(nn.Module):
@@ -104,7 +69,7 @@ class SSeg(nn.Module):
         """``[len(texts), context_length]`` int64 on the model's device."""
         return tokenize(texts, self.cfg.text.context_length).to(self.pixel_mean.device)
 
-    # ------------------------------------------------------------------ SegMethod interface
+    # ------------------------------------------------------------------ inference
 
     @torch.no_grad()
     def text_embeddings(self, texts: list[str]) -> torch.Tensor:
@@ -133,51 +98,50 @@ class SSeg(nn.Module):
         Inputs whose sides are not multiples of 32 are zero-padded (after normalisation) and the
         output cropped back.
         """
+        feats, masks = self.query_maps(images)
+        cls = (self.logit_scale().float() * feats @ text_emb.to(feats).T).softmax(dim=-1)
+        probs = torch.einsum("bqm,bqhw->bmhw", cls, masks)
+        if self.cfg.dense_normalize:
+            probs = probs / masks.sum(dim=1, keepdim=True).clamp_min(1e-6)
+        return probs
+
+    @torch.no_grad()
+    def query_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The N queries of an inference forward: ``images [B,3,H,W]`` RGB in [0,1] ->
+        ``(feats [B,N,E]`` L2-normalised float32, ``masks [B,N,H,W]`` sigmoid probabilities at
+        the input size, float32). Mask logits are upsampled (bilinear) before the sigmoid.
+        Inputs whose sides are not multiples of 32 are zero-padded (after normalisation) and
+        the masks cropped back."""
         _, _, h, w = images.shape
         ph, pw = (-h) % 32, (-w) % 32
         x = (images - self.pixel_mean) / self.pixel_std
         x = F.pad(x, (0, pw, 0, ph))
         masks, q = self.maskformer(x)
         feats = F.normalize(self.image_proj(q), dim=-1).float()
-        cls = (self.logit_scale().float() * feats @ text_emb.to(feats).T).softmax(dim=-1)
         masks = F.interpolate(masks.float(), size=(h + ph, w + pw), mode="bilinear")
-        masks = masks[..., :h, :w].sigmoid()
-        probs = torch.einsum("bqm,bqhw->bmhw", cls, masks)
+        return feats, masks[..., :h, :w].sigmoid()
+
+    @torch.no_grad()
+    def mask_embeddings(
+        self, images: torch.Tensor, labels: torch.Tensor, num_masks: int
+    ) -> torch.Tensor:
+        """S-Seg embedding of every segment of every image (the OVSeg pairs scorer).
+
+        ``images`` float ``[B, 3, H, W]`` RGB in [0, 1]; ``labels`` int64 ``[B, H, W]`` segment
+        ids in ``[0, num_masks)`` -> float32 ``[B, num_masks, E]``: per segment, the mean over
+        its pixels of the per-pixel embedding ``e(x) = sum_q r_q(x) f_q`` (``f_q`` the query
+        features, ``r_q(x)`` the query responsibilities of :meth:`dense_probs`: the sigmoid
+        masks, divided by their per-pixel sum if ``dense_normalize``), L2-normalised. Empty
+        segments give zero rows.
+        """
+        feats, resp = self.query_maps(images)
         if self.cfg.dense_normalize:
-            probs = probs / masks.sum(dim=1, keepdim=True).clamp_min(1e-6)
-        return probs
+            resp = resp / resp.sum(dim=1, keepdim=True).clamp_min(1e-6)
+        onehot = F.one_hot(labels.long(), num_masks).permute(0, 3, 1, 2).float()  # [B,K,H,W]
+        area = onehot.sum(dim=(2, 3))  # [B, K]
+        weights = torch.einsum("bkhw,bnhw->bkn", onehot, resp) / area.clamp_min(1.0)[..., None]
+        return F.normalize(weights @ feats, dim=-1)
 
-
-def save_checkpoint(model: SSeg, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Atomically write ``{"config": asdict(cfg), "model": state_dict, **extra}``."""
-    buf = io.BytesIO()
-    state = {
-        "config": dataclasses.asdict(model.cfg),
-        "model": model.state_dict(),
-        **(extra or {}),
-    }
-    torch.save(state, buf)
-    return atomic_write_bytes(path, buf.getvalue())
-
-
-def config_from_dict(d: dict[str, Any]) -> SSegConfig:
-    """Inverse of ``dataclasses.asdict`` for :class:`SSegConfig`."""
-    d = dict(d)
-    mf = MaskFormerConfig(**d.pop("maskformer"))
-    tx = TextConfig(**d.pop("text"))
-    for k in ("pixel_mean", "pixel_std"):
-        if k in d:
-            d[k] = tuple(d[k])
-    return SSegConfig(maskformer=mf, text=tx, **d)
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> SSeg:
-    """Rebuild the model from :func:`save_checkpoint` output (no backbone download: the
-    backbone's pretrained flag and checkpoint path are dropped, the saved weights win)."""
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    cfg = config_from_dict(state["config"])
-    cfg.maskformer.pretrained = False
-    cfg.maskformer.checkpoint = None
-    model = SSeg(cfg)
-    model.load_state_dict(state["model"])
-    return model
+    def image_backbone(self) -> nn.Module:
+        """The timm image backbone (what an S-Seg+ segmenter may start from)."""
+        return self.maskformer.backbone.net

@@ -9,45 +9,19 @@ N x H x W loss tensors stay 16x smaller than at full resolution.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-import torch.distributed as dist
 from torch import nn
 
-from ovs.losses import (
-    class_loss,
+from ovs.methods.sseg.config import SSegLossConfig
+from ovs.methods.sseg.losses import class_loss, mask_loss
+from ovs.methods.sseg.matching import hungarian_match, label_maps_to_masks
+from ovs.methods.sseg.model import SSeg
+from ovs.train.contrastive import (
     contrastive_loss,
     gather_with_grad,
     is_distributed,
-    mask_loss,
     noun_contrastive_loss,
 )
-from ovs.matching import hungarian_match, label_maps_to_masks
-from ovs.models.sseg import SSeg
-
-
-@dataclass
-class SSegLossConfig:
-    """Loss weights (paper Sec. 3.3: all 1.0 except focal 20.0; MaskFormer focal alpha/gamma).
-    Matching uses the same dice/focal weights as the loss, as MaskFormer does."""
-
-    mask_weight: float = 1.0
-    contrastive_weight: float = 1.0
-    dice_weight: float = 1.0
-    focal_weight: float = 20.0
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
-    num_pseudo_masks: int = 8  # K; label ids >= K are ignored (paper: 8)
-    # Supervised upper bound only (``train.supervision: gt``): label ids are class ids and each
-    # matched mask feature is classified against the class-name text embeddings (CE). S-Seg: 0.
-    class_weight: float = 0.0
-    # Multi-label image-noun InfoNCE (GroupViT's multi-label contrastive loss; not in the S-Seg
-    # paper, 0 there): up to ``nouns_per_image`` caption nouns per image, each prompted with
-    # ``noun_template`` (the evaluation's prompt), contrasted with the image embeddings.
-    noun_weight: float = 0.0
-    nouns_per_image: int = 3
-    noun_template: str = "a photo of a {}."
 
 
 def _gather_for_losses(
@@ -145,65 +119,3 @@ class SSegObjective(nn.Module):
             "logit_scale": scale.detach(),
             "matched": torch.tensor(n_matched / max(images.shape[0], 1), device=masks.device),
         }
-
-
-class _SparseRowAllReduce:
-    """Averages the gradient of an embedding table over workers by its used rows only.
-
-    Only the rows whose ids some worker looked up this step can have a non-zero gradient on any
-    worker, so averaging those rows (and leaving the rest at zero) is exactly DDP's dense
-    average. For the text tower's 49,408 x 64 token table (half of the tiny model's 6.6M
-    parameters) a step touches a few hundred rows: two small collectives (the union of ids,
-    then the rows) replace 12.6 MB of the gradient all-reduce. They run on their own process
-    group, so their order cannot interleave with DDP's bucket all-reduces.
-    """
-
-    def __init__(self, embedding: nn.Embedding, group: dist.ProcessGroup | None) -> None:
-        self.group = group
-        self.world = dist.get_world_size(group)
-        self.used = torch.zeros(embedding.num_embeddings, dtype=torch.uint8)
-        embedding.register_forward_pre_hook(self._record)
-        embedding.weight.register_post_accumulate_grad_hook(self._reduce)
-
-    def _record(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        if torch.is_grad_enabled():
-            ids = args[0]
-            if self.used.device != ids.device:
-                self.used = self.used.to(ids.device)
-            self.used[ids.flatten()] = 1
-
-    def _reduce(self, weight: torch.Tensor) -> None:
-        grad = weight.grad
-        assert grad is not None
-        dist.all_reduce(self.used, op=dist.ReduceOp.MAX, group=self.group)
-        rows = self.used.nonzero().flatten()
-        part = grad.index_select(0, rows).div_(self.world)  # DDP's order: divide, then sum
-        dist.all_reduce(part, group=self.group)
-        grad.index_copy_(0, rows, part)
-        self.used.zero_()
-
-
-def wrap_ddp(objective: SSegObjective, **ddp_kwargs: object) -> nn.Module:
-    """``DistributedDataParallel(objective)`` with the options that make the tiny CPU step
-    scale, gradients unchanged (the same average over workers):
-
-    * ``gradient_as_bucket_view=True``: gradients live in DDP's buckets (no copy per step);
-    * the text tower's token embedding is left out of DDP and averaged over its used rows
-      only (:class:`_SparseRowAllReduce`), which halves the all-reduced bytes of the tiny model.
-
-    Every worker must call it (it creates a process group) and every step must look up the
-    token table (captions always are). ``ddp_kwargs`` override or extend the options.
-    Not distributed: returns ``objective`` itself.
-    """
-    from torch.nn.parallel import DistributedDataParallel
-
-    if not is_distributed():
-        return objective
-    table = objective.model.text.token_embedding
-    name = next(n for n, p in objective.named_parameters() if p is table.weight)
-    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(objective, [name])
-    group = dist.new_group(backend=dist.get_backend())
-    assert isinstance(group, dist.ProcessGroup)  # every rank is a member
-    _SparseRowAllReduce(table, group)
-    options: dict = {"gradient_as_bucket_view": True, **ddp_kwargs}
-    return DistributedDataParallel(objective, **options)

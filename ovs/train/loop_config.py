@@ -1,0 +1,67 @@
+"""``LoopConfig``: the settings of the one training loop (``pipelines/loop.py``) that every
+training section shares, so ``train.steps`` and ``self_train.steps`` mean the same thing.
+
+A stage's section (``ovs.training.TrainConfig``, ``ovs.selftrain.training.SelfTrainConfig``)
+derives from it and adds what only that stage has (model, data, evaluation); it redeclares a
+field only to change its default. YAML keys and overrides are the fields' names, unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ovs import precision
+
+
+@dataclass
+class LoopConfig:
+    """Workers, optimiser, schedule, precision, cadence and the failure/time-limit drills.
+
+    Defaults: the S-Seg+ segmenter's tiny CPU recipe; a section redeclares a field to give it
+    another default.
+    """
+
+    # How a loop runs, not what it computes: left out of the stage hash (ovs.config.hash_view).
+    UNHASHED: ClassVar[tuple[str, ...]] = (
+        "cpus_per_worker",
+        "log_every",
+        "checkpoint_every",
+        "max_failures",
+        "time_limit_s",
+    )
+
+    num_workers: int = 1  # Ray Train workers (DDP ranks)
+    cpus_per_worker: int = 1  # CPUs reserved and torch threads per worker
+    use_gpu: bool = False
+    batch_size: int = 16  # per worker
+    steps: int = 1000
+    warmup_steps: int = 30  # linear warm-up of the learning rate
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.0  # the schedule decays to lr * min_lr_ratio at ``steps``
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 0.0  # max global grad norm; 0 disables
+    # Autocast dtype (ovs.precision.training_dtype): "auto" = bf16 on CUDA, fp32 on CPU;
+    # "bfloat16"/"float16" are honoured on any device; "float32" (or "") = no autocast.
+    amp_dtype: str = "auto"
+    log_every: int = 50  # steps between logged metric windows (and time-limit checks)
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 2
+    max_failures: int = 2  # worker-group restarts (Ray Train FailureConfig)
+    # Off by default: no wall clock decides a result. When set and hit (checked at log steps,
+    # agreed across ranks) the loop checkpoints and the stage ends resumable, not complete.
+    time_limit_s: float | None = None
+    inject_failure_at_step: int = -1  # tests: worker raises once at this step (failure drill)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the field for a value the loop cannot run with (checked
+        when the config loads, before any stage writes)."""
+        if self.amp_dtype not in precision.CHOICES:
+            raise ValueError(
+                f"amp_dtype must be one of {', '.join(map(repr, precision.CHOICES))}, "
+                f"got {self.amp_dtype!r}"
+            )
+        for name in ("num_workers", "cpus_per_worker", "log_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

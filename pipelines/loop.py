@@ -1,0 +1,223 @@
+"""The one training loop: a Ray Train worker that trains whatever :class:`Task` a stage brings.
+
+A stage (``pipelines/train.py``, ``pipelines/self_train.py``) hands :func:`run_loop` a
+:class:`LoopJob`: its typed loop config, the run seed, its output directory, its MLflow run and
+a picklable *task factory*. Each worker builds the task (model, objective, optimiser and
+schedule factories, resumable batches) and the loop owns the rest: resume from the last Ray
+checkpoint, AMP + backward + clipping + optimiser/schedule step (:func:`ovs.train.step.
+train_step`), device-side metric windows logged to MLflow from rank 0 at log steps, the failure
+drill (``inject_failure_at_step``), checkpoints with every rank's data and RNG state, and the
+time-limit stop that all ranks agree on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from ovs.train.loop_config import LoopConfig
+from pipelines.ray_train import (
+    RunRef,
+    Window,
+    any_rank,
+    fit_and_export,
+    prepare,
+    rank0_tracker,
+    rank_state,
+    report,
+    resume_state,
+    rng_state,
+    set_rng_state,
+)
+
+
+class Task(Protocol):
+    """One stage's training, built inside a worker by its :class:`TaskFactory`.
+
+    :attr:`model`'s initial weights must be identical on every rank. The loop calls, in this order: :meth:`optimizer` and :meth:`schedule` (after
+    the model is on its device), :meth:`objective`, :meth:`batches`, then per step
+    :meth:`inputs` and, at checkpoint steps, :meth:`data_state` and :meth:`counts`.
+    """
+
+    metric_prefix: str  # of the logged metrics: "train/", "self_train/"
+    log_grad_norm: bool  # whether the windows log the pre-clip gradient norm
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """What is trained, checkpointed and exported."""
+        ...
+
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The optimiser over :attr:`model`'s parameters."""
+        ...
+
+    def schedule(self, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler: ...
+
+    def objective(self) -> torch.nn.Module:
+        """The module whose ``forward(*inputs)`` returns a dict of scalar tensors with
+        ``loss``, DDP-wrapped when the world has several ranks (called once on every rank)."""
+        ...
+
+    def batches(self, start_step: int, own: dict | None) -> Iterator[Any]:
+        """Endless batches continuing at ``start_step``; ``own`` is this rank's saved data
+        state (:meth:`data_state` at the checkpoint) or None on a fresh start."""
+        ...
+
+    def inputs(self, batch: Any) -> tuple[tuple[Any, ...], int]:
+        """The objective's positional inputs on the device and the batch's image count."""
+        ...
+
+    def data_state(self, step: int) -> dict:
+        """This rank's data position and data RNG states (plain values and tensors)."""
+        ...
+
+    def counts(self) -> dict[str, float]:
+        """Data counts reported with each checkpoint (e.g. samples joined or skipped)."""
+        ...
+
+    def save_model(self, path: Path, extra: dict) -> Any:
+        """Write :attr:`model`'s inference checkpoint (with ``extra``) to ``path``."""
+        ...
+
+
+class TaskFactory(Protocol):
+    """Picklable (it travels to the workers): builds a worker's :class:`Task`."""
+
+    def __call__(self, seed: int, device: torch.device, rank: int, world: int) -> Task: ...
+
+
+@dataclass(frozen=True)
+class LoopJob:
+    """What every worker of one training run receives."""
+
+    loop: LoopConfig  # the stage's section (TrainConfig, SelfTrainConfig)
+    task: TaskFactory
+    seed: int  # the run seed (``Config.seed``)
+    out_dir: str  # the stage's output directory (failure-drill marker, checkpoints)
+    run: RunRef | None  # the stage's MLflow run, reopened by rank 0
+
+
+def run_loop(job: LoopJob, name: str) -> tuple[Path, dict]:
+    """Train ``job`` with Ray Train (checkpoints under ``<out_dir>/ray_train/<name>``);
+    returns the exported inference model ``<out_dir>/model/latest.pt`` and rank 0's last
+    reported metrics (``step``: the steps done)."""
+    return fit_and_export(partial(train_worker, job), job.loop, name, Path(job.out_dir))
+
+
+def setup(
+    job: LoopJob, device: torch.device, rank: int, world: int, state: dict | None
+) -> tuple[Task, torch.optim.Optimizer, Any, int]:
+    """Build the task, move its model to ``device``, *then* build the optimiser and schedule and
+    restore ``state`` into all three (:func:`pipelines.ray_train.prepare`). Returns ``(task,
+    opt, sched, step to continue from)``."""
+    task = job.task(job.seed, device, rank, world)
+    opt, sched, start = prepare(task.model, device, task.optimizer, task.schedule, state)
+    return task, opt, sched, start
+
+
+def train_worker(job: LoopJob) -> None:
+    """One Ray Train worker: set up or resume, then :func:`_train` to the end or the time
+    limit."""
+    import ray.train
+    import ray.train.torch
+
+    from ovs.cpu import keep_freed_memory
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, job.loop.cpus_per_worker))
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        keep_freed_memory()  # no page faults per step (ovs/cpu.py)
+    state = resume_state()
+    task, opt, sched, start = setup(job, device, rank, world, state)
+    objective = task.objective()  # every rank: DDP creates a process group
+    own = rank_state(state, rank, world)
+    batches = task.batches(start, own)
+    if own is not None:  # dropout and every torch draw continue where the checkpoint left them
+        set_rng_state(own["torch"], device)
+    _train(job, task, objective, opt, sched, batches, start, device, rank, world)
+
+
+def _train(
+    job: LoopJob,
+    task: Task,
+    objective: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    batches: Iterator[Any],
+    step: int,
+    device: torch.device,
+    rank: int,
+    world: int,
+) -> None:
+    """Steps ``step + 1 .. cfg.steps``: log windows at log steps, report (rank 0 with a
+    checkpoint) at checkpoint steps and at the end, stop early when the time limit is hit."""
+    from ovs.precision import training_dtype
+    from ovs.train.step import train_step
+
+    cfg = job.loop
+    tracker = rank0_tracker(job.run, rank)
+    amp_dtype = training_dtype(cfg.amp_dtype, device)
+    marker = Path(job.out_dir) / ".injected_failure"
+    t_start = time.monotonic()
+    window, window_t = Window(), time.monotonic()
+    wait_fractions: list[float] = []
+    while step < cfg.steps:
+        t_data = time.monotonic()
+        inputs, images = task.inputs(next(batches))
+        window.data_wait_s += time.monotonic() - t_data
+        out, grad_norm = train_step(
+            objective, inputs, task.model, opt, sched, cfg.grad_clip, amp_dtype, device
+        )
+        step += 1
+        if step == cfg.inject_failure_at_step and rank == world - 1 and not marker.exists():
+            marker.touch()
+            raise RuntimeError(f"injected worker failure at step {step} (failure drill)")
+        window.add({**out, "grad_norm": grad_norm} if task.log_grad_norm else out, images)
+        log_step = step % cfg.log_every == 0 or step >= cfg.steps
+        out_of_time = log_step and any_rank(
+            cfg.time_limit_s is not None and time.monotonic() - t_start > cfg.time_limit_s,
+            device,
+            world,
+        )
+        metrics: dict | None = None
+        if log_step:
+            metrics = _window_metrics(task, window, time.monotonic() - window_t, sched, world)
+            metrics["step"] = step
+            wait_fractions.append(metrics[f"{task.metric_prefix}data_wait_fraction"])
+            if tracker is not None:
+                tracker.log_metrics(metrics, step=step)
+            window, window_t = Window(), time.monotonic()
+        if step % cfg.checkpoint_every == 0 or step >= cfg.steps or out_of_time:
+            metrics = dict(metrics or {"step": step})
+            metrics["data_wait_fraction"] = float(np.mean(wait_fractions or [0.0]))
+            metrics.update(task.counts())
+            own_state = {"torch": rng_state(device), **task.data_state(step)}
+            report(metrics, rank, world, task.model, opt, sched, step, task.save_model, own_state)
+        if out_of_time:
+            break
+
+
+def _window_metrics(
+    task: Task, window: Window, seconds: float, sched: Any, world: int
+) -> dict[str, float]:
+    """A log window's means, the learning rate and throughput, named ``<prefix><metric>``.
+
+    The lr is the last parameter group's: the segmenter's head, unscaled by layer decay
+    (S-Seg's groups all share one lr).
+    """
+    dt = max(seconds, 1e-9)
+    prefix = task.metric_prefix
+    metrics = {f"{prefix}{k}": v for k, v in window.means().items()}
+    metrics[f"{prefix}lr"] = sched.get_last_lr()[-1]
+    metrics[f"{prefix}img_per_s"] = window.images * world / dt
+    metrics[f"{prefix}data_wait_fraction"] = window.data_wait_s / dt
+    return metrics
