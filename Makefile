@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint format bench cluster-test clean
+.PHONY: run test test-unit install lint format bench cluster-test clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,12 +19,17 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python pipelines/full.py --config conf/default.yaml $(ARGS)
 
-## make test: ruff (lint + format check), mypy on the typed core, the whole pytest suite
+## make test: ruff (lint + format check), mypy over ovs/, pipelines/ and tools/, the whole pytest
+## suite (tests/unit, tests/stage, tests/cluster)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+## make test-unit: the library tests only (no Ray), a few minutes
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
@@ -39,7 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tools.bench evaluate
 
 cluster-test: $(STAMP)
-	$(BIN)/python -m pytest -q tests/test_cluster.py
+	$(BIN)/python -m pytest -q tests/cluster/test_cluster.py
 
 clean:
 	rm -rf runs mlflow.db mlartifacts

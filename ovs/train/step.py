@@ -1,7 +1,7 @@
 """One optimisation step of any method, the training loop's core (no Ray, no I/O): forward
 under autocast, backward, gradient clipping, optimiser and schedule step.
 
-``pipelines/loop.py`` runs it every step and ``tests/test_golden_losses.py`` checks its first
+``pipelines/loop.py`` runs it every step and ``tests/unit/test_golden_losses.py`` checks its first
 50 losses bit for bit, so the golden file guards the loop's own arithmetic.
 """
 

@@ -28,7 +28,7 @@ from pipelines.loop import LoopJob, setup
 from pipelines.ray_train import Window, check_complete, load_state, rank_state
 from pipelines.self_train import SegmenterTaskFactory
 from pipelines.train import SSegData, SSegTaskFactory
-from tests.test_shards import make_shard
+from tests.unit.test_shards import make_shard
 
 pytestmark = pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter")
 

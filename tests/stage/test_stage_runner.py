@@ -20,7 +20,7 @@ from ovs.stage import (
 from pipelines.common import PipelineError, connect_mlflow, run_stage
 from pipelines.graph import load_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 calls: list[str] = []
 
 

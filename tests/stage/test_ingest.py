@@ -25,7 +25,7 @@ from ovs.data.ingest import (
 )
 from ovs.data.shards import list_shards
 from pipelines.ingest import RankIngest
-from tests.test_shards import make_shard
+from tests.unit.test_shards import make_shard
 from tools.bench.ingest import synthetic_jpeg, write_shards
 
 

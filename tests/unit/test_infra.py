@@ -33,7 +33,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infra"
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 IMAGE_REPO = "registry.example.com/ovs"

@@ -12,7 +12,7 @@ import pytest
 from ovs import provenance
 from ovs.provenance import code_hash, code_version, differs, git_state, source_files
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _tree(root: Path) -> Path:

@@ -31,7 +31,7 @@ from pipelines.common import connect_mlflow, run_stage
 from pipelines.graph import STAGES, load_config
 from tests.tiny_world import tiny_world
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARDS = 6
 OVERRIDES = [
     "world.num_train=24",

@@ -7,9 +7,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("ovs", "pipelines", "tools")
-# Package markers and the `python -m` entry of tools/bench carry no concept of their own.
+# Package markers and `python -m` entries need no line (a package's may have one).
 EXEMPT = {"__init__.py", "__main__.py"}
 
 
@@ -48,7 +48,8 @@ def test_every_module_is_named_and_every_named_module_exists():
     docs = sections()
     assert set(PACKAGES) <= set(docs), f"ARCHITECTURE.md sections: {sorted(docs)}"
     for package in PACKAGES:
-        have, listed = modules(package), named(docs[package])
+        have = modules(package)
+        listed = {m for m in named(docs[package]) if m.rsplit("/", 1)[-1] not in EXEMPT}
         assert not have - listed, (
             f"{package}/ modules missing from ARCHITECTURE.md: {sorted(have - listed)}"
         )

@@ -24,7 +24,7 @@ from ovs.methods.sseg.matching import hungarian_match, label_maps_to_masks
 from ovs.methods.sseg.model import SSeg
 from ovs.methods.sseg.objective import SSegObjective
 from ovs.train.contrastive import contrastive_loss, gather_with_grad
-from tests.test_models import _micro_config, _toy_batch
+from tests.unit.test_models import _micro_config, _toy_batch
 
 _WORLD = 2
 

@@ -7,7 +7,7 @@ import pytest
 from ovs.config import ConfigError, digest, flatten, parse_overrides, to_dict
 from pipelines.graph import STAGES, ExperimentConfig, load_config
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def write(tmp_path, text, name="c.yaml"):

@@ -40,7 +40,7 @@ def _manifest(workdir, stage: str) -> dict:
 
 
 def test_ray_job_submit_paper_sibling(ray_head, tmp_path):
-    """conf/cc12m_local.yaml (cc12m.yaml at tiny sizes, tests/test_sibling_config.py) through
+    """conf/cc12m_local.yaml (cc12m.yaml at tiny sizes, tests/unit/test_sibling_config.py) through
     `ray job submit`: every stage of the paper path completes with sane counts."""
     address, env = ray_head
     workdir = tmp_path / "work"

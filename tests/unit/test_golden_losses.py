@@ -8,7 +8,7 @@ clipping, optimiser and schedule step) with the model, objective, optimiser and 
 reproduces it bit for bit on a machine with the fingerprint it was recorded on (elsewhere,
 where other float kernels run, the first 10 within 1e-3 relative). Regenerate only for a change that is
 meant to move numbers, and say which in the commit: ``OVS_REGEN_GOLDEN=1 pytest
-tests/test_golden_losses.py``.
+tests/unit/test_golden_losses.py``.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """``conf/cc12m.yaml`` is the paper, and ``conf/cc12m_local.yaml`` differs from it only in sizes
-and locations, so the CI run of the sibling (``tests/test_ray_job.py``) runs the paper path.
+and locations, so the CI run of the sibling (``tests/cluster/test_ray_job.py``) runs the paper path.
 
 The allowlist below is the whole contract: a key that differs between the two resolved
 configs and matches none of its patterns fails the test, whatever its value.
@@ -19,7 +19,7 @@ from ovs.methods.sseg.config import paper, paper_sseg
 from ovs.selftrain.training import paper_self_train
 from pipelines.graph import load_config
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 WORKDIR = "/tmp/sibling-workdir"
 
 # key pattern (flattened keys, list items as [*]; a trailing ".*" covers a whole section) ->

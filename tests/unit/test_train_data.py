@@ -7,7 +7,7 @@ from PIL import Image
 
 from ovs.data.shards import list_shards
 from ovs.data.train_data import JoinStats, iter_samples, shards_for_rank, write_gt_masks
-from tests.test_shards import make_shard
+from tests.unit.test_shards import make_shard
 
 
 def _jpg(colour):
