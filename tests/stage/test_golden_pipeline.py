@@ -13,9 +13,9 @@ from tests.golden.machine import REPO
 pytestmark = pytest.mark.slow
 
 
-# One torch thread per training worker: with two, the smoke run's training is not bit-reproducible
-# from one process to the next under pytest and `ray job submit` (OMP_NUM_THREADS=1 in their
-# environment; direct runs with Ray's own OMP_NUM_THREADS=2 were), so a golden would be noise.
+# As recorded: one torch thread per training worker. (Two threads reproduce too, given the same
+# data order; the smoke train used to move from run to run because img2dataset writes a shard's
+# members in download-completion order, until the training batches were put in key order.)
 ONE_THREAD = ["train.cpus_per_worker=1", "self_train.cpus_per_worker=1"]
 
 
