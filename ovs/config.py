@@ -27,6 +27,7 @@ import hashlib
 import json
 import types
 import typing
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -313,3 +314,11 @@ def digest(obj: Any, length: int = 12) -> str:
     """Stable short hash of a JSON-able object."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def check_choice(key: str, value: object, choices: Collection[object]) -> None:
+    """The check a section's ``validate()`` makes of a name: ``ValueError`` (``"<key> must be
+    one of [...], got <value>"``) unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        shown = sorted(choices) if isinstance(choices, dict) else list(choices)
+        raise ValueError(f"{key} must be one of {shown}, got {value!r}")

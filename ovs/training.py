@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from ovs.config import check_choice
 from ovs.data.augment import AugmentConfig, augment_pair
 from ovs.data.train_data import JoinStats, Sample, iter_samples
 from ovs.methods import METHODS
@@ -47,6 +48,7 @@ class TrainConfig(LoopConfig):
     has one free: 1 worker x 1 CPU). The executor changes no batch, so it is not hashed.
     """
 
+    SECTION: ClassVar[str] = "train"
     UNHASHED: ClassVar[tuple[str, ...]] = (*LoopConfig.UNHASHED, "ingest_executor")
 
     # The trained method (a key of ovs.methods.METHODS) and one section per trainable method,
@@ -77,12 +79,8 @@ class TrainConfig(LoopConfig):
         """The loop's checks (:meth:`LoopConfig.validate`), then the ``train`` stage's own
         names, so a typo fails at load rather than after the upstream stages ran."""
         super().validate()
-        if self.ingest_executor not in INGEST_EXECUTORS:
-            raise ValueError(
-                f"ingest_executor must be 'auto', 'ray' or 'local', got {self.ingest_executor!r}"
-            )
-        if self.supervision not in SUPERVISION:
-            raise ValueError(f"supervision must be 'pseudo' or 'gt', got {self.supervision!r}")
+        check_choice("train.ingest_executor", self.ingest_executor, INGEST_EXECUTORS)
+        check_choice("train.supervision", self.supervision, SUPERVISION)
         if self.method not in self.method_sections():
             raise ValueError(
                 f"train.method: unknown method {self.method!r}; "

@@ -37,6 +37,8 @@ from typing import ClassVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ovs.config import check_choice
+
 URL_LIST_FORMATS = (
     "parquet",
     "tsv",
@@ -101,10 +103,7 @@ class DownloadConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad ``download.*`` setting (called at config load,
         and by :func:`download`)."""
-        if self.distributor not in DISTRIBUTORS:
-            raise ValueError(
-                f"download.distributor must be one of {DISTRIBUTORS}, got {self.distributor!r}"
-            )
+        check_choice("download.distributor", self.distributor, DISTRIBUTORS)
         if self.incremental_mode not in INCREMENTAL_MODES:
             raise ValueError(
                 f"download.incremental_mode must be one of {INCREMENTAL_MODES}, "

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ovs.codecs import decode_label_png, decode_rgb, read_keyed
+from ovs.config import check_choice
 from ovs.pseudo_masks.masker import STATUS_OK, resolve_device, upsample_labels
 
 SCORERS = ("sseg", "clip")
@@ -97,16 +98,9 @@ class PairsConfig:
         """Raise ``ValueError`` naming the bad ``pairs.*`` setting (called at config load)."""
         from ovs.eval.templates import TEMPLATES
 
-        if self.scorer not in SCORERS:
-            raise ValueError(f"pairs.scorer must be one of {SCORERS}, got {self.scorer!r}")
-        if self.noun_column not in NOUN_COLUMNS:
-            raise ValueError(
-                f"pairs.noun_column must be one of {NOUN_COLUMNS}, got {self.noun_column!r}"
-            )
-        if self.templates not in TEMPLATES:
-            raise ValueError(
-                f"pairs.templates must be one of {sorted(TEMPLATES)}, got {self.templates!r}"
-            )
+        check_choice("pairs.scorer", self.scorer, SCORERS)
+        check_choice("pairs.noun_column", self.noun_column, NOUN_COLUMNS)
+        check_choice("pairs.templates", self.templates, TEMPLATES)
         if not 0.0 <= self.min_mask_area < 1.0:
             raise ValueError(f"pairs.min_mask_area must be in [0, 1), got {self.min_mask_area}")
         for key in ("max_nouns", "batch_size", "image_size", "num_actors"):

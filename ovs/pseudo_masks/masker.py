@@ -33,6 +33,7 @@ from PIL import Image
 
 from ovs import precision
 from ovs.codecs import encode_label_png
+from ovs.config import check_choice
 from ovs.pseudo_masks.device_decode import decode_resize, decode_resize_batch, resize_rgb
 from ovs.pseudo_masks.features import EXTRACTORS, ExtractorArgs, build_extractor
 from ovs.pseudo_masks.kmeans import METRICS, kmeans
@@ -110,28 +111,16 @@ class PseudoMaskConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad ``pseudo_masks.*`` setting (called at config load,
         and by :class:`PseudoMasker`)."""
-        if self.extractor not in EXTRACTORS:
-            raise ValueError(
-                f"pseudo_masks.extractor must be one of {sorted(EXTRACTORS)}, got {self.extractor!r}"
-            )
+        check_choice("pseudo_masks.extractor", self.extractor, EXTRACTORS)
         if self.metric not in ("auto", *METRICS):
             raise ValueError(
                 f"pseudo_masks.metric must be auto or one of {METRICS}, got {self.metric!r}"
             )
-        if self.runtime not in RUNTIMES:
-            raise ValueError(
-                f"pseudo_masks.runtime must be one of {RUNTIMES}, got {self.runtime!r}"
-            )
-        if self.autocast not in AUTOCAST_CHOICES:
-            raise ValueError(
-                f"pseudo_masks.autocast must be one of {AUTOCAST_CHOICES}, got {self.autocast!r}"
-            )
+        check_choice("pseudo_masks.runtime", self.runtime, RUNTIMES)
+        check_choice("pseudo_masks.autocast", self.autocast, AUTOCAST_CHOICES)
         if self.smooth and self.smooth % 2 == 0:
             raise ValueError(f"pseudo_masks.smooth must be 0 or odd, got {self.smooth}")
-        if self.decode not in DECODE_PLACES:
-            raise ValueError(
-                f"pseudo_masks.decode must be one of {DECODE_PLACES}, got {self.decode!r}"
-            )
+        check_choice("pseudo_masks.decode", self.decode, DECODE_PLACES)
         if not 1 <= self.k <= 256:
             raise ValueError(f"pseudo_masks.k must be in [1, 256] to fit a uint8 PNG, got {self.k}")
         for key in ("image_size", "iters", "batch_size", "num_actors", "pixel_stride"):

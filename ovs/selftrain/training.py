@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -41,6 +42,8 @@ class SelfTrainConfig(LoopConfig):
     1e-4, wd 0.05, batch 16, poly decay (power 1) after 1.5k linear warm-up iterations,
     20k/40k/80k iterations for VOC/Context/COCO, layer-wise lr decay 0.7, 512 crops.
     """
+
+    SECTION: ClassVar[str] = "self_train"
 
     target: TargetConfig = field(default_factory=TargetConfig)
     # Evaluation protocol used both to pseudo-label and to evaluate S-Seg+ (and S-Seg again, for

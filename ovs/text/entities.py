@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
+from ovs.config import check_choice
 from ovs.text.cc4m import (
     CC4M_ENTITY_WORDS,
     NOMINAL_POS,
@@ -80,14 +81,8 @@ class EntitiesConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad ``entities.*`` setting (called at config load)."""
-        if self.text_mode not in TEXT_MODES:
-            raise ValueError(
-                f"entities.text_mode must be one of {TEXT_MODES}, got {self.text_mode!r}"
-            )
-        if self.noun_chunks not in CHUNK_MODES:
-            raise ValueError(
-                f"entities.noun_chunks must be one of {CHUNK_MODES}, got {self.noun_chunks!r}"
-            )
+        check_choice("entities.text_mode", self.text_mode, TEXT_MODES)
+        check_choice("entities.noun_chunks", self.noun_chunks, CHUNK_MODES)
         for key in ("batch_size", "n_process", "max_chars"):
             if getattr(self, key) < 1:
                 raise ValueError(f"entities.{key} must be >= 1, got {getattr(self, key)}")

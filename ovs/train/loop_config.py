@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ovs import precision
+from ovs.config import check_choice
 
 
 @dataclass
@@ -22,6 +23,7 @@ class LoopConfig:
     another default.
     """
 
+    SECTION: ClassVar[str] = "loop"  # the config key a section's validate() messages start with
     # How a loop runs, not what it computes: left out of the stage hash (ovs.config.hash_view).
     UNHASHED: ClassVar[tuple[str, ...]] = (
         "cpus_per_worker",
@@ -57,11 +59,8 @@ class LoopConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field for a value the loop cannot run with (checked
         when the config loads, before any stage writes)."""
-        if self.amp_dtype not in precision.CHOICES:
-            raise ValueError(
-                f"amp_dtype must be one of {', '.join(map(repr, precision.CHOICES))}, "
-                f"got {self.amp_dtype!r}"
-            )
+        section = self.SECTION
+        check_choice(f"{section}.amp_dtype", self.amp_dtype, precision.CHOICES)
         for name in ("num_workers", "cpus_per_worker", "log_every", "checkpoint_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise ValueError(f"{section}.{name} must be at least 1, got {getattr(self, name)}")

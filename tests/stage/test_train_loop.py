@@ -273,11 +273,11 @@ def test_sections_share_the_loop_config_and_validate_their_names():
         section.validate()
     assert TrainConfig.UNHASHED == (*LoopConfig.UNHASHED, "ingest_executor")
     bad = [
-        (TrainConfig(ingest_executor="gpu"), "ingest_executor must be"),
-        (TrainConfig(supervision="labels"), "supervision must be"),
-        (TrainConfig(amp_dtype="bf16"), "amp_dtype must be one of"),
-        (SelfTrainConfig(amp_dtype="fp16"), "amp_dtype must be one of"),
-        (SelfTrainConfig(log_every=0), "log_every must be at least 1"),
+        (TrainConfig(ingest_executor="gpu"), "train.ingest_executor must be"),
+        (TrainConfig(supervision="labels"), "train.supervision must be"),
+        (TrainConfig(amp_dtype="bf16"), "train.amp_dtype must be one of"),
+        (SelfTrainConfig(amp_dtype="fp16"), "self_train.amp_dtype must be one of"),
+        (SelfTrainConfig(log_every=0), "self_train.log_every must be at least 1"),
     ]
     for section, message in bad:
         with pytest.raises(ValueError, match=message):
