@@ -28,6 +28,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ovs import provenance
 from ovs.config import Config, ConfigError, flatten, to_dict, to_yaml
@@ -53,6 +54,9 @@ from pipelines.tracking import (
     code_tags,
     default_tracking_uri,
 )
+
+if TYPE_CHECKING:
+    from pipelines.graph import ExperimentConfig  # the root type, assembled at runtime
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "conf" / "default.yaml"
@@ -137,7 +141,7 @@ def connect_mlflow(experiment: str):
     return client, exp_id, uri
 
 
-def init_ray(cfg: Config) -> None:
+def init_ray(cfg: ExperimentConfig) -> None:
     import ray
 
     if ray.is_initialized():
@@ -300,7 +304,7 @@ def run_stage(
     return manifest
 
 
-def preflight(cfg: Config, names: list[str]) -> None:
+def preflight(cfg: ExperimentConfig, names: list[str]) -> None:
     """Checks of the config against the world, before anything is written: every configured
     benchmark of an ``evaluate`` that will run has its data (unless ``optional: true``)."""
     if "evaluate" in names:

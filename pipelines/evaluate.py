@@ -37,8 +37,9 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ovs.config import Config, flatten, to_dict
+from ovs.config import flatten, to_dict
 from ovs.eval.config import BenchmarkMissing, EvalConfig, EvalDatasetConfig
 from ovs.eval.datasets import SegDataset, build_dataset
 from ovs.eval.method import MethodRef
@@ -48,12 +49,15 @@ from ovs.io import atomic_write_bytes, atomic_write_json
 from ovs.stage import Stage, StageContext
 from pipelines.shard_map import ActorResources, WorkItem, map_items
 
+if TYPE_CHECKING:
+    from pipelines.graph import ExperimentConfig  # the root type; graph imports this module
+
 log = logging.getLogger("ovs")
 SSEG = "sseg"
 RESULT = "result.json"
 
 
-def _inputs(cfg: Config) -> tuple[str, ...]:
+def _inputs(cfg: ExperimentConfig) -> tuple[str, ...]:
     return ("train", "world") if "world" in cfg.pipeline.stages else ("train",)
 
 
@@ -101,7 +105,7 @@ def find_datasets(
     return found, missing
 
 
-def stale(cfg: Config, manifest: dict) -> str | None:
+def stale(cfg: ExperimentConfig, manifest: dict) -> str | None:
     """Why a completed ``evaluate`` output must run again: an optional benchmark that was
     missing then (it has no ``<name>.images`` count) has data now. The rerun resumes in the
     same directory, so only the new benchmark's combinations are computed."""

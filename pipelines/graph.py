@@ -79,7 +79,11 @@ def _experiment_config() -> type[Config]:
     )
 
 
-ExperimentConfig = _experiment_config()
+# Typed ``Any`` on purpose: the class is assembled at runtime from ``STAGES``, so a static
+# checker cannot see its sections. Stage code annotates the root as ``ExperimentConfig``
+# (imported under ``TYPE_CHECKING``) instead of :class:`ovs.config.Config`, whose fields are
+# only the root keys; a second, static class listing every section would duplicate the table.
+ExperimentConfig: Any = _experiment_config()
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Any:

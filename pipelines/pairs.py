@@ -21,14 +21,17 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ovs.config import Config
 from ovs.pairs.maker import PairsConfig, shard_counts
 from ovs.stage import Stage, StageContext
 from pipelines.shard_map import ActorResources, WorkItem, map_items
 
+if TYPE_CHECKING:
+    from pipelines.graph import ExperimentConfig  # the root type; graph imports this module
 
-def _inputs(cfg: Config) -> tuple[str, ...]:
+
+def _inputs(cfg: ExperimentConfig) -> tuple[str, ...]:
     section = getattr(cfg, "pairs", None)
     names = ["download", "entities", "pseudo_masks"]
     if section is None or (section.scorer == "sseg" and not section.checkpoint):

@@ -67,7 +67,11 @@ def _oracle(ctx: StageContext, cfg: PseudoMaskConfig) -> dict[str, float]:
     ]
     done = map_items(items, ImageMasker, {"cfg": cfg}, _resources(cfg), ctx.progress, "oracle")
     pngs = [png for it in items for png in done.results[it.key]]
-    maps = [decode_label_png(png) if png else None for png in pngs]
+    # ImageMasker gives b"" for an unusable image; the oracle's images are the world
+    # generator's own PNGs, so one is a bug to report, not a sample to skip.
+    if not all(pngs):
+        raise ValueError(f"{pngs.count(b'')} oracle images could not be masked")
+    maps = [decode_label_png(png) for png in pngs]
     gts = [s["label"] for s in samples]
     miou = oracle_miou(maps, gts, num_classes)
     n = cfg.figure_images

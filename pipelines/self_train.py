@@ -42,9 +42,10 @@ from pipelines.shard_map import ActorResources, WorkItem, map_items
 
 if TYPE_CHECKING:
     from ovs.selftrain.training import BatchStream
+    from pipelines.graph import ExperimentConfig  # the root type; graph imports this module
 
 
-def _protocol_name(ctx_cfg: Config) -> str:
+def _protocol_name(ctx_cfg: ExperimentConfig) -> str:
     return ctx_cfg.self_train.protocol or ctx_cfg.train.eval_protocol
 
 

@@ -35,6 +35,7 @@ from pipelines.ray_train import RunRef, check_complete
 
 if TYPE_CHECKING:
     from ovs.training import SampleSource
+    from pipelines.graph import ExperimentConfig  # the root type; graph imports this module
     from pipelines.ingest import RankIngest
 
 
@@ -253,6 +254,7 @@ def fit(ctx: StageContext) -> tuple[Path, dict]:
     import ray
 
     cfg: TrainConfig = ctx.section
+    root: ExperimentConfig = ctx.cfg  # the assembled root: its sections are runtime fields
     tracker: Any = ctx.tracker  # an MlflowTracker: workers reopen its run by id
     masks_dir, loss, class_texts = ctx.inputs["pseudo_masks"] / "masks", cfg.sseg.loss, None
     if cfg.supervision == "gt":
@@ -261,10 +263,10 @@ def fit(ctx: StageContext) -> tuple[Path, dict]:
         shards=str(ctx.inputs["download"]),
         masks_dir=str(masks_dir),
         texts_dir=str(ctx.inputs["entities"] / "entities"),
-        decode_size=ctx.cfg.world.image_size
-        if "world" in ctx.cfg.pipeline.stages
+        decode_size=root.world.image_size
+        if "world" in root.pipeline.stages
         else cfg.method_config.model.input_size,
-        samples_per_shard=ctx.cfg.download.number_sample_per_shard,
+        samples_per_shard=root.download.number_sample_per_shard,
         ingest_executor=ingest_executor(cfg, float(ray.cluster_resources().get("CPU", 0.0))),
     )
     job = LoopJob(

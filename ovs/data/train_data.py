@@ -49,11 +49,12 @@ def shards_for_rank(shard_dir: str | Path, rank: int, world_size: int) -> list[P
 
 def decode_image(data: bytes, size: int) -> np.ndarray | None:
     """JPEG/PNG bytes → uint8 ``[size, size, 3]`` (bilinear), or None if undecodable."""
+    im: Image.Image  # the opened file, then its RGB conversion
     try:
         with Image.open(io.BytesIO(data)) as im:
             im = im.convert("RGB")
             if im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
+                im = im.resize((size, size), Image.Resampling.BILINEAR)
             return np.asarray(im, dtype=np.uint8)
     except Exception:  # noqa: BLE001 - any decode failure is a bad sample, counted by caller
         return None

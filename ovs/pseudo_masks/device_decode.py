@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -73,7 +74,8 @@ def _decode_jpegs(datas: list[bytes], device: torch.device) -> list[torch.Tensor
     decoded: list[torch.Tensor | None] = []
     for t in tensors:
         try:
-            decoded.append(decode_jpeg(t, mode="RGB", device=device))
+            # One tensor in, one tensor out (the stub types the return as the union).
+            decoded.append(cast(torch.Tensor, decode_jpeg(t, mode="RGB", device=device)))
         except Exception:
             decoded.append(None)
     return decoded

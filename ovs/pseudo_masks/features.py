@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -78,12 +79,13 @@ class ViTFeatures(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        cfg = model.pretrained_cfg
+        vit: Any = model  # a timm ViT: pretrained_cfg, patch_embed... are not Module attributes
+        cfg = vit.pretrained_cfg
         self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg["std"]).view(1, 3, 1, 1), persistent=False)
-        self.num_prefix_tokens = int(model.num_prefix_tokens)
-        self.patch = int(model.patch_embed.patch_size[0])
-        self.feat_dim = int(model.num_features)
+        self.num_prefix_tokens = int(vit.num_prefix_tokens)
+        self.patch = int(vit.patch_embed.patch_size[0])
+        self.feat_dim = int(vit.num_features)
 
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
         return height // self.patch, width // self.patch
@@ -91,8 +93,11 @@ class ViTFeatures(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """images [B, 3, H, W] in [0, 1] -> (tokens [B, h*w, C], (h, w)), h = H // patch."""
         h, w = self.grid_size(images.shape[-2], images.shape[-1])
-        x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
-        tokens = self.model.forward_features(x)
+        # Registered buffers and a timm ViT: nn.Module's attribute typing sees neither.
+        mean, std = cast(torch.Tensor, self.mean), cast(torch.Tensor, self.std)
+        vit = cast(Any, self.model)
+        x = (images - mean.to(images.dtype)) / std.to(images.dtype)
+        tokens = vit.forward_features(x)
         return tokens[:, self.num_prefix_tokens :], (h, w)
 
 
@@ -100,7 +105,7 @@ def _enable_fused_attention(model: nn.Module) -> None:
     # timm picks SDPA by default; make sure an env override (TIMM_FUSED_ATTN=0) did not turn it off.
     for mod in model.modules():
         if hasattr(mod, "fused_attn"):
-            mod.fused_attn = True
+            cast(Any, mod).fused_attn = True  # a timm Attention's flag, not a Module attribute
 
 
 def build_vit(
@@ -119,7 +124,7 @@ def build_vit(
     """
     import timm
 
-    kwargs = dict(num_classes=0, img_size=image_size, dynamic_img_size=True)
+    kwargs: dict[str, Any] = dict(num_classes=0, img_size=image_size, dynamic_img_size=True)
     if checkpoint:
         path = Path(checkpoint).expanduser()
         if not path.is_file():

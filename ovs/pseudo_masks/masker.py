@@ -24,7 +24,7 @@ import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import pyarrow as pa
@@ -246,12 +246,13 @@ class PseudoMasker:
     ) -> tuple[list[np.ndarray | None] | list[torch.Tensor | None], list[str]]:
         size = self.cfg.image_size
         n = len(batch["key"])
-        images: list[np.ndarray | None] | list[torch.Tensor | None] = []
+        arrays: list[np.ndarray | None] = []  # the CPU branches fill it
+        images: list[np.ndarray | None] | list[torch.Tensor | None] = arrays
         status: list[str] = []
         if "image" in batch:
             for img in batch["image"]:
                 arr = _as_rgb(img, size)
-                images.append(arr)
+                arrays.append(arr)
                 status.append(STATUS_OK if arr is not None else STATUS_BAD_IMAGE)
         elif "jpg" in batch and self.cfg.decode == "device":
             images = decode_resize_batch(list(batch["jpg"]), size, self.device)
@@ -259,7 +260,7 @@ class PseudoMasker:
         elif "jpg" in batch:
             for data in batch["jpg"]:
                 arr = decode_resize(data, size)
-                images.append(arr)
+                arrays.append(arr)
                 status.append(STATUS_OK if arr is not None else STATUS_DECODE_ERROR)
         else:
             raise KeyError("batch needs an 'image' or a 'jpg' column")
@@ -277,7 +278,12 @@ class PseudoMasker:
         for start in range(0, len(ok), step):
             idx = ok[start : start + step]
             chunk = [images[i] for i in idx]
-            stack = torch.stack(chunk) if isinstance(chunk[0], torch.Tensor) else np.stack(chunk)
+            # idx holds no None, and _prepare's list is all tensors or all arrays.
+            stack = (
+                torch.stack(cast(list[torch.Tensor], chunk))
+                if isinstance(chunk[0], torch.Tensor)
+                else np.stack(cast(list[np.ndarray], chunk))
+            )
             maps = self.labels(stack, [image_seed(self.cfg.seed, keys[i]) for i in idx])
             grid = maps.shape[1:]
             for i, m in zip(idx, maps, strict=True):

@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -116,7 +117,9 @@ class OneDNNGraphForward:
         self.extractor = copy.deepcopy(extractor).eval()
         for mod in self.extractor.modules():
             if hasattr(mod, "fused_attn"):
-                mod.fused_attn = False  # the explicit attention is the pattern oneDNN fuses
+                # A timm Attention's flag (not a Module attribute to the type checker); the
+                # explicit attention is the pattern oneDNN fuses.
+                cast(Any, mod).fused_attn = False
         self.dtype = dtype or torch.float32
         self.extractor.to(self.dtype)
         self.batch_size = batch_size

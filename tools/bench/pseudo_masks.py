@@ -35,7 +35,8 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TypeVar
+from functools import partial
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -122,7 +123,8 @@ def _forward_flops(masker: PseudoMasker, size: int) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     ext = masker.extractor
-    attn = [m for m in ext.modules() if hasattr(m, "fused_attn")]
+    # timm Attention modules: ``fused_attn`` is their flag, not a Module attribute.
+    attn: list[Any] = [m for m in ext.modules() if hasattr(m, "fused_attn")]
     for m in attn:
         m.fused_attn = False  # SDPA kernels are not all counted; the math path is
     try:
@@ -249,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         n["forward"] += len(images)
         with cpu_threads(device, cfg.kmeans_threads):
             t["kmeans"] += _timed(
-                lambda f=feats: kmeans(f, cfg.k, seeds=seeds, metric=masker.metric), device
+                partial(kmeans, feats, cfg.k, seeds=seeds, metric=masker.metric), device
             )[0]
         n["kmeans"] += len(images)
         naive.last_feats = []
