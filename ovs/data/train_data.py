@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from ovs.codecs import decode_label_png, read_keyed
-from ovs.data.shards import iter_shard, list_shards
+from ovs.data.shards import iter_shard_by_key, list_shards
 
 
 @dataclass
@@ -91,7 +91,7 @@ def iter_samples(
         texts = read_keyed(text_path, columns)
         # Key order, not tar order: img2dataset writes a shard's members as their downloads
         # finish, which differs from run to run; the batches must not.
-        for row in sorted(iter_shard(shard, members=("jpg",)), key=lambda r: r["key"]):
+        for row in iter_shard_by_key(shard, members=("jpg",)):
             key = row["key"]
             m, t = masks.get(key), texts.get(key)
             if m is None or m.get("label_png") is None:

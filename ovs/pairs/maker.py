@@ -427,7 +427,7 @@ class PairMaker:
         mask, or with no candidate mask are skipped and counted. Returns the table
         (``PAIRS_SCHEMA``, the counts in its metadata: :func:`shard_counts`) and the counts.
         """
-        from ovs.data.shards import iter_shard
+        from ovs.data.shards import iter_shard_by_key
 
         cfg = self.cfg
         masks = read_keyed(Path(masks_path), ["key", "label_png", "k", "status"])
@@ -435,7 +435,9 @@ class PairMaker:
         counts: Counter = Counter()
         rows: list[tuple] = []
         batch: list[_Item] = []
-        for sample in iter_shard(tar_path, members=("jpg",)):
+        # key order: the scorer batches images and caches noun texts, so tar order (which
+        # varies from run to run) would move the scores
+        for sample in iter_shard_by_key(tar_path, members=("jpg",)):
             counts["samples"] += 1
             item = self._item(sample, masks.get(sample["key"]), ents.get(sample["key"]), counts)
             if item is None:

@@ -1,8 +1,9 @@
 """Golden figures of the smoke pipeline (``conf/smoke.yaml``): every stage manifest's counts and
 metrics, less the ones that measure time. ``tests/golden/smoke_pipeline.json`` was recorded
 before the layout refactor (issue 13), by the pre-refactor code (commit 80056fe) plus the one
-change meant to move these numbers, training batches in key order (``ovs/data/train_data.py``,
-``ovs/data/ingest.py``), with ``python pipelines/full.py --config conf/smoke.yaml
+change meant to move these numbers, shards read in key order where samples are batched
+(training: ``ovs/data/train_data.py``, ``ovs/data/ingest.py``; the pairs scorer:
+``ovs/pairs/maker.py``, via ``ovs.data.shards.iter_shard_by_key``), with ``python pipelines/full.py --config conf/smoke.yaml
 train.cpus_per_worker=1 self_train.cpus_per_worker=1``; ``tests/stage/test_golden_pipeline.py``
 must reproduce it: exactly on the machine fingerprint it was recorded on; elsewhere the counts
 exactly and the metrics within 0.02 (other float kernels can move a K-means or matching

@@ -2,7 +2,7 @@ import io
 import json
 import tarfile
 
-from ovs.data.shards import iter_shard, list_shards
+from ovs.data.shards import iter_shard, iter_shard_by_key, list_shards
 
 
 def make_shard(directory, stem, samples, finished=True):
@@ -35,3 +35,19 @@ def test_list_and_iter(tmp_path):
     assert rows[1]["json"] == {"a": 1} and rows[1]["txt"] == "café"
     full = list(iter_shard(shards[0]))
     assert full[0]["jpg"] == b"\xff\xd8x"
+
+
+def test_iter_by_key_is_tar_iteration_in_key_order(tmp_path):
+    """img2dataset writes samples as downloads finish: the key-ordered reader gives the same
+    samples and members as the tar-order one, sorted by key, whatever the tar order."""
+    samples = [
+        (f"{k:09d}", {"jpg": f"img{k}".encode(), "txt": f"caption {k}", "json": f'{{"k": {k}}}'})
+        for k in (7, 2, 9, 0, 5)
+    ]
+    make_shard(tmp_path, "00000", samples)
+    shard = list_shards(tmp_path)[0]
+    in_tar = list(iter_shard(shard, members=("jpg", "json")))
+    by_key = list(iter_shard_by_key(shard, members=("jpg", "json")))
+    assert [r["key"] for r in in_tar] == [k for k, _ in samples]  # tar order, not sorted
+    assert by_key == sorted(in_tar, key=lambda r: r["key"])
+    assert "txt" not in by_key[0] and by_key[0]["json"] == {"k": 0}
