@@ -30,3 +30,16 @@ def ray_local():
             log_to_driver=False,
         )
     yield ray
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    the test box has 2 cores shared by several jobs; two OpenMP threads fighting for them run
+    ~10x slower than one."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -9,15 +9,7 @@ import torch.multiprocessing as mp
 from ovs.methods.sseg.losses import class_loss, dice_loss, mask_loss, sigmoid_focal_loss
 from ovs.train.contrastive import contrastive_loss, noun_contrastive_loss
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test box has 2 cores shared by several jobs; two OpenMP threads fighting for them
-    run ~10x slower than one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _sig(x: float) -> float:

@@ -14,15 +14,7 @@ from ovs.methods.sseg.objective import SSegObjective
 from ovs.models.maskformer import Backbone, MaskFormer, MaskFormerConfig, mask_pool
 from ovs.models.text import TextConfig, TextTransformer, tokenize
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test box has 2 cores shared by several jobs; two OpenMP threads fighting for them
-    run ~10x slower than one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
