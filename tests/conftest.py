@@ -32,6 +32,17 @@ def ray_local():
     yield ray
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _upstream_cache():
+    """Remove the session's shared upstream outputs (``tests/upstream.py``) at the end."""
+    yield
+    import sys
+
+    shared = sys.modules.get("tests.upstream")
+    if shared is not None:
+        shared.cleanup()
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``):

@@ -24,3 +24,14 @@ def tiny_world(
         "train.batch_size=4",
         "train.cpus_per_worker=1",
     ]
+
+
+def tiny_trained(tmp_path: Path) -> list[str]:
+    """The tiny world and 2-step S-Seg model the evaluate, self_train and pairs stage tests
+    consume: one config, so ``tests/upstream.py`` computes these upstream stages once a session."""
+    return [
+        *tiny_world(tmp_path, num_train=24, num_eval=4, per_shard=12),
+        "train.steps=2",
+        "train.warmup_steps=1",
+        "train.checkpoint_every=2",
+    ]

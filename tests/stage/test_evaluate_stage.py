@@ -18,7 +18,8 @@ from ovs.eval.protocol import evaluate
 from ovs.stage import read_manifest, resolve
 from pipelines.common import connect_mlflow, run_stage
 from pipelines.graph import STAGES, load_config
-from tests.tiny_world import tiny_world
+from tests.tiny_world import tiny_trained
+from tests.upstream import run_upstream
 
 pytestmark = pytest.mark.slow
 
@@ -60,13 +61,7 @@ def _cfg(tmp_path, *extra):
     return load_config(
         None,
         [
-            *tiny_world(tmp_path, num_train=16, num_eval=5, per_shard=8, oracle_images=2),
-            "train.num_workers=1",
-            "train.steps=2",
-            "train.warmup_steps=1",
-            "train.log_every=1",
-            "train.checkpoint_every=2",
-            "train.eval_limit=2",
+            *tiny_trained(tmp_path),
             "evaluate.protocols=[tiny, sclip32]",
             f"evaluate.custom_protocols=[{SCLIP32}]",
             "evaluate.baselines=[{name: maskclip, method: maskclip, model: tiny, pretrained: null}]",
@@ -97,8 +92,7 @@ def test_evaluate_stage(tmp_path, mlflow_uri, ray_local, caplog):
     cfg = _cfg(tmp_path)
     client, exp_id, _ = connect_mlflow("evaluate-stage")
     parent = client.create_run(exp_id, run_name="p").info.run_id
-    for name in UPSTREAM:
-        run_stage(STAGES, name, cfg, False, client, exp_id, parent, "")
+    run_upstream(UPSTREAM, cfg, client, exp_id, parent)
     with caplog.at_level(logging.INFO, logger="ovs"):
         m = run_stage(STAGES, "evaluate", cfg, False, client, exp_id, parent, "")
     out = resolve(STAGES, "evaluate", cfg).out_dir
@@ -106,7 +100,7 @@ def test_evaluate_stage(tmp_path, mlflow_uri, ray_local, caplog):
     # The missing benchmark: one clear message, counted; the present ones evaluated.
     assert "benchmark context60 skipped" in caplog.text and "no_context" in caplog.text
     assert m["counts"]["datasets_missing"] == 1 and m["counts"]["datasets_evaluated"] == 2
-    assert m["counts"]["world.images"] == 5 and m["counts"]["voc21.images"] == 2
+    assert m["counts"]["world.images"] == 4 and m["counts"]["voc21.images"] == 2
     names = {
         f"{p}{d}{k}"
         for p in ("", "sclip32.", "maskclip.", "maskclip.sclip32.")

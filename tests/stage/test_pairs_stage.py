@@ -15,7 +15,8 @@ from ovs.stage import MANIFEST, resolve
 from pipelines.common import connect_mlflow, run_stage
 from pipelines.graph import STAGES, load_config
 from pipelines.pairs import _inputs
-from tests.tiny_world import tiny_world
+from tests.tiny_world import tiny_trained
+from tests.upstream import run_upstream
 
 pytestmark = pytest.mark.slow
 
@@ -26,11 +27,8 @@ def _cfg(tmp_path, *extra):
     return load_config(
         None,
         [
-            *tiny_world(tmp_path, num_train=30, num_eval=4, per_shard=15),
+            *tiny_trained(tmp_path),
             "pipeline.stages=[world,download,entities,pseudo_masks,train,pairs]",
-            "train.steps=2",
-            "train.warmup_steps=1",
-            "train.eval_limit=2",
             "pairs.image_size=32",
             "pairs.threshold=-1.0",
             "pairs.batch_size=8",
@@ -51,8 +49,7 @@ def test_pairs_stage_end_to_end_and_resume(tmp_path, mlflow_uri, ray_local):
     cfg = _cfg(tmp_path)
     client, exp_id, _ = connect_mlflow("pairs-stage")
     parent = client.create_run(exp_id, run_name="p").info.run_id
-    for name in UPSTREAM:
-        run_stage(STAGES, name, cfg, False, client, exp_id, parent, "")
+    run_upstream(UPSTREAM, cfg, client, exp_id, parent)
     m = run_stage(STAGES, "pairs", cfg, False, client, exp_id, parent, "")
     out = resolve(STAGES, "pairs", cfg).out_dir
     files = sorted((out / "pairs").glob("*.parquet"))
@@ -61,12 +58,12 @@ def test_pairs_stage_end_to_end_and_resume(tmp_path, mlflow_uri, ray_local):
     assert all(t.schema.remove_metadata() == PAIRS_SCHEMA for t in tables)
     rows = sum(t.num_rows for t in tables)
     counts = m["counts"]
-    assert counts["samples"] == 30 and counts["shards"] == 2 and counts["shards_resumed"] == 0
+    assert counts["samples"] == 24 and counts["shards"] == 2 and counts["shards_resumed"] == 0
     assert counts["pairs"] == rows > 0
     # threshold -1 keeps every scored noun; every sample is either paired or skipped+counted.
     assert counts["nouns_scored"] == rows and counts["below_threshold"] == 0
     skipped = sum(v for k, v in counts.items() if k.startswith("skipped_"))
-    assert counts["paired_samples"] + skipped == 30
+    assert counts["paired_samples"] + skipped == 24
     nouns = {n for t in tables for n in t.column("noun").to_pylist()}
     assert counts["unique_nouns"] == len(nouns)
     for t in tables:

@@ -15,7 +15,8 @@ from ovs.methods import load_checkpoint
 from ovs.stage import read_manifest, resolve
 from pipelines.common import connect_mlflow, run_stage
 from pipelines.graph import STAGES, load_config
-from tests.tiny_world import tiny_world
+from tests.tiny_world import tiny_trained
+from tests.upstream import run_upstream
 
 pytestmark = pytest.mark.slow
 
@@ -26,10 +27,7 @@ def _cfg(tmp_path, *extra):
     return load_config(
         None,
         [
-            *tiny_world(tmp_path, num_train=24, num_eval=4, per_shard=12),
-            "train.steps=2",
-            "train.warmup_steps=1",
-            "train.checkpoint_every=2",
+            *tiny_trained(tmp_path),
             "self_train.label.shard_size=10",
             "self_train.label.num_cpus=1",
             "self_train.label.num_actors=2",
@@ -54,8 +52,7 @@ def test_self_train_stage_failure_drill_and_resume(tmp_path, mlflow_uri, ray_loc
     cfg = _cfg(tmp_path, "self_train.inject_failure_at_step=3", "self_train.max_failures=1")
     client, exp_id, _ = connect_mlflow("self-train-stage")
     parent = client.create_run(exp_id, run_name="p").info.run_id
-    for name in UPSTREAM:
-        run_stage(STAGES, name, cfg, False, client, exp_id, parent, "")
+    run_upstream(UPSTREAM, cfg, client, exp_id, parent)
     m = run_stage(STAGES, "self_train", cfg, False, client, exp_id, parent, "")
     out = resolve(STAGES, "self_train", cfg).out_dir
     assert (out / ".injected_failure").exists(), "the drill really failed a worker"

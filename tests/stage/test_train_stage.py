@@ -13,6 +13,7 @@ from ovs.stage import StageIncomplete, read_manifest, resolve
 from pipelines.common import connect_mlflow, run_stage
 from pipelines.graph import STAGES, load_config
 from tests.tiny_world import tiny_world
+from tests.upstream import run_upstream
 
 pytestmark = pytest.mark.slow
 
@@ -54,8 +55,7 @@ def test_train_with_worker_failure_then_job_restart(tmp_path, mlflow_uri, ray_lo
     cfg = _cfg(tmp_path, "train.inject_failure_at_step=3", "train.max_failures=1")
     client, exp_id, _ = connect_mlflow("train-stage")
     parent = client.create_run(exp_id, run_name="p").info.run_id
-    for name in UPSTREAM:
-        run_stage(STAGES, name, cfg, False, client, exp_id, parent, "")
+    run_upstream(UPSTREAM, cfg, client, exp_id, parent)
     m = run_stage(STAGES, "train", cfg, False, client, exp_id, parent, "")
     out = resolve(STAGES, "train", cfg).out_dir
     assert (out / ".injected_failure").exists(), "the drill really failed a worker"
