@@ -6,7 +6,7 @@ a picklable *task factory*. Each worker builds the task (model, objective, optim
 schedule factories, resumable batches) and the loop owns the rest: resume from the last Ray
 checkpoint, AMP + backward + clipping + optimiser/schedule step (:func:`ovs.train.step.
 train_step`), device-side metric windows logged to MLflow from rank 0 at log steps, the failure
-drill (``inject_failure_at_step``), checkpoints with every rank's data and RNG state, and the
+drill (:mod:`pipelines.drills`, test-only), checkpoints with every rank's data and RNG state, and the
 time-limit stop that all ranks agree on.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -102,12 +102,16 @@ class LoopJob:
     seed: int  # the run seed (``Config.seed``)
     out_dir: str  # the stage's output directory (failure-drill marker, checkpoints)
     run: RunRef | None  # the stage's MLflow run, reopened by rank 0
+    fail_at_step: int = -1  # the failure drill's step (pipelines/drills.py), never from a config
 
 
 def run_loop(job: LoopJob, name: str) -> tuple[Path, dict]:
     """Train ``job`` with Ray Train (checkpoints under ``<out_dir>/ray_train/<name>``);
     returns the exported inference model ``<out_dir>/model/latest.pt`` and rank 0's last
     reported metrics (``step``: the steps done)."""
+    from pipelines.drills import armed_step
+
+    job = replace(job, fail_at_step=armed_step(job.loop.SECTION))
     return fit_and_export(partial(train_worker, job), job.loop, name, Path(job.out_dir))
 
 
@@ -178,7 +182,7 @@ def _train(
             objective, inputs, task.model, opt, sched, cfg.grad_clip, amp_dtype, device
         )
         step += 1
-        if step == cfg.inject_failure_at_step and rank == world - 1 and not marker.exists():
+        if step == job.fail_at_step and rank == world - 1 and not marker.exists():
             marker.touch()
             raise RuntimeError(f"injected worker failure at step {step} (failure drill)")
         window.add({**out, "grad_norm": grad_norm} if task.log_grad_norm else out, images)

@@ -17,7 +17,8 @@ from ovs.config import check_choice
 
 @dataclass
 class LoopConfig:
-    """Workers, optimiser, schedule, precision, cadence and the failure/time-limit drills.
+    """Workers, optimiser, schedule, precision, cadence, failure restarts and the time limit
+    (the failure drill is a test hook outside every config: ``pipelines/drills.py``).
 
     Defaults: the S-Seg+ segmenter's tiny CPU recipe; a section redeclares a field to give it
     another default.
@@ -54,7 +55,6 @@ class LoopConfig:
     # Off by default: no wall clock decides a result. When set and hit (checked at log steps,
     # agreed across ranks) the loop checkpoints and the stage ends resumable, not complete.
     time_limit_s: float | None = None
-    inject_failure_at_step: int = -1  # tests: worker raises once at this step (failure drill)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field for a value the loop cannot run with (checked

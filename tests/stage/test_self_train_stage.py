@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from ovs.methods import load_checkpoint
 from ovs.stage import read_manifest, resolve
 from pipelines.common import connect_mlflow, run_stage
+from pipelines.drills import fail_worker_at
 from pipelines.graph import STAGES, load_config
 from tests.tiny_world import tiny_trained
 from tests.upstream import run_upstream
@@ -49,11 +50,12 @@ def _steps_logged(client: MlflowClient, run_id: str) -> list[int]:
 
 
 def test_self_train_stage_failure_drill_and_resume(tmp_path, mlflow_uri, ray_local):
-    cfg = _cfg(tmp_path, "self_train.inject_failure_at_step=3", "self_train.max_failures=1")
+    cfg = _cfg(tmp_path, "self_train.max_failures=1")
     client, exp_id, _ = connect_mlflow("self-train-stage")
     parent = client.create_run(exp_id, run_name="p").info.run_id
     run_upstream(UPSTREAM, cfg, client, exp_id, parent)
-    m = run_stage(STAGES, "self_train", cfg, False, client, exp_id, parent, "")
+    with fail_worker_at("self_train", 3):
+        m = run_stage(STAGES, "self_train", cfg, False, client, exp_id, parent, "")
     out = resolve(STAGES, "self_train", cfg).out_dir
     assert (out / ".injected_failure").exists(), "the drill really failed a worker"
     assert m["counts"]["target_images"] == 24 and m["counts"]["shards"] == 3
@@ -92,13 +94,8 @@ def test_self_train_stage_failure_drill_and_resume(tmp_path, mlflow_uri, ray_loc
     } <= arts
 
     # Whole-job failure after labelling and 2 steps; the rerun relabels nothing and resumes.
-    cfg2 = _cfg(
-        tmp_path,
-        "self_train.inject_failure_at_step=3",
-        "self_train.max_failures=0",
-        "self_train.steps=4",
-    )
-    with pytest.raises(Exception, match="injected worker failure"):
+    cfg2 = _cfg(tmp_path, "self_train.max_failures=0", "self_train.steps=4")
+    with fail_worker_at("self_train", 3), pytest.raises(Exception, match="injected worker failure"):
         run_stage(STAGES, "self_train", cfg2, False, client, exp_id, parent, "")
     out2 = resolve(STAGES, "self_train", cfg2).out_dir
     assert read_manifest(out2) is None and len(list((out2 / "labels").glob("*.parquet"))) == 3

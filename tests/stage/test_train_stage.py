@@ -1,6 +1,7 @@
 """The train stage through the real runner: Ray Train (2 DDP workers on gloo), MLflow, an
-injected worker failure (restart from checkpoint), a whole-job restart and a time limit (both
-resume), each resumed run bit-identical to an uninterrupted one, and reproducible metrics."""
+injected worker failure (restart from checkpoint), a time limit and a whole-job failure (each
+resumed by a rerun), the twice-resumed run bit-identical to an uninterrupted one, and
+reproducible metrics."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from mlflow.tracking import MlflowClient
 from ovs.methods import load_checkpoint
 from ovs.stage import StageIncomplete, read_manifest, resolve
 from pipelines.common import connect_mlflow, run_stage
+from pipelines.drills import fail_worker_at
 from pipelines.graph import STAGES, load_config
 from tests.tiny_world import tiny_world
 from tests.upstream import run_upstream
@@ -52,11 +54,12 @@ def _steps_logged(client: MlflowClient, run_id: str) -> list[int]:
 
 
 def test_train_with_worker_failure_then_job_restart(tmp_path, mlflow_uri, ray_local):
-    cfg = _cfg(tmp_path, "train.inject_failure_at_step=3", "train.max_failures=1")
+    cfg = _cfg(tmp_path, "train.max_failures=1")
     client, exp_id, _ = connect_mlflow("train-stage")
     parent = client.create_run(exp_id, run_name="p").info.run_id
     run_upstream(UPSTREAM, cfg, client, exp_id, parent)
-    m = run_stage(STAGES, "train", cfg, False, client, exp_id, parent, "")
+    with fail_worker_at("train", 3):
+        m = run_stage(STAGES, "train", cfg, False, client, exp_id, parent, "")
     out = resolve(STAGES, "train", cfg).out_dir
     assert (out / ".injected_failure").exists(), "the drill really failed a worker"
     state = torch.load(out / "model" / "latest.pt", weights_only=True)
@@ -73,44 +76,39 @@ def test_train_with_worker_failure_then_job_restart(tmp_path, mlflow_uri, ray_lo
     assert model.text_embeddings(["cat"]).shape == (1, model.cfg.embed_dim)
     run = client.get_run(m["mlflow_run_id"])
     assert {"miou", "miou_at_init", "oracle_miou", "steps_done", "steps"} <= set(run.data.metrics)
+    assert "train.inject_failure_at_step" not in run.data.params, "the drill is no config key"
     arts = {a.path for a in client.list_artifacts(m["mlflow_run_id"])}
     assert {"overlays.png", "per_class_iou.png", "confusion.png", "model"} <= arts
 
-    # Whole-job restart: no worker restarts allowed, so the injected failure kills the job;
-    # the rerun of the stage resumes from the last checkpoint instead of step 0.
-    cfg2 = _cfg(tmp_path, "train.inject_failure_at_step=3", "train.max_failures=0", "train.steps=4")
-    with pytest.raises(Exception, match="injected worker failure"):
-        run_stage(STAGES, "train", cfg2, False, client, exp_id, parent, "")
-    out2 = resolve(STAGES, "train", cfg2).out_dir
-    assert read_manifest(out2) is None
-    m2 = run_stage(STAGES, "train", cfg2, False, client, exp_id, parent, "")
-    assert _steps_logged(client, m2["mlflow_run_id"]) == [4], "resumed at step 2, not step 0"
-    assert torch.load(out2 / "model" / "latest.pt", weights_only=True)["step"] == 4
-
     # A time limit that is hit: the loop checkpoints at its first log step (step 2) and the
-    # stage ends incomplete, without a manifest. The limit is not in the stage hash, so the
-    # rerun without it continues the same output from step 2.
+    # stage ends incomplete, without a manifest. Neither the limit nor the drill is in the
+    # stage hash, so every rerun below continues the same output.
     limited = _cfg(tmp_path, "train.steps=4", "train.time_limit_s=1e-9")
     with pytest.raises(StageIncomplete, match="stopped at step 2 of 4") as stopped:
         run_stage(STAGES, "train", limited, False, client, exp_id, parent, "")
     assert stopped.value.metrics["steps_done"] == 2
-    out4 = resolve(STAGES, "train", limited).out_dir
-    assert read_manifest(out4) is None
-    unlimited = _cfg(tmp_path, "train.steps=4")
-    assert resolve(STAGES, "train", unlimited).out_dir == out4
-    m4 = run_stage(STAGES, "train", unlimited, False, client, exp_id, parent, "")
-    assert _steps_logged(client, m4["mlflow_run_id"]) == [4], "resumed at step 2"
-    assert m4["metrics"]["steps_done"] == 4
+    out2 = resolve(STAGES, "train", limited).out_dir
+    assert read_manifest(out2) is None
+
+    # Whole-job failure: no worker restarts allowed, so the drill (at step 3 of the rerun that
+    # resumed from step 2) kills the job; the next rerun resumes from step 2 again, not step 0.
+    unlimited = _cfg(tmp_path, "train.steps=4", "train.max_failures=0")
+    assert resolve(STAGES, "train", unlimited).out_dir == out2
+    with fail_worker_at("train", 3), pytest.raises(Exception, match="injected worker failure"):
+        run_stage(STAGES, "train", unlimited, False, client, exp_id, parent, "")
+    assert read_manifest(out2) is None
+    m2 = run_stage(STAGES, "train", unlimited, False, client, exp_id, parent, "")
+    assert _steps_logged(client, m2["mlflow_run_id"]) == [4], "resumed at step 2, not step 0"
+    assert m2["metrics"]["steps_done"] == 4
+    assert torch.load(out2 / "model" / "latest.pt", weights_only=True)["step"] == 4
 
     # Reproducible, and resume equals an uninterrupted run: the same config trained again from
     # scratch (two DDP ranks, one thread each, force: the output is wiped) gives bit-identical
-    # weights and identical metrics to the run resumed after the time limit, and to the run
-    # resumed after the job failure: data order, augmentation, noun draws and dropout continue
-    # from the checkpoint.
-    resumed = _weights(out4)
+    # weights and identical metrics to the run resumed after the time limit and then the job
+    # failure: data order, augmentation, noun draws and dropout continue from the checkpoint.
+    resumed = _weights(out2)
     fresh = run_stage(STAGES, "train", unlimited, True, client, exp_id, parent, "")
     assert _steps_logged(client, fresh["mlflow_run_id"]) == [2, 4]
-    assert _same(_weights(out4), resumed), "resume after the time limit differs"
-    assert _same(_weights(out2), resumed), "resume after a job failure differs"
-    metrics = [{k: v for k, v in r["metrics"].items() if k not in TIMING} for r in (m4, fresh)]
+    assert _same(_weights(out2), resumed), "the twice-resumed run differs from a fresh one"
+    metrics = [{k: v for k, v in r["metrics"].items() if k not in TIMING} for r in (m2, fresh)]
     assert metrics[0] == metrics[1] and {"miou", "miou_at_init", "pixel_acc"} <= set(metrics[0])
