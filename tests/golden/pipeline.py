@@ -4,7 +4,7 @@ before the layout refactor (issue 13), by the pre-refactor code (commit 80056fe)
 change meant to move these numbers, shards read in key order where samples are batched
 (training: ``ovs/data/train_data.py``, ``ovs/data/ingest.py``; the pairs scorer:
 ``ovs/pairs/maker.py``, via ``ovs.data.shards.iter_shard_by_key``), with ``python pipelines/full.py --config conf/smoke.yaml
-train.cpus_per_worker=1 self_train.cpus_per_worker=1``; ``tests/cluster/test_ray_job.py`` (the smoke pipeline through ``ray job submit``)
+train.cpus_per_worker=1 self_train.cpus_per_worker=1``; ``tests/stage/test_golden_pipeline.py``
 must reproduce it: exactly on the machine fingerprint it was recorded on; elsewhere the counts
 exactly and the metrics within 0.02 (other float kernels can move a K-means or matching
 decision). Regenerate with ``OVS_REGEN_GOLDEN=1`` only for a change meant to move numbers."""
