@@ -30,6 +30,7 @@ from ovs.stage import MANIFEST, resolve
 from pipelines.common import connect_mlflow, run_stage
 from pipelines.graph import STAGES, load_config
 from tests.tiny_world import tiny_world
+from tests.upstream import run_upstream
 
 REPO = Path(__file__).resolve().parents[2]
 SHARDS = 6
@@ -195,8 +196,8 @@ def test_sigkill_train_then_rerun_equals_uninterrupted(tmp_path, mlflow_uri, ray
     cfg = load_config(SMOKE, train_overrides(killed))
     client, exp_id, _ = connect_mlflow(cfg.experiment)
     parent = client.create_run(exp_id, run_name="upstream").info.run_id
-    for name in ("world", "download", "entities", "pseudo_masks"):
-        run_stage(STAGES, name, cfg, False, client, exp_id, parent, "")
+    # the upstream of the evaluate/self_train/pairs stage tests (same hashes: tests/upstream.py)
+    run_upstream(("world", "download", "entities", "pseudo_masks"), cfg, client, exp_id, parent)
     shutil.copytree(killed, clean)
     out = resolve(STAGES, "train", cfg).out_dir
     cmd = [sys.executable, str(REPO / "pipelines" / "train.py"), "--config", SMOKE]
