@@ -75,6 +75,9 @@ SIZE_AND_LOCATION: dict[str, str] = {
     "evaluate.datasets[*].max_images": "size: eval image count",
     "evaluate.world_max_images": "size: eval image count (the world split is sibling-only)",
     "evaluate.baselines[*].pretrained": "weights: open_clip weights cannot be downloaded here",
+    # open_clip's own CLIP class at a 2-layer debug width (ovs.eval.baselines.TINY_CLIP): with
+    # random weights ViT-B/16 at 448 measures nothing and was most of the sibling's evaluate time
+    "evaluate.baselines[*].model": "width and depth",
     "evaluate.num_actors": "worker count",
     "evaluate.num_cpus": "worker resources",
     "evaluate.num_gpus": "worker resources (location: no GPU here)",
