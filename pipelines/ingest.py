@@ -172,7 +172,8 @@ class RankIngest:
         epoch, skip = epoch_position(start_step, self.per_epoch)
         per_epoch_rows = self.per_epoch * self.cfg.batch_size
         while True:
-            group, rows = [], 0
+            group: list[tuple[int, int]] = []
+            rows = 0
             while not group or rows < self.cfg.dataset_rows:
                 group.append((epoch, skip))
                 rows += per_epoch_rows - skip * self.cfg.batch_size

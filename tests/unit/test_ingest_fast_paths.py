@@ -3,6 +3,7 @@ header against PIL, batch assembly without re-concatenating blocks against one c
 and several epochs in one block stream against one stream per epoch."""
 
 import io
+import itertools
 from collections import Counter
 
 import numpy as np
@@ -74,7 +75,7 @@ def _block(pos: list[int], rng: np.random.Generator) -> dict[str, np.ndarray]:
 def test_assembler_batches_equal_one_concatenation(sizes):
     rng = np.random.default_rng(len(sizes))
     starts = np.cumsum([0, *sizes])
-    blocks = [_block(list(range(a, b)), rng) for a, b in zip(starts[:-1], starts[1:], strict=True)]
+    blocks = [_block(list(range(a, b)), rng) for a, b in itertools.pairwise(starts)]
     whole = {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
     before = [b["image"].copy() for b in blocks]
     asm = BatchAssembler(4)
