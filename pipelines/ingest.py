@@ -7,8 +7,10 @@
         labels = batch.labels.to(device)                # int64 [B,S,S]
         ...; ingest.counts                              # used / undecodable / no_text / ...
 
-Each epoch is one Ray dataset built in the rank's own process (inside a Ray Train worker):
-``from_items`` over the epoch's :class:`ovs.data.ingest.Chunk` plan, one block per chunk, and
+Each group of consecutive epochs (at least ``IngestConfig.dataset_rows`` rows; one epoch when
+epochs are larger) is one Ray dataset built in the rank's own process (inside a Ray Train
+worker): ``from_items`` over the epochs' :class:`ovs.data.ingest.Chunk` plans, one block per
+chunk, and
 one ``map_batches`` of :func:`ovs.data.ingest.decode_chunk` in Ray tasks (``num_cpus`` each,
 no node constraint: they run on any node with free CPUs, CPU-only nodes included), executed
 with ``preserve_order`` so blocks reach the rank in plan order; ``iter_batches`` prefetches
@@ -160,17 +162,46 @@ class RankIngest:
         )
 
     def epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[IngestBatch]:
-        """Batches ``skip_batches, skip_batches + 1, ...`` of ``epoch``."""
-        plan = self.plan(epoch, skip_batches)
-        self.counts.update(plan.counts)
-        assembler = BatchAssembler(self.cfg.batch_size, self.counts)
-        first = skip_batches * self.cfg.batch_size
-        yield from assembler.batches(self._blocks(plan.chunks), epoch, first, skip_batches)
+        """Batches ``skip_batches, skip_batches + 1, ...`` of ``epoch`` (one dataset)."""
+        yield from self._group([(epoch, skip_batches)])
 
     def batches(self, start_step: int = 0) -> Iterator[IngestBatch]:
         """Endless batches from global batch ``start_step`` (= training steps done): epoch
-        ``start_step // per_epoch``, then every later epoch reshuffled."""
+        ``start_step // per_epoch``, then every later epoch reshuffled; consecutive epochs
+        share one dataset until it holds ``cfg.dataset_rows`` rows."""
         epoch, skip = epoch_position(start_step, self.per_epoch)
+        per_epoch_rows = self.per_epoch * self.cfg.batch_size
         while True:
-            yield from self.epoch(epoch, skip)
-            epoch, skip = epoch + 1, 0
+            group: list[tuple[int, int]] = []
+            rows = 0
+            while not group or rows < self.cfg.dataset_rows:
+                group.append((epoch, skip))
+                rows += per_epoch_rows - skip * self.cfg.batch_size
+                epoch, skip = epoch + 1, 0
+            yield from self._group(group)
+
+    def _group(self, group: list[tuple[int, int]]) -> Iterator[IngestBatch]:
+        """The batches of ``(epoch, skip_batches)`` ... in order, all from one block stream.
+
+        Each epoch keeps its own :class:`BatchAssembler` (its remainder is dropped, its
+        positions checked) and adds its plan's metadata counts when its first batch is due;
+        a block belongs to the epoch in its ``epoch`` column (a chunk never spans two)."""
+        b = self.cfg.batch_size
+        plans = [(e, skip, self.plan(e, skip)) for e, skip in group]
+        blocks = self._blocks([c for _, _, plan in plans for c in plan.chunks])
+        held: list[dict[str, np.ndarray]] = []  # the first block of the next epoch
+
+        def blocks_of(epoch: int) -> Iterator[dict[str, np.ndarray]]:
+            while True:
+                block = held.pop() if held else next(blocks, None)
+                if block is None:
+                    return
+                if len(block["pos"]) and int(block["epoch"][0]) != epoch:
+                    held.append(block)
+                    return
+                yield block
+
+        for epoch, skip, plan in plans:
+            self.counts.update(plan.counts)
+            assembler = BatchAssembler(b, self.counts)
+            yield from assembler.batches(blocks_of(epoch), epoch, skip * b, skip)

@@ -14,9 +14,13 @@ as photos. Measured, all in this run:
 - ``ray_1``/``ray_2``: the Ray Data plan on a local Ray with 1 and 2 CPUs (one task per CPU);
   the consuming loop is this process.
 
-Each new-path rate is one whole epoch after a warm-up epoch (Ray started, worker processes
-up), timed from the first request so that prefetching cannot run ahead of the clock; the
-current loader's is ``--current-batches`` batches from its start. The last stdout line is
+Each new-path rate is ``RankIngest.batches`` (what the train stage iterates) over one whole
+Ray dataset as training plans it (``IngestConfig.dataset_rows`` rows of consecutive epochs:
+8 epochs of the default 1,024 samples; ``--epochs`` overrides), after a warm-up epoch (Ray
+started, worker processes up), timed from the first request so that prefetching cannot run
+ahead of the clock and the dataset's start-up is inside it; ``--dataset-rows 1`` gives the
+layout before (one dataset per epoch). The current loader's is ``--current-batches`` batches
+from its start. The last stdout line is
 JSON with ``img_per_s_per_core`` (the Ray plan at 2 CPUs, images per CPU-second of every process that
 ran: driver, Ray's GCS/raylet/workers, tasks; ``_1``: at 1 CPU), ``ratio`` (that over the
 current loader's images per CPU-second) and ``scaling_1_to_2`` (ray_2 / ray_1 wall img/s).
@@ -209,11 +213,19 @@ def current_rate(
     )
 
 
+def dataset_epochs(cfg: IngestConfig, epoch_rows: int) -> int:
+    """Epochs of ``epoch_rows`` rows that ``RankIngest.batches`` plans into one dataset."""
+    return max(1, -(-cfg.dataset_rows // epoch_rows))
+
+
 def ingest_rate(
-    dirs: tuple[Path, Path, Path], cfg: IngestConfig, seed: int, executor: str
+    dirs: tuple[Path, Path, Path], cfg: IngestConfig, seed: int, executor: str, epochs: int
 ) -> tuple[float, float]:
-    """One whole epoch of :class:`pipelines.ingest.RankIngest`, after a warm-up epoch (Ray's
-    worker processes started, the per-process shard tables cached)."""
+    """``epochs`` epochs of :class:`pipelines.ingest.RankIngest.batches` (what the train stage
+    iterates) from a fresh iterator at the start of epoch 1, after a warm-up epoch (Ray's
+    worker processes started, the per-process shard tables cached). The timed iterator's
+    first dataset starts inside the clock; with ``epochs = dataset_epochs(...)`` exactly one
+    whole dataset runs: its start-up once, as in training."""
     from ovs.data.shards import list_shards
     from pipelines.ingest import RankIngest
 
@@ -221,17 +233,18 @@ def ingest_rate(
     ingest = RankIngest(list_shards(shard_dir), masks_dir, texts_dir, cfg, seed, executor=executor)
     for _ in ingest.epoch(0):
         pass
-    return _time_batches(ingest.epoch(1), lambda b: b.images.shape[0])
+    batches = itertools.islice(ingest.batches(ingest.per_epoch), epochs * ingest.per_epoch)
+    return _time_batches(batches, lambda b: b.images.shape[0])
 
 
 def ray_rate(
-    dirs: tuple[Path, Path, Path], cfg: IngestConfig, seed: int, cpus: int
+    dirs: tuple[Path, Path, Path], cfg: IngestConfig, seed: int, cpus: int, epochs: int
 ) -> tuple[float, float]:
     import ray
 
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     try:
-        return ingest_rate(dirs, cfg, seed, "ray")
+        return ingest_rate(dirs, cfg, seed, "ray", epochs)
     finally:
         ray.shutdown()
 
@@ -244,6 +257,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--chunk", type=int, default=128)
     p.add_argument("--draft", default="image", choices=["image", "crop", "off"])
     p.add_argument("--current-batches", type=int, default=10)
+    p.add_argument(
+        "--dataset-rows", type=int, default=IngestConfig.dataset_rows,
+        help="IngestConfig.dataset_rows (1: one dataset per epoch, the layout before)",
+    )  # fmt: skip
+    p.add_argument("--epochs", type=int, default=0, help="epochs timed (0: one whole dataset)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     import cv2
@@ -260,20 +278,24 @@ def main(argv: list[str]) -> int:
             window_shards=2,
             chunk_rows=args.chunk,
             draft=args.draft,
+            dataset_rows=args.dataset_rows,
         )
+        epochs = args.epochs or dataset_epochs(cfg, args.shards * args.per_shard)
         rates, cpu = {}, {}
         rates["current"], cpu["current"] = current_rate(
             dirs, args.batch, args.current_batches, args.seed
         )
-        rates["local"], cpu["local"] = ingest_rate(dirs, cfg, args.seed, "local")
+        rates["local"], cpu["local"] = ingest_rate(dirs, cfg, args.seed, "local", epochs)
         for cpus in (1, 2):
-            rates[f"ray_{cpus}"], cpu[f"ray_{cpus}"] = ray_rate(dirs, cfg, args.seed, cpus)
+            rates[f"ray_{cpus}"], cpu[f"ray_{cpus}"] = ray_rate(dirs, cfg, args.seed, cpus, epochs)
         for k in rates:
             print(f"{k:8s} {rates[k]:8.1f} img/s wall  {cpu[k]:8.1f} img per CPU-s", flush=True)
     result = {
         "benchmark": "ingest",
         "draft": args.draft,
         "batch": args.batch,
+        "dataset_rows": args.dataset_rows,
+        "epochs_timed": epochs,
         "cpus_visible": os.cpu_count(),
         "load_avg_1m": round(os.getloadavg()[0], 2),
         "img_per_s": {k: round(v, 1) for k, v in rates.items()},
