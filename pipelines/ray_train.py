@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ovs.train.loop_config import LoopConfig
+from pipelines import ray_logs
 
 MODEL = "model.pt"  # inference checkpoint file inside a Ray checkpoint directory
 STATE = "state.pt"  # full training state inside a Ray checkpoint directory
@@ -213,6 +214,8 @@ def fit_and_export(
             storage_path=str(storage),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            # Ray Train's INFO lines go to its ray-train-*.log files only (pipelines.ray_logs)
+            logging_config=ray.train.LoggingConfig(log_level=ray_logs.TRAIN_CONSOLE_LEVEL),
         ),
     )
     result = trainer.fit()
