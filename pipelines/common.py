@@ -152,8 +152,9 @@ def init_ray(cfg: ExperimentConfig) -> None:
     """Join ``cfg.ray.address`` / ``$RAY_ADDRESS`` or start a local Ray, with Ray's own log
     lines sent to its log files (:mod:`pipelines.ray_logs`); ovs's lines stay on the console."""
     os.environ.update(ray_logs.driver_env())  # read when Ray Data is first imported
+    import ray  # sets up the ``ray`` logger's console handler, which this then quiets
+
     ray_logs.route_ray_logger(cfg.workdir_path.resolve() / ray_logs.DRIVER_LOG)
-    import ray
 
     if ray.is_initialized():
         return
