@@ -209,7 +209,7 @@ def fit_and_export(
             },
         ),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        run_config=ray.train.RunConfig(
+        run_config=ray.train.RunConfig(  # type: ignore[call-arg]  # mypy sees Train v1's
             name=name,
             storage_path=str(storage),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
