@@ -106,7 +106,7 @@ def _artifact(client: Any, run_id: str, path: str, tmp: Path) -> bytes | None:
 
 def _walk(client: Any, run_id: str, path: str = "") -> list[str]:
     """Every artifact file path of a run under ``path``."""
-    out = []
+    out: list[str] = []
     for f in client.list_artifacts(run_id, path or None):
         out += _walk(client, run_id, f.path) if f.is_dir else [f.path]
     return out

@@ -10,8 +10,6 @@ model once and answer ``POST /segment`` in batches (``serve.batch``), plus the p
 The checkpoint is fixed when the application is built; a request cannot choose it.
 """
 
-from __future__ import annotations
-
 import asyncio
 import base64
 from dataclasses import asdict
@@ -40,8 +38,8 @@ class SegmentServer:
 
         self.cfg = ServeConfig(**cfg)
         self.segmenter = Segmenter(load_method(MethodRef(**model)), self.cfg)
-        self.batch.set_max_batch_size(self.cfg.max_batch_size)
-        self.batch.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
+        self.batch.set_max_batch_size(self.cfg.max_batch_size)  # type: ignore[attr-defined]
+        self.batch.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)  # type: ignore[attr-defined]
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
     async def batch(self, requests: list[Request]) -> list[Response]:
@@ -86,7 +84,7 @@ class SegmentServer:
 def build_app(model: dict[str, Any], cfg: ServeConfig):
     """The bound application: replicas and their resources from ``cfg``."""
     cfg.validate()
-    return SegmentServer.options(
+    return SegmentServer.options(  # type: ignore[attr-defined]  # a serve Deployment
         num_replicas=cfg.num_replicas,
         max_ongoing_requests=max(16, 2 * cfg.max_batch_size),
         ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
