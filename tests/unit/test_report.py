@@ -74,7 +74,7 @@ def store(tmp_path_factory):
                 "acc": 0.5,
                 "macc": 0.3,
                 "num_images": 16,
-                "per_class_iou": {"background": 0.5, "cat": 0.0, "tree & bush": 0.25},
+                "per_class_iou": {"background": 0.5, "cat": None, "tree & bush": 0.25},
             }
         )
     )

@@ -9,6 +9,7 @@ A skipped stage's numbers and pictures come from the run that made its output
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,7 +147,10 @@ def _results(client: Any, run_id: str, tmp: Path) -> tuple[list[ResultRow], list
                 pixel_acc=float(r.get("acc", float("nan"))),
                 macc=float(r.get("macc", float("nan"))),
                 num_images=int(r.get("num_images", 0)),
-                per_class_iou={k: float(v) for k, v in r.get("per_class_iou", {}).items()},
+                per_class_iou={  # None: the class is in neither GT nor prediction
+                    k: float("nan") if v is None else float(v)
+                    for k, v in r.get("per_class_iou", {}).items()
+                },
             )
         )
         base = path[: -len("result.json")]
@@ -169,6 +173,7 @@ def _curves(client: Any, run: Any) -> dict[str, list[tuple[int, float]]]:
 def collect(client: Any, run_id: str) -> ReportData:
     """Everything the report shows about pipeline run ``run_id`` (its stage runs are the runs
     whose ``mlflow.parentRunId`` is it)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a quiet console
     parent = client.get_run(run_id)
     exp = client.get_experiment(parent.info.experiment_id)
     children = client.search_runs(
