@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     from tools.serve.__main__ import start
 
     torch.set_num_threads(1)
-    model = {"name": "maskclip", "model": args.model, "pretrained": None, "device": "cpu"}
+    model = {"method": "maskclip", "model": args.model, "pretrained": None, "device": "cpu"}
     port = _port()
     out: dict = {"bench": "serve", "model": f"maskclip/{args.model} (random init)",
                  "image_px": args.size}  # fmt: skip

@@ -45,7 +45,7 @@ def resolve_model(args: argparse.Namespace) -> dict:
 
     if args.method:
         pretrained = None if str(args.pretrained).lower() in ("none", "") else args.pretrained
-        return {"name": args.method, "model": args.model, "pretrained": pretrained,
+        return {"method": args.method, "model": args.model, "pretrained": pretrained,
                 "device": args.device}  # fmt: skip
     ref = args.checkpoint
     if not Path(ref).exists() and is_run_id(ref):
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         parser.error(str(e))
     url = start(model, cfg)
-    print(f"serving {model.get('checkpoint') or model['name']} at {url}  (Ctrl-C stops)")
+    print(f"serving {model.get('checkpoint') or model['method']} at {url}  (Ctrl-C stops)")
     try:
         while True:
             time.sleep(3600)
