@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-unit install lint format bench cluster-test clean
+.PHONY: run test test-unit install lint format bench cluster-test clean report serve
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,14 @@ install: $(STAMP)
 ## make run: the full pipeline on the embedded default config (synthetic world, tiny models)
 run: $(STAMP)
 	$(BIN)/python pipelines/full.py --config conf/default.yaml $(ARGS)
+
+## make report: the newest pipeline run's HTML report (report.html; ARGS="RUN_ID --out F")
+report: $(STAMP)
+	$(BIN)/python -m tools.report $(ARGS)
+
+## make serve ARGS="--checkpoint runs/default": the served model at http://127.0.0.1:8000/
+serve: $(STAMP)
+	$(BIN)/python -m tools.serve $(ARGS)
 
 ## make test: ruff (lint + format check), mypy over ovs/, pipelines/ and tools/, the whole pytest
 ## suite (tests/unit, tests/stage, tests/cluster)

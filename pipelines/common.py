@@ -44,8 +44,11 @@ from ovs.stage import (
     retract_manifest,
     write_manifest,
 )
+from pipelines import ray_logs
 from pipelines.tracking import (
+    EXPERIMENT_KIND,
     TAG_INCOMPLETE_STAGE,
+    TAG_MACHINE,
     TAG_OUTPUT,
     TAG_SOURCE_RUN,
     TAG_STAGE,
@@ -53,6 +56,8 @@ from pipelines.tracking import (
     MlflowTracker,
     code_tags,
     default_tracking_uri,
+    machine,
+    stage_run_name,
 )
 
 if TYPE_CHECKING:
@@ -127,6 +132,8 @@ def connect_mlflow(experiment: str):
                 else None
             )
             exp_id = client.create_experiment(experiment, artifact_location=artifacts)
+        for key, value in EXPERIMENT_KIND.items():  # the UI opens on the runs table
+            client.set_experiment_tag(exp_id, key, value)
     except PipelineError:
         raise
     except Exception as e:
@@ -142,7 +149,12 @@ def connect_mlflow(experiment: str):
 
 
 def init_ray(cfg: ExperimentConfig) -> None:
-    import ray
+    """Join ``cfg.ray.address`` / ``$RAY_ADDRESS`` or start a local Ray, with Ray's own log
+    lines sent to its log files (:mod:`pipelines.ray_logs`); ovs's lines stay on the console."""
+    os.environ.update(ray_logs.driver_env())  # read when Ray Data is first imported
+    import ray  # sets up the ``ray`` logger's console handler, which this then quiets
+
+    ray_logs.route_ray_logger(cfg.workdir_path.resolve() / ray_logs.DRIVER_LOG)
 
     if ray.is_initialized():
         return
@@ -157,17 +169,31 @@ def init_ray(cfg: ExperimentConfig) -> None:
         num_cpus=cfg.ray.num_cpus,
         object_store_memory=store * 2**20 if store else None,
         include_dashboard=False,
-        runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+        runtime_env={
+            "env_vars": {"PYTHONPATH": pythonpath, **ray_logs.driver_env()},
+            "worker_process_setup_hook": ray_logs.WORKER_HOOK,
+        },
         log_to_driver=True,
     )
-    log.info("started a local Ray: %s", ray.cluster_resources())
+    log.info(
+        "started a local Ray: %s (its logs: %s)",
+        ray.cluster_resources(),
+        ray_logs.session_log_dir(),
+    )
 
 
 # ----------------------------------------------------------------------------- running
 
 
 def _skip(
-    client, exp_id, parent_id, stage: Stage, out_dir: Path, manifest: dict, code: dict
+    client,
+    exp_id,
+    parent_id,
+    stage: Stage,
+    cfg: Config,
+    out_dir: Path,
+    manifest: dict,
+    code: dict,
 ) -> None:
     """Record a reused output: a finished ``(skipped)`` run with the source run's metrics."""
     other = provenance.differs(manifest.get("code"), code)
@@ -180,7 +206,7 @@ def _skip(
         )
     run = client.create_run(
         exp_id,
-        run_name=f"{stage.name} (skipped)",
+        run_name=stage_run_name(stage.name, getattr(cfg, stage.name, None), "skipped"),
         tags={
             "mlflow.parentRunId": parent_id,
             TAG_STAGE: stage.name,
@@ -232,7 +258,7 @@ def run_stage(
         reason = stage.stale(cfg, manifest) if stage.stale is not None else None
         if not reason:
             log.info("[%s] skipped: %s already complete", name, out_dir)
-            _skip(client, exp_id, parent_id, stage, out_dir, manifest, code)
+            _skip(client, exp_id, parent_id, stage, cfg, out_dir, manifest, code)
             return manifest
         log.info("[%s] rerunning in %s: %s", name, out_dir, reason)
         retract_manifest(out_dir)
@@ -251,7 +277,7 @@ def run_stage(
     out_dir.mkdir(parents=True, exist_ok=True)
     run = client.create_run(
         exp_id,
-        run_name=name,
+        run_name=stage_run_name(name, getattr(cfg, name, None)),
         tags={
             "mlflow.parentRunId": parent_id,
             TAG_STAGE: name,
@@ -304,6 +330,20 @@ def run_stage(
     return manifest
 
 
+def log_report(client, pid: str, workdir: Path) -> Path | None:
+    """Write the run's HTML report (:mod:`tools.report`) to ``<workdir>/report.html`` and log it
+    to the parent run as ``report.html``; a report that cannot be built is a warning only."""
+    from tools.report import write_report
+
+    try:
+        path = write_report(client, pid, workdir / "report.html", status="FINISHED")
+        client.log_artifact(pid, str(path))
+    except Exception as e:  # noqa: BLE001 - the stages' outputs are done; say why, go on
+        log.warning("no report.html: %s: %s", type(e).__name__, e)
+        return None
+    return path
+
+
 def preflight(cfg: ExperimentConfig, names: list[str]) -> None:
     """Checks of the config against the world, before anything is written: every configured
     benchmark of an ``evaluate`` that will run has its data (unless ``optional: true``)."""
@@ -342,6 +382,7 @@ def main(only: str | None = None, argv: list[str] | None = None) -> int:
             "ovs.kind": "pipeline",
             "ovs.stages": ",".join(names),
             "mlflow.source.name": only or "full",
+            TAG_MACHINE: machine(),
             **code_tags(provenance.current()),
         },
     )
@@ -370,9 +411,12 @@ def main(only: str | None = None, argv: list[str] | None = None) -> int:
         client.set_terminated(pid, "FAILED")
         raise
     ptracker.log_metrics({"pipeline_seconds": time.time() - started})
+    report = log_report(client, pid, workdir)
     client.set_terminated(pid, "FINISHED")
     print(f"\nDone in {time.time() - started:.1f}s. Stage outputs: {workdir}")
     print(f"MLflow run {pid} in experiment {cfg.experiment!r} at {uri}")
+    if report is not None:
+        print(f"Report:       {report}   (also the run's report.html artifact)")
     print(
         f"Open the UI:  .venv/bin/mlflow ui --backend-store-uri {uri}   (then http://127.0.0.1:5000)"
     )

@@ -167,6 +167,9 @@ def evaluate_sharded(
     return [(s, e) for s, e in zip(shards, examples) if s is not None]  # all set (checked)
 
 
+OVERLAY_PANEL_PX = 256  # per panel of overlays.png (world images are 32-64 px: upscaled, nearest)
+
+
 def write_outputs(out: Path, ds: SegDataset, result: dict, examples: dict, title: str) -> None:
     """Table, bar chart, confusion matrix and overlay grid into ``out``, then ``result.json``
     (last)."""
@@ -176,6 +179,8 @@ def write_outputs(out: Path, ds: SegDataset, result: dict, examples: dict, title
         confusion_chart,
         figure_to_png,
         iou_bar_chart,
+        legend,
+        with_legend,
     )
 
     iou = result["per_class_iou"]
@@ -191,7 +196,8 @@ def write_outputs(out: Path, ds: SegDataset, result: dict, examples: dict, title
             continue
         rows.append((sample["image"], examples[i], sample["label"]))
     if rows:
-        atomic_write_bytes(out / "overlays.png", png_bytes(comparison_grid(rows)))
+        grid = comparison_grid(rows, panel_width=OVERLAY_PANEL_PX)
+        atomic_write_bytes(out / "overlays.png", png_bytes(with_legend(grid, legend(list(iou)))))
     atomic_write_json(out / RESULT, result)
 
 

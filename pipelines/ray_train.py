@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ovs.train.loop_config import LoopConfig
+from pipelines import ray_logs
 
 MODEL = "model.pt"  # inference checkpoint file inside a Ray checkpoint directory
 STATE = "state.pt"  # full training state inside a Ray checkpoint directory
@@ -208,11 +209,13 @@ def fit_and_export(
             },
         ),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        run_config=ray.train.RunConfig(
+        run_config=ray.train.RunConfig(  # type: ignore[call-arg]  # mypy sees Train v1's
             name=name,
             storage_path=str(storage),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            # Ray Train's INFO lines go to its ray-train-*.log files only (pipelines.ray_logs)
+            logging_config=ray.train.LoggingConfig(log_level=ray_logs.TRAIN_CONSOLE_LEVEL),
         ),
     )
     result = trainer.fit()

@@ -20,6 +20,10 @@ TAG_STATUS = "ovs.status"  # running | ran | skipped | failed | incomplete
 TAG_SOURCE_RUN = "ovs.source_run_id"  # for skipped stages: the run that made the output
 TAG_OUTPUT = "ovs.output_dir"
 TAG_INCOMPLETE_STAGE = "ovs.incomplete_stage"  # on the parent run: the stage that stopped early
+TAG_MACHINE = "ovs.machine"  # on the parent run: where it ran (CPU model, cores, GPUs)
+# MLflow 3's UI opens an experiment on its GenAI "Traces" overview unless it is tagged as model
+# development (the values its UI knows: genai_development, custom_model_development, ...).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # The code version (ovs.provenance) on the parent and every stage run.
 CODE_TAGS = {
     "git_commit": "ovs.git_commit",
@@ -34,6 +38,41 @@ def code_tags(version: dict[str, Any]) -> dict[str, str]:
         tag: "unknown" if version.get(key) is None else str(version[key])
         for key, tag in CODE_TAGS.items()
     }
+
+
+def machine() -> str:
+    """Where this process runs, in words: CPU model and core count, CUDA devices if any (what
+    the report and README print next to a number)."""
+    import platform
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{model}, {os.cpu_count()} CPUs"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            text += ", " + ", ".join(
+                torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
+            )
+    except Exception:  # noqa: BLE001 - no torch / no driver: CPU only
+        pass
+    return text
+
+
+def stage_run_name(stage: str, section: Any = None, status: str | None = None) -> str:
+    """What a stage run is called in the UI: ``train (sseg)`` when its section selects a method
+    (``train.method``), ``evaluate``, ``pairs (skipped)``."""
+    method = getattr(section, "method", None)
+    parts = [str(method)] if isinstance(method, str) and method else []
+    parts += [status] if status else []
+    return f"{stage} ({', '.join(parts)})" if parts else stage
 
 
 def default_tracking_uri(repo_root: str | Path) -> str:

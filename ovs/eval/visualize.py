@@ -59,15 +59,17 @@ def comparison_grid(
     rows: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
     palette: np.ndarray | None = None,
     gap: int = 4,
+    panel_width: int | None = None,
 ) -> np.ndarray:
     """Rows of (image, prediction, ground truth or None) side by side, stacked.
 
-    Every row is resized (nearest for labels) to the first row's width per panel.
+    Every row is resized (nearest for labels) to ``panel_width`` per panel (default: the first
+    row's width; small eval images need ~192+ px to judge a mask by eye).
     Returns ``uint8[H_total, 3*W + 2*gap, 3]``; missing ground truth is a grey panel.
     """
     if not rows:
         raise ValueError("no rows")
-    w = rows[0][0].shape[1]
+    w = panel_width or rows[0][0].shape[1]
     panels_rows = []
     for image, pred, gt in rows:
         h = max(1, round(image.shape[0] * w / image.shape[1]))

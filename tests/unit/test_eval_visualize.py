@@ -50,6 +50,10 @@ def test_comparison_grid_shapes():
     grid = comparison_grid([a, b], gap=2)
     assert grid.dtype == np.uint8 and grid.shape == (10 + 2 + 40, 3 * 20 + 4, 3)
     assert grid[0, 2 * 20 + 4].tolist() == [128, 128, 128]  # missing GT → grey
+    big = comparison_grid([a, b], gap=2, panel_width=200)  # legible panels for tiny images
+    assert big.shape == (100 + 2 + 400, 3 * 200 + 4, 3)
+    # labels are upscaled nearest: the prediction panel of row b is exactly class 1's colour
+    assert (big[102:, 202:402] == colorize(np.ones((1, 1), np.uint8))[0, 0]).all()
 
 
 def test_legend_and_pngs(tmp_path):

@@ -636,3 +636,27 @@ def test_readme_table_is_the_estimate_of_the_committed_benchmarks():
     assert est.replace_block(readme, table) == readme, (
         "infra/README.md is stale: run python infra/estimate.py --write-readme"
     )
+
+
+# ----------------------------------------------------------------------------- Ray Serve
+
+
+def test_serve_config_passes_serves_schema_and_rayservice_runs_the_same_app():
+    """``infra/ray/serve_config.yaml`` validates as Ray Serve's deploy schema, its args build a
+    valid ``ServeConfig``, and the RayService serves exactly its applications on the
+    RayCluster's spec."""
+    from ray.serve.schema import ServeDeploySchema
+
+    from ovs.serving import ServeConfig
+
+    raw = _one("ray/serve_config.yaml")
+    ServeDeploySchema.parse_obj(raw)  # raises on an unknown or mistyped field
+    (app,) = raw["applications"]
+    assert app["import_path"] == "tools.serve.app:app_builder"
+    args = dict(app["args"])
+    assert args.pop("checkpoint")
+    ServeConfig(**args).validate()
+    (svc,) = _load("k8s/rayservice.yaml")
+    assert svc["kind"] == "RayService"
+    assert yaml.safe_load(svc["spec"]["serveConfigV2"]) == {"applications": raw["applications"]}
+    assert svc["spec"]["rayClusterConfig"] == _one("k8s/raycluster.yaml")["spec"]

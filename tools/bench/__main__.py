@@ -11,6 +11,7 @@ BENCHMARKS = {
     "train_step": "tools.bench.train_step",
     "evaluate": "tools.bench.evaluate",
     "ingest": "tools.bench.ingest",
+    "serve": "tools.bench.serve",
 }
 
 

@@ -1,0 +1,54 @@
+"""Write a pipeline run's HTML report, or rewrite README's results section from it.
+
+    python -m tools.report [RUN_ID] [--out report.html] [--tracking-uri URI]
+    python -m tools.report [RUN_ID] --readme [README.md]
+
+``RUN_ID`` defaults to the newest pipeline run (tag ``ovs.kind=pipeline``) of the MLflow store
+(``$MLFLOW_TRACKING_URI`` or ``./mlflow.db``). The page is one self-contained file (pictures
+embedded); open it in any browser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.tracking import default_tracking_uri
+    from tools.report import write_report
+    from tools.report.collect import collect, latest_pipeline_run
+    from tools.report.html import results_markdown
+    from tools.report.readme import rewrite
+
+    p = argparse.ArgumentParser(prog="python -m tools.report", description=__doc__.split("\n")[0])
+    p.add_argument("run_id", nargs="?", default=None, help="pipeline run id (default: newest)")
+    p.add_argument("--out", default="report.html", help="HTML file to write (%(default)s)")
+    p.add_argument(
+        "--readme",
+        nargs="?",
+        const="README.md",
+        default=None,
+        help="rewrite this README's results section instead",
+    )
+    p.add_argument("--tracking-uri", default=None)
+    args = p.parse_args(argv)
+    client = MlflowClient(args.tracking_uri or default_tracking_uri(Path.cwd()))
+    try:
+        run_id = args.run_id or latest_pipeline_run(client)
+    except LookupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.readme:
+        rewrite(args.readme, results_markdown(collect(client, run_id)))
+        print(f"rewrote the results section of {args.readme} from run {run_id}")
+    else:
+        print(f"wrote {write_report(client, run_id, args.out)} (run {run_id})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
