@@ -322,7 +322,8 @@ def run(ctx: StageContext) -> dict:
     metrics: dict[str, float] = {}
     counts: dict[str, int] = {"datasets_evaluated": len(found), "datasets_missing": len(missing)}
     start, images = time.perf_counter(), 0
-    main = ctx.cfg.train.method
+    root: ExperimentConfig = ctx.cfg
+    main = root.train.method
     compared: list[dict] = []
     for method, spec in methods(ctx, "cuda" if cfg.num_gpus > 0 else "cpu"):
         results, done = evaluate_method(ctx, method, spec, protocols, found)

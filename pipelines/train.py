@@ -419,7 +419,8 @@ def train_other(ctx: StageContext, method: str, section: TrainConfig, out_dir: P
     done = read_manifest(out_dir)
     if done is not None:
         return done
-    root = replace(ctx.cfg, train=section)
+    parent: Any = ctx.cfg  # the assembled root (ExperimentConfig)
+    root = replace(parent, train=section)
     out_dir.mkdir(parents=True, exist_ok=True)
     tracker = _child_tracker(ctx, method, out_dir)
     started = time.time()
@@ -453,7 +454,8 @@ def run(ctx: StageContext) -> dict:
             got = train_other(ctx, m, section, out_dir)
             extra.update({f"{m}.{k}": float(v) for k, v in got["metrics"].items()})
     section = outs[main.method][0]
-    result = run_method(dataclasses.replace(ctx, cfg=replace(ctx.cfg, train=section)))
+    root: Any = ctx.cfg
+    result = run_method(dataclasses.replace(ctx, cfg=replace(root, train=section)))
     if extra:
         ctx.tracker.log_metrics(extra)
         result["metrics"].update(extra)
