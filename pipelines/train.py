@@ -380,8 +380,9 @@ def method_outputs(root: ExperimentConfig, out_dir: Path) -> dict[str, tuple[Tra
         sub = method_section(cfg, m, checkpoints)
         if m == cfg.method:
             sub, d = replace(sub, methods=list(cfg.methods)), out_dir
-        else:
-            d = resolve(STAGES, "train", replace(root, train=sub)).out_dir
+        else:  # addressed by the unbound section: the directory of `train.method=<m>` alone
+            alone = replace(cfg, method=m, methods=[])
+            d = resolve(STAGES, "train", replace(root, train=alone)).out_dir
         outs[m] = (sub, d)
         checkpoints[m] = d / "model" / "latest.pt"
     return outs
