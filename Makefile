@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-unit install lint format bench cluster-test clean report serve
+.PHONY: run compare test test-unit install lint format bench cluster-test clean report serve
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,12 @@ install: $(STAMP)
 ## make run: the full pipeline on the embedded default config (synthetic world, tiny models)
 run: $(STAMP)
 	$(BIN)/python pipelines/full.py --config conf/default.yaml $(ARGS)
+
+## make compare: every method row trained and evaluated beside S-Seg in one run
+## (conf/compare.yaml), then the comparison table from MLflow
+compare: $(STAMP)
+	$(BIN)/python pipelines/full.py --config conf/compare.yaml $(ARGS)
+	$(BIN)/python -m tools.runs compare --experiment compare --limit 1
 
 ## make report: the newest pipeline run's HTML report (report.html; ARGS="RUN_ID --out F")
 report: $(STAMP)
