@@ -82,3 +82,52 @@ def image_mean_std(cfg: ClipConfig, model: Any) -> tuple[tuple, tuple]:
     if cfg.model and pp:
         return tuple(pp.get("mean", cfg.pixel_mean)), tuple(pp.get("std", cfg.pixel_std))
     return tuple(cfg.pixel_mean), tuple(cfg.pixel_std)
+
+
+class ClipModel(torch.nn.Module):
+    """The ``clip`` method's model: an open_clip ``CLIP`` (``.clip``) with the config that built
+    it (``.cfg``; the checkpoint, the tokenizer and the adapters read it).
+
+    ``forward(images [B, 3, S, S] in [0, 1]) -> [B, E]`` L2-normalised image embeddings (the
+    config's pixel normalisation applied).
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, cfg: ClipConfig, clip: Any) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.clip = clip
+        mean, std = image_mean_std(cfg, clip)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self._tokenizer: Callable[[list[str]], torch.Tensor] | None = None
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """``[T, context]`` int64 token ids (:func:`tokenizer`), on the CPU."""
+        if self._tokenizer is None:
+            self._tokenizer = tokenizer(self.cfg)
+        return self._tokenizer([str(t) for t in texts])
+
+    def logit_scale(self) -> torch.Tensor:
+        """1/sigma, clamped to ``cfg.max_logit_scale`` (CLIP's clamp at 100)."""
+        return self.clip.logit_scale.exp().clamp(max=self.cfg.max_logit_scale)
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, S, S]`` in [0, 1] -> ``[B, E]`` L2-normalised."""
+        return self.clip.encode_image((images - self.mean) / self.std, normalize=True)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[T, context]`` token ids -> ``[T, E]`` L2-normalised."""
+        return self.clip.encode_text(tokens, normalize=True)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encode_image(images)
+
+
+def build_model(cfg: ClipConfig, seed: int, num_classes: int | None = None) -> ClipModel:
+    """The spec's ``build_model``: :func:`build_clip` wrapped in :class:`ClipModel`."""
+    if num_classes is not None:
+        raise ValueError("CLIP is open-vocabulary: build it without num_classes")
+    return ClipModel(cfg, build_clip(cfg, seed))
