@@ -20,6 +20,8 @@ from ovs.config import check_choice
 from ovs.data.augment import AugmentConfig, augment_pair
 from ovs.data.train_data import JoinStats, Sample, iter_samples
 from ovs.methods import METHODS
+from ovs.methods.pacl.config import PACLMethodConfig
+from ovs.methods.pmvit.config import PMViTMethodConfig
 from ovs.methods.sseg.config import SSegMethodConfig
 from ovs.train.loop_config import LoopConfig
 
@@ -55,6 +57,8 @@ class TrainConfig(LoopConfig):
     # named like it; only the selected one is used and hashed.
     method: str = "sseg"
     sseg: SSegMethodConfig = field(default_factory=SSegMethodConfig)
+    pacl: PACLMethodConfig = field(default_factory=PACLMethodConfig)
+    pmvit: PMViTMethodConfig = field(default_factory=PMViTMethodConfig)
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(scale=(0.35, 1.0)))
     # LoopConfig fields whose default differs for S-Seg:
     cpus_per_worker: int = 2

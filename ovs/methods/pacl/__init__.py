@@ -16,6 +16,7 @@ paper scale; random towers in the tiny flavour, which only tests use).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,9 @@ def _trained_clip(path: str | Path) -> Any:
     return model
 
 
-def bind(cfg: config.PACLMethodConfig, checkpoints: dict[str, str]) -> config.PACLMethodConfig:
+def bind(
+    cfg: config.PACLMethodConfig, checkpoints: Mapping[str, str | Path]
+) -> config.PACLMethodConfig:
     """The spec's ``bind``: the section with the ``clip`` checkpoint of this run filled in, and
     ``model.clip`` set to that checkpoint's own config (so the PACL file rebuilds it)."""
     path = str(checkpoints["clip"])
@@ -74,4 +77,8 @@ SPEC = MethodSpec(
     save_checkpoint=checkpoint.save_checkpoint,
     from_checkpoint=checkpoint.from_checkpoint,
     seg_method=adapters.seg_method,
+    requires=("clip",),
+    bind=bind,
+    context_length=lambda cfg: cfg.model.clip.context_length,
+    input_size=lambda cfg: cfg.model.input_size,
 )

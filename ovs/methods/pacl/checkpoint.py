@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ovs.io import atomic_write_bytes
-from ovs.methods.clip.config import ClipConfig, ClipTextConfig, ClipVisionConfig
+from ovs.methods.clip.checkpoint import config_from_dict as clip_config_from_dict
 from ovs.methods.clip.model import build_clip
 from ovs.methods.pacl.config import PACLConfig
 from ovs.methods.pacl.model import PACL
@@ -31,17 +31,6 @@ def save_checkpoint(model: PACL, path: str | Path, extra: dict[str, Any] | None 
     }
     torch.save(state, buf)
     return atomic_write_bytes(path, buf.getvalue())
-
-
-def clip_config_from_dict(d: dict[str, Any]) -> ClipConfig:
-    """Inverse of ``dataclasses.asdict`` for :class:`ClipConfig`."""
-    d = dict(d)
-    vision = ClipVisionConfig(**d.pop("vision"))
-    text = ClipTextConfig(**d.pop("text"))
-    for k in ("pixel_mean", "pixel_std"):
-        if k in d:
-            d[k] = tuple(d[k])
-    return ClipConfig(vision=vision, text=text, **d)
 
 
 def config_from_dict(d: dict[str, Any]) -> PACLConfig:

@@ -10,7 +10,7 @@ and the loss is InfoNCE over ``scale * phi`` in both directions (L_I->T + L_T->I
 :func:`ovs.train.contrastive.contrastive_loss` sums them). Negatives come from every worker:
 local images are pooled against every worker's captions and every worker's images against
 the local captions, so the pooled embedding of each (image, caption) pair exists where its
-loss term is computed.
+loss term is computed. Patches and captions travel in one all-gather.
 """
 
 from __future__ import annotations
@@ -30,12 +30,18 @@ def compatibility(patches: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bte,te->bt", pooled, t)
 
 
-def pacl_loss(patches: torch.Tensor, texts: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+def pacl_loss(
+    patches: torch.Tensor, texts: torch.Tensor, logit_scale: torch.Tensor
+) -> torch.Tensor:
     """Symmetric InfoNCE over :func:`compatibility`; row i of ``patches [B,P,E]`` pairs with
     row i of ``texts [B,E]``. Every worker passes the same B; returns this worker's scalar (the
     mean over workers is the global batch's loss, as for ``contrastive_loss``)."""
-    b = patches.shape[0]
-    all_patches, all_texts = gather_with_grad(patches), gather_with_grad(texts)
+    b, p, e = patches.shape
+    if is_distributed():  # both in one all-gather (and one all-reduce backward)
+        packed = gather_with_grad(torch.cat([patches.flatten(1), texts], dim=1))
+        all_patches, all_texts = packed[:, : p * e].view(-1, p, e), packed[:, p * e :]
+    else:
+        all_patches, all_texts = patches, texts
     rank = dist.get_rank() if is_distributed() else 0
     labels = torch.arange(b, device=patches.device) + rank * b
     i2t = logit_scale * compatibility(patches, all_texts)  # [B, W*B]

@@ -56,7 +56,9 @@ class PMViTConfig:
                 f"vit.patch_size {v.patch_size}"
             )
         if self.num_segments < 1:
-            raise ValueError(f"train.pmvit.model.num_segments must be >= 1, got {self.num_segments}")
+            raise ValueError(
+                f"train.pmvit.model.num_segments must be >= 1, got {self.num_segments}"
+            )
         if self.test_masks.k != self.num_segments:
             raise ValueError(
                 f"train.pmvit.model.test_masks.k ({self.test_masks.k}) must equal num_segments "

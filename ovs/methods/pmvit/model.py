@@ -21,7 +21,9 @@ from ovs.models.layers import MLP
 from ovs.models.text import TextTransformer, tokenize
 
 
-def segment_weights(labels: torch.Tensor, k: int, size: tuple[int, int], patch: int) -> torch.Tensor:
+def segment_weights(
+    labels: torch.Tensor, k: int, size: tuple[int, int], patch: int
+) -> torch.Tensor:
     """``labels [B,H',W']`` int ids (``>= k`` or ``< 0`` ignored) -> ``A [B,K,T]`` float32, the
     fraction of each of the ``T = (H/patch)*(W/patch)`` patches of an ``H x W`` input covered by
     segment ``k`` (labels resized nearest to ``size`` first)."""
@@ -86,7 +88,9 @@ class PMViT(nn.Module):
         area = segment_weights(labels, self.cfg.num_segments, (h, w), self.cfg.vit.patch_size)
         mass = area.sum(dim=-1)  # [B,K] patches' worth of each segment
         present = mass > 0
-        pooled = torch.einsum("bkt,btd->bkd", area.to(x.dtype), x) / mass.clamp_min(1e-6)[..., None].to(x.dtype)
+        pooled = torch.einsum("bkt,btd->bkd", area.to(x.dtype), x) / mass.clamp_min(1e-6)[
+            ..., None
+        ].to(x.dtype)
         feats = F.normalize(self.image_proj(pooled), dim=-1) * present[..., None].to(x.dtype)
         return feats, present
 
@@ -133,7 +137,9 @@ class PMViT(nn.Module):
         if (hp, wp) != (h, w):
             x = F.interpolate(images, size=(hp, wp), mode="bilinear", align_corners=False)
         feats, _ = self(x, labels)
-        cls = (self.logit_scale().float() * feats.float() @ text_emb.to(feats).float().T).softmax(-1)
+        cls = (self.logit_scale().float() * feats.float() @ text_emb.to(feats).float().T).softmax(
+            -1
+        )
         k = self.cfg.num_segments
         lab = F.interpolate(labels[:, None].float(), size=(h, w), mode="nearest")[:, 0].long()
         lab = lab.clamp(0, k - 1)  # ignored ids do not occur in extractor output
