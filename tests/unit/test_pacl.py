@@ -107,7 +107,10 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 
 @pytest.mark.timeout(120)
 def test_gathered_pacl_loss_equals_single_process(tmp_path) -> None:
-    mp.spawn(_worker, args=(str(tmp_path / "rdzv"), str(tmp_path)), nprocs=_WORLD, join=True)
+    # fork, not spawn: the workers inherit the imported modules (a spawned worker re-imports
+    # ovs.methods, every method's dependencies, for many seconds on a loaded box).
+    args = (str(tmp_path / "rdzv"), str(tmp_path))
+    mp.start_processes(_worker, args=args, nprocs=_WORLD, join=True, start_method="fork")
     model = _Towers()
     x, y = _global_batch()
     model(x, y).backward()
@@ -152,6 +155,20 @@ class _Optim:
     lr, weight_decay, betas = 1e-2, 0.05, (0.9, 0.999)
 
 
+def _bilinear(grid: list, y: int, x: int, scale: int) -> float:
+    """``grid [h][w]`` upsampled by ``scale`` at output pixel ``(y, x)``: bilinear,
+    ``align_corners=False`` (source coordinate ``(i + 0.5) / scale - 0.5``, clamped)."""
+    h, w = len(grid), len(grid[0])
+    sy, sx = max((y + 0.5) / scale - 0.5, 0.0), max((x + 0.5) / scale - 0.5, 0.0)
+    y0, x0 = int(sy), int(sx)
+    y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
+    ly, lx = sy - y0, sx - x0
+    return (1 - ly) * ((1 - lx) * grid[y0][x0] + lx * grid[y0][x1]) + ly * (
+        (1 - lx) * grid[y1][x0] + lx * grid[y1][x1]
+    )
+
+
+@torch.no_grad()
 def test_dense_probs_classify_each_embedded_patch() -> None:
     spec, model = _tiny()
     model.eval()
@@ -160,20 +177,25 @@ def test_dense_probs_classify_each_embedded_patch() -> None:
     images = torch.rand(2, 3, 64, 64)
     probs = method.dense_probs(images, text)
     assert probs.shape == (2, 3, 64, 64)
-    v = model.patch_embeddings(images)  # [B, 64, E], an 8 x 8 grid of 8-px patches
+    # Embedded patches: the CLIP's projected patch tokens through Linear + MLP_2, normalised.
+    tokens = model.dense.encode_tokens(images)[:, 1:]  # [B, 64, E], 8 x 8 patches of 8 px
+    e = model.embedder
+    hidden = F.gelu(tokens @ e.mlp.layers[0].weight.T + e.mlp.layers[0].bias)
+    ref_v = (tokens @ e.linear.weight.T + e.linear.bias) + (
+        hidden @ e.mlp.layers[1].weight.T + e.mlp.layers[1].bias
+    )
+    v = model.patch_embeddings(images)
+    torch.testing.assert_close(v, F.normalize(ref_v, dim=-1), rtol=1e-4, atol=1e-5)
     scale = model.logit_scale().item()
-    for b, p in ((0, 0), (1, 27), (1, 63)):
-        logits = [scale * float(v[b, p] @ text[m]) for m in range(3)]
-        z = sum(math.exp(x) for x in logits)
-        ref = [math.exp(x) / z for x in logits]
-        # At the patch centre bilinear upsampling (align_corners=False) is exact only inside
-        # the grid's interior; compare the patch's own probabilities at 1/8 resolution instead.
-        got = F.avg_pool2d(probs.log(), 8).exp()  # geometric mean over the patch
-        row, col = divmod(p, 8)
-        assert got[b, :, row, col].argmax().item() == max(range(3), key=ref.__getitem__)
-    # Downsampled back to the patch grid, the logits are the patch logits exactly.
-    grid = model.dense_probs(images, text)
-    assert torch.allclose(grid.sum(dim=1), torch.ones(2, 64, 64), atol=1e-5)
+    for b, y, x in ((0, 0, 0), (1, 27, 40), (1, 63, 5)):
+        grids = [
+            [[float(v[b, 8 * r + c] @ text[m]) for c in range(8)] for r in range(8)]
+            for m in range(3)
+        ]
+        logits = [scale * _bilinear(grids[m], y, x, 8) for m in range(3)]
+        z = sum(math.exp(t) for t in logits)
+        for m in range(3):
+            assert probs[b, m, y, x].item() == pytest.approx(math.exp(logits[m]) / z, rel=1e-4)
 
 
 def test_bind_uses_the_clip_checkpoint(tmp_path) -> None:

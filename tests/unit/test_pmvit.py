@@ -21,6 +21,7 @@ def _tiny(**model_overrides):
     cfg = spec.config()
     for k, v in model_overrides.items():
         setattr(cfg.model, k, v)
+    cfg.model.test_masks.k = cfg.model.num_segments
     return spec, cfg, spec.build_model(cfg, 0, None)
 
 
@@ -43,13 +44,14 @@ def test_segment_weights_match_loop() -> None:
     )
 
 
+@torch.no_grad()
 def test_segment_features_and_loss_match_loops() -> None:
     spec, cfg, model = _tiny(num_segments=3)
     model.eval()
     g = torch.Generator().manual_seed(1)
     images = torch.rand(3, 3, 64, 64, generator=g)
     labels = torch.randint(0, 2, (3, 64, 64), generator=g)  # segment 2 is empty everywhere
-    labels[0, :8, :24] = 2  # except in image 0: thinner than nothing, 3 patches' top rows
+    labels[0, :8, :24] = 2  # except in image 0: the top 8 rows of 3 patches
     tokens = model.tokens(images)  # [B, 64, D], 8 x 8 patches of 8 px
     feats, present = model(images, labels)
     assert present.tolist() == [[True, True, True], [True, True, False], [True, True, False]]
@@ -84,6 +86,7 @@ def test_segment_features_and_loss_match_loops() -> None:
     assert out["segments"].item() == pytest.approx(7 / 3)
 
 
+@torch.no_grad()
 def test_segment_probs_paint_each_segment_class() -> None:
     _, _, model = _tiny()
     model.eval()
