@@ -97,7 +97,9 @@ def test_unknown_method_names_the_choices(tmp_path) -> None:
 
 
 def test_unknown_train_method_fails_at_config_load() -> None:
-    with pytest.raises(ConfigError, match=r"train.method: unknown method 'nope'.*\['sseg'\]"):
+    with pytest.raises(
+        ConfigError, match=r"train.method: unknown method 'nope'.*'pmvit', 'sseg'\]"
+    ):
         load_config(None, ["train.method=nope"])
     # A method the train stage has no section for (closed-vocabulary) is not a choice either.
     with pytest.raises(ConfigError, match="unknown method 'segmenter'"):
