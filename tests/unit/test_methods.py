@@ -11,12 +11,15 @@ import torch
 
 from ovs.config import ConfigError, hash_view
 from ovs.methods import LEGACY_METHOD, METHODS, get_method, load_checkpoint
+from ovs.methods.spec import RowOptions
 from ovs.methods.sseg.model import SSeg
+from ovs.pseudo_masks.masker import PseudoMaskConfig
 from pipelines.graph import load_config
 
 NUM_CLASSES = 3
-# Open-vocabulary methods trained on caption batches: (images, pseudo-mask labels, tokens).
-CAPTION_METHODS = ("sseg", "clip", "pacl", "pmvit")
+# Built without num_classes, text embeddings from their towers, trained on caption batches
+# (images, pseudo-mask labels, tokens).
+OPEN_VOCAB = ("sseg", "clip", "pacl", "pmvit")
 
 
 @dataclass
@@ -31,14 +34,14 @@ def _batch(name: str, model: torch.nn.Module) -> tuple:
     """A tiny batch in the objective's argument order."""
     g = torch.Generator().manual_seed(0)
     images = torch.rand(2, 3, 64, 64, generator=g)
-    if name in CAPTION_METHODS:
+    if name in OPEN_VOCAB:  # the caption batch; CLIP and PACL ignore the labels
         labels = torch.randint(0, 4, (2, 64, 64), generator=g)
         return images, labels, model.tokenize(["a red boat", "a cat on grass"])
     return images, torch.randint(0, NUM_CLASSES, (2, 64, 64), generator=g)
 
 
 def _text(name: str, method) -> torch.Tensor:
-    if name in CAPTION_METHODS:
+    if name in OPEN_VOCAB:
         return method.text_embeddings(["cat", "dog", "grass"])
     return torch.eye(NUM_CLASSES)  # closed vocabulary: the classes themselves
 
@@ -51,7 +54,7 @@ def test_method_spec_end_to_end(name: str, tmp_path) -> None:
     cfg = spec.config()
     assert set(spec.flavors) >= {"tiny", "paper"}
     assert isinstance(spec.flavors["tiny"](), spec.config)
-    classes = None if name in CAPTION_METHODS else NUM_CLASSES
+    classes = None if name in OPEN_VOCAB else NUM_CLASSES
     model = spec.build_model(cfg, 0, classes)
     objective = spec.objective(model, cfg)
     out = objective(*_batch(name, model))
@@ -75,6 +78,10 @@ def test_method_spec_end_to_end(name: str, tmp_path) -> None:
     method = spec.seg_method(loaded, torch.device("cpu"))
     probs = method.dense_probs(torch.rand(2, 3, 40, 56), _text(name, method))
     assert probs.shape == (2, 3, 40, 56)
+    for row, build in spec.rows.items():  # further evaluation rows of the same model
+        other = build(loaded, torch.device("cpu"), RowOptions(PseudoMaskConfig(image_size=32)))
+        probs = other.dense_probs(torch.rand(2, 3, 40, 56), _text(name, other))
+        assert probs.shape == (2, 3, 40, 56), row
 
 
 def test_checkpoint_without_method_key_loads_as_sseg(tmp_path) -> None:
@@ -98,7 +105,8 @@ def test_unknown_method_names_the_choices(tmp_path) -> None:
 
 def test_unknown_train_method_fails_at_config_load() -> None:
     with pytest.raises(
-        ConfigError, match=r"train.method: unknown method 'nope'.*'pmvit', 'sseg'\]"
+        ConfigError,
+        match=r"train.method: unknown method 'nope'.*\['clip', 'pacl', 'pmvit', 'sseg'\]",
     ):
         load_config(None, ["train.method=nope"])
     # A method the train stage has no section for (closed-vocabulary) is not a choice either.
@@ -111,4 +119,29 @@ def test_train_hash_holds_the_selected_method_section() -> None:
     assert train.method_config is train.sseg
     view = hash_view(train)
     assert view["method"] == "sseg" and "model" in view["sseg"] and "loss" in view["sseg"]
-    assert set(train.unselected()) == set(train.method_sections()) - {"sseg"}
+    assert "clip" not in view and "methods" not in view  # as before train.methods existed
+    assert train.unselected() == ("clip", "pacl", "pmvit", "methods")
+
+
+def test_train_methods_hash_every_trained_section() -> None:
+    train = load_config(None, ["train.methods=[clip]"]).train
+    assert train.trained_methods() == ("sseg", "clip")
+    view = hash_view(train)
+    assert view["methods"] == ["clip"] and "vision" in view["clip"] and "sseg" in view
+    with pytest.raises(ConfigError, match="train.methods: unknown method 'nope'"):
+        load_config(None, ["train.methods=[nope]"])
+    with pytest.raises(ConfigError, match="must be unique and not repeat train.method"):
+        load_config(None, ["train.methods=[sseg]"])
+
+
+def test_requirements_train_first(monkeypatch) -> None:
+    """A method naming another in ``requires`` (PACL: clip) pulls it in, ordered before it."""
+    from dataclasses import replace
+
+    from ovs import training
+
+    needs_clip = replace(METHODS["sseg"], requires=("clip",))
+    monkeypatch.setitem(training.METHODS, "sseg", needs_clip)
+    train = load_config(None, []).train
+    assert train.trained_methods() == ("clip", "sseg")
+    assert "clip" in hash_view(train) and "methods" not in hash_view(train)

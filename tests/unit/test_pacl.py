@@ -201,14 +201,15 @@ def test_dense_probs_classify_each_embedded_patch() -> None:
 def test_bind_uses_the_clip_checkpoint(tmp_path) -> None:
     clip_spec = METHODS["clip"]
     clip_cfg = clip_spec.config()
-    clip_cfg.embed_dim = 32  # differs from the PACL default, so bind must carry it over
+    clip_cfg.embed_dim = 32  # differs from the PACL default: the build must take the file's
     clip = clip_spec.build_model(clip_cfg, 5, None)
-    path = clip_spec.save_checkpoint(clip, tmp_path / "clip.pt", None)
     spec = METHODS["pacl"]
     assert spec.requires == ("clip",) and spec.bind is not None
-    cfg = spec.bind(spec.config(), {"clip": path})
-    assert cfg.model.clip_checkpoint == str(path) and cfg.model.clip.embed_dim == 32
+    cfg = spec.bind(spec.config(), {"clip": tmp_path / "clip.pt"})
+    path = clip_spec.save_checkpoint(clip, tmp_path / "clip.pt", None)
+    assert cfg.model.clip_checkpoint == str(path)  # bound before the file existed
     model = spec.build_model(cfg, 0, None)
+    assert model.cfg.clip.embed_dim == 32  # the checkpoint's CLIP config, not the section's
     for (n, p), q in zip(clip.clip.state_dict().items(), model.clip.state_dict().values()):
         torch.testing.assert_close(p, q, msg=n)
     # The PACL file stands alone: reloading needs neither the clip file nor a download.

@@ -10,9 +10,12 @@ the third is :class:`ovs.methods.clip.pseudo_mask_clip.PseudoMaskClip`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ovs.eval.baselines import ClipDenseMethod
+from ovs.eval.method import SegMethod
 from ovs.methods.clip.model import ClipModel
 from ovs.methods.clip.pseudo_mask_clip import PseudoMaskClip
 from ovs.methods.spec import RowOptions
@@ -51,4 +54,7 @@ def pm_clip(model: ClipModel, device: torch.device, options: RowOptions) -> Pseu
     return PseudoMaskClip(model, cfg, device)
 
 
-ROWS = {"maskclip": maskclip, "pm_clip": pm_clip}
+ROWS: dict[str, Callable[[ClipModel, torch.device, RowOptions], SegMethod]] = {
+    "maskclip": maskclip,
+    "pm_clip": pm_clip,
+}

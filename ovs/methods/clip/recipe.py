@@ -11,7 +11,8 @@ from ovs.methods.spec import OptimizerSettings
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Decay on weight matrices and embeddings; none on 1-d parameters and ``logit_scale``."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue

@@ -42,22 +42,28 @@ def _trained_clip(path: str | Path) -> Any:
 def bind(
     cfg: config.PACLMethodConfig, checkpoints: Mapping[str, str | Path]
 ) -> config.PACLMethodConfig:
-    """The spec's ``bind``: the section with the ``clip`` checkpoint of this run filled in, and
-    ``model.clip`` set to that checkpoint's own config (so the PACL file rebuilds it)."""
-    path = str(checkpoints["clip"])
-    clip_cfg = dataclasses.replace(_trained_clip(path).cfg, pretrained=None)
-    model = dataclasses.replace(cfg.model, clip=clip_cfg, clip_checkpoint=path)
+    """The spec's ``bind``: the section with this run's ``clip`` checkpoint filled in. Pure (the
+    file need not exist yet: the ``train`` stage binds before it trains the requirement); the
+    checkpoint is read by :func:`build_model`."""
+    model = dataclasses.replace(cfg.model, clip_checkpoint=str(checkpoints["clip"]))
     return dataclasses.replace(cfg, model=model)
 
 
 def build_model(cfg: config.PACLMethodConfig, seed: int, num_classes: int | None = None) -> PACL:
-    """The frozen CLIP (the bound checkpoint's, else :func:`build_clip` of ``model.clip``), then,
-    with the global RNG seeded by ``seed``, the embedder."""
+    """The frozen CLIP, then, with the global RNG seeded by ``seed``, the embedder. With a bound
+    ``clip_checkpoint`` the CLIP is that checkpoint's model, and the PACL model's ``clip``
+    config becomes the checkpoint's own (what its file needs to rebuild it); else it is
+    :func:`build_clip` of ``model.clip`` (open_clip pretrained weights or random towers)."""
     if num_classes is not None:
         raise ValueError("pacl is open-vocabulary: build it without num_classes")
     cfg.validate()
     m = cfg.model
-    clip = _trained_clip(m.clip_checkpoint).clip if m.clip_checkpoint else build_clip(m.clip, seed)
+    if m.clip_checkpoint:
+        trained = _trained_clip(m.clip_checkpoint)
+        m = dataclasses.replace(m, clip=dataclasses.replace(trained.cfg, pretrained=None))
+        clip = trained.clip
+    else:
+        clip = build_clip(m.clip, seed)
     torch.manual_seed(seed)
     return PACL(m, clip)
 
