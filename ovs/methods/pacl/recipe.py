@@ -11,7 +11,8 @@ from ovs.methods.spec import OptimizerSettings
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Decay on the embedder's matrices; none on 1-d tensors (biases, the log temperature)."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)

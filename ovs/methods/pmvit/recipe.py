@@ -13,7 +13,8 @@ NO_DECAY = ("pos_embed", "positional_embedding", "token_embedding", "logit_scale
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Decay on matrices and the patch projection; none on 1-d tensors and :data:`NO_DECAY`."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
