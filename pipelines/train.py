@@ -395,14 +395,14 @@ def trained_checkpoints(root: ExperimentConfig, out_dir: Path) -> dict[str, Path
 
 def _child_tracker(ctx: StageContext, method: str, out_dir: Path) -> Any:
     """A nested MLflow run of the stage's run for one more method's training."""
-    from pipelines.tracking import MlflowTracker
+    from pipelines.tracking import TAG_OUTPUT, MlflowTracker
 
     parent: Any = ctx.tracker
     exp_id = parent.client.get_run(parent.run_id).info.experiment_id
     run = parent.client.create_run(
         exp_id,
         run_name=f"train.{method}",
-        tags={"mlflow.parentRunId": parent.run_id, "ovs.output": str(out_dir)},
+        tags={"mlflow.parentRunId": parent.run_id, TAG_OUTPUT: str(out_dir)},
     )
     return MlflowTracker(parent.client, run.info.run_id)
 
