@@ -15,6 +15,7 @@ settings (AdamW, cosine), an assumption, not a published recipe.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ovs.methods.clip.config import ClipConfig
 from ovs.methods.clip.config import paper as paper_clip
@@ -24,7 +25,14 @@ from ovs.methods.clip.config import paper as paper_clip
 class PACLConfig:
     """The PACL model. ``hidden_dim``: the residual MLP's hidden width (None: the CLIP embedding
     width). The embedder maps CLIP's projected patch tokens (``clip.embed_dim``) into the text
-    embedding space (the same width): ``e(x) = Linear(x) + MLP_2(x)``."""
+    embedding space (the same width): ``e(x) = Linear(x) + MLP_2(x)``.
+
+    ``clip_checkpoint`` is left out of the stage hash: bound by the ``train`` stage, it is the
+    output of the ``train.clip`` section trained in the same run, which that hash holds already,
+    so PACL's output is the same whether it is trained alone or beside other methods. (A path
+    set by hand to an outside file is not hashed either: change another key to retrain.)"""
+
+    UNHASHED: ClassVar[tuple[str, ...]] = ("clip_checkpoint",)
 
     clip: ClipConfig = field(default_factory=ClipConfig)
     clip_checkpoint: str | None = None  # a ``clip`` method checkpoint (bind fills it in)
