@@ -15,13 +15,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ovs.methods import clip, segmenter, sseg
+from ovs.methods import clip, pacl, pmvit, segmenter, sseg
 from ovs.methods.spec import MethodSpec
 
 METHODS: dict[str, MethodSpec[Any, Any]] = {
     "sseg": sseg.SPEC,
     "segmenter": segmenter.SPEC,
     "clip": clip.SPEC,
+    "pacl": pacl.SPEC,
+    "pmvit": pmvit.SPEC,
 }
 
 # What a checkpoint without a "method" key is: files written before the key existed.

@@ -18,8 +18,13 @@ from tests.tiny_world import tiny_world
 
 pytestmark = pytest.mark.slow
 
-EXTRA = ["clip"]  # methods trained beside S-Seg
-OVERRIDES = ["train.clip.vision.image_size=32"]  # the tiny world's 32-px crops
+EXTRA = ["clip", "pacl", "pmvit"]  # methods trained beside S-Seg
+OVERRIDES = [  # the tiny world's 32-px crops and pseudo-masks
+    "train.clip.vision.image_size=32",
+    "train.pacl.model.input_size=32",
+    "train.pmvit.model.input_size=32",
+    "train.pmvit.model.test_masks.image_size=32",
+]
 UPSTREAM = ("world", "download", "entities", "pseudo_masks")
 
 

@@ -17,7 +17,9 @@ from ovs.pseudo_masks.masker import PseudoMaskConfig
 from pipelines.graph import load_config
 
 NUM_CLASSES = 3
-OPEN_VOCAB = ("sseg", "clip")  # built without num_classes; text embeddings from their towers
+# Built without num_classes, text embeddings from their towers, trained on caption batches
+# (images, pseudo-mask labels, tokens).
+OPEN_VOCAB = ("sseg", "clip", "pacl", "pmvit")
 
 
 @dataclass
@@ -32,11 +34,7 @@ def _batch(name: str, model: torch.nn.Module) -> tuple:
     """A tiny batch in the objective's argument order."""
     g = torch.Generator().manual_seed(0)
     images = torch.rand(2, 3, 64, 64, generator=g)
-    if name == "sseg":
-        assert isinstance(model, SSeg)
-        labels = torch.randint(0, 4, (2, 64, 64), generator=g)
-        return images, labels, model.tokenize(["a red boat", "a cat on grass"])
-    if name == "clip":  # the caption batch every caption method gets; CLIP ignores the labels
+    if name in OPEN_VOCAB:  # the caption batch; CLIP and PACL ignore the labels
         labels = torch.randint(0, 4, (2, 64, 64), generator=g)
         return images, labels, model.tokenize(["a red boat", "a cat on grass"])
     return images, torch.randint(0, NUM_CLASSES, (2, 64, 64), generator=g)
@@ -71,8 +69,9 @@ def test_method_spec_end_to_end(name: str, tmp_path) -> None:
     assert got_spec is spec
     model.eval(), loaded.eval()
     x = torch.rand(1, 3, 64, 64)
+    fwd = (x, torch.randint(0, 4, (1, 64, 64))) if name == "pmvit" else (x,)
     with torch.no_grad():
-        a, b = model(x), loaded(x)
+        a, b = model(*fwd), loaded(*fwd)
     for u, v in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
         torch.testing.assert_close(u, v)
 
@@ -106,7 +105,8 @@ def test_unknown_method_names_the_choices(tmp_path) -> None:
 
 def test_unknown_train_method_fails_at_config_load() -> None:
     with pytest.raises(
-        ConfigError, match=r"train.method: unknown method 'nope'.*\['clip', 'sseg'\]"
+        ConfigError,
+        match=r"train.method: unknown method 'nope'.*\['clip', 'pacl', 'pmvit', 'sseg'\]",
     ):
         load_config(None, ["train.method=nope"])
     # A method the train stage has no section for (closed-vocabulary) is not a choice either.
@@ -120,7 +120,7 @@ def test_train_hash_holds_the_selected_method_section() -> None:
     view = hash_view(train)
     assert view["method"] == "sseg" and "model" in view["sseg"] and "loss" in view["sseg"]
     assert "clip" not in view and "methods" not in view  # as before train.methods existed
-    assert train.unselected() == ("clip", "methods")
+    assert train.unselected() == ("clip", "pacl", "pmvit", "methods")
 
 
 def test_train_methods_hash_every_trained_section() -> None:
