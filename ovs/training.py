@@ -20,6 +20,8 @@ from ovs.config import check_choice
 from ovs.data.augment import AugmentConfig, augment_pair
 from ovs.data.train_data import JoinStats, Sample, iter_samples
 from ovs.methods import METHODS
+from ovs.methods.groupvit.config import GroupViTMethodConfig
+from ovs.methods.ovsegmentor.config import OVSegmentorMethodConfig
 from ovs.methods.sseg.config import SSegMethodConfig
 from ovs.train.loop_config import LoopConfig
 
@@ -55,6 +57,8 @@ class TrainConfig(LoopConfig):
     # named like it; only the selected one is used and hashed.
     method: str = "sseg"
     sseg: SSegMethodConfig = field(default_factory=SSegMethodConfig)
+    groupvit: GroupViTMethodConfig = field(default_factory=GroupViTMethodConfig)
+    ovsegmentor: OVSegmentorMethodConfig = field(default_factory=OVSegmentorMethodConfig)
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(scale=(0.35, 1.0)))
     # LoopConfig fields whose default differs for S-Seg:
     cpus_per_worker: int = 2

@@ -81,7 +81,7 @@ class SSegTaskFactory:
     """The ``train`` stage's :class:`pipelines.loop.TaskFactory`: S-Seg on ``data``."""
 
     cfg: TrainConfig
-    loss: SSegLossConfig
+    loss: Any  # the selected method's loss section (SSegLossConfig for S-Seg)
     data: SSegData
     class_texts: list[str] | None  # supervision gt: the texts matched masks are classified as
 
@@ -256,7 +256,8 @@ def fit(ctx: StageContext) -> tuple[Path, dict]:
     cfg: TrainConfig = ctx.section
     root: ExperimentConfig = ctx.cfg  # the assembled root: its sections are runtime fields
     tracker: Any = ctx.tracker  # an MlflowTracker: workers reopen its run by id
-    masks_dir, loss, class_texts = ctx.inputs["pseudo_masks"] / "masks", cfg.sseg.loss, None
+    masks_dir, class_texts = ctx.inputs["pseudo_masks"] / "masks", None
+    loss = cfg.method_config.loss  # the selected method's loss section
     if cfg.supervision == "gt":
         masks_dir, loss, class_texts = _gt_supervision(ctx)
     data = SSegData(

@@ -15,12 +15,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ovs.methods import segmenter, sseg
+from ovs.methods import groupvit, ovsegmentor, segmenter, sseg
 from ovs.methods.spec import MethodSpec
 
 METHODS: dict[str, MethodSpec[Any, Any]] = {
     "sseg": sseg.SPEC,
     "segmenter": segmenter.SPEC,
+    "groupvit": groupvit.SPEC,
+    "ovsegmentor": ovsegmentor.SPEC,
 }
 
 # What a checkpoint without a "method" key is: files written before the key existed.

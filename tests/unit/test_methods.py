@@ -15,6 +15,7 @@ from ovs.methods.sseg.model import SSeg
 from pipelines.graph import load_config
 
 NUM_CLASSES = 3
+OPEN_VOCAB = ("sseg", "groupvit", "ovsegmentor")  # built without num_classes, queried by text
 
 
 @dataclass
@@ -29,15 +30,20 @@ def _batch(name: str, model: torch.nn.Module) -> tuple:
     """A tiny batch in the objective's argument order."""
     g = torch.Generator().manual_seed(0)
     images = torch.rand(2, 3, 64, 64, generator=g)
-    if name == "sseg":
-        assert isinstance(model, SSeg)
+    if name == "ovsegmentor":  # caption, masked caption, one partner sharing "cat"
+        tokens = model.tokenize(["a red boat", "a cat on grass"])
+        masked = model.tokenize(["a red [MASK]", "a [MASK] on grass"])
+        partner = torch.rand(1, 3, 64, 64, generator=g)
+        entity = model.tokenize(["a photo of a cat."])
+        return images, tokens, masked, partner, torch.tensor([1]), entity
+    if name in ("sseg", "groupvit"):
         labels = torch.randint(0, 4, (2, 64, 64), generator=g)
         return images, labels, model.tokenize(["a red boat", "a cat on grass"])
     return images, torch.randint(0, NUM_CLASSES, (2, 64, 64), generator=g)
 
 
 def _text(name: str, method) -> torch.Tensor:
-    if name == "sseg":
+    if name in OPEN_VOCAB:
         return method.text_embeddings(["cat", "dog", "grass"])
     return torch.eye(NUM_CLASSES)  # closed vocabulary: the classes themselves
 
@@ -50,7 +56,7 @@ def test_method_spec_end_to_end(name: str, tmp_path) -> None:
     cfg = spec.config()
     assert set(spec.flavors) >= {"tiny", "paper"}
     assert isinstance(spec.flavors["tiny"](), spec.config)
-    classes = None if name == "sseg" else NUM_CLASSES
+    classes = None if name in OPEN_VOCAB else NUM_CLASSES
     model = spec.build_model(cfg, 0, classes)
     objective = spec.objective(model, cfg)
     out = objective(*_batch(name, model))
@@ -95,7 +101,7 @@ def test_unknown_method_names_the_choices(tmp_path) -> None:
 
 
 def test_unknown_train_method_fails_at_config_load() -> None:
-    with pytest.raises(ConfigError, match=r"train.method: unknown method 'nope'.*\['sseg'\]"):
+    with pytest.raises(ConfigError, match=r"train.method: unknown method 'nope'.*'sseg'\]"):
         load_config(None, ["train.method=nope"])
     # A method the train stage has no section for (closed-vocabulary) is not a choice either.
     with pytest.raises(ConfigError, match="unknown method 'segmenter'"):
@@ -107,4 +113,5 @@ def test_train_hash_holds_the_selected_method_section() -> None:
     assert train.method_config is train.sseg
     view = hash_view(train)
     assert view["method"] == "sseg" and "model" in view["sseg"] and "loss" in view["sseg"]
-    assert train.unselected() == ()  # one trainable method: nothing left out yet
+    assert "sseg" not in train.unselected() and "groupvit" in train.unselected()
+    assert "groupvit" not in view
