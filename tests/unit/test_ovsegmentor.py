@@ -1,0 +1,132 @@
+"""OVSegmentor: caption masking, the mask-token text tower, the cross-image dice against plain
+references and brute force, the objective's parts, switches and pair count, paper sizes."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from ovs.methods.ovsegmentor import SPEC, config
+from ovs.methods.ovsegmentor.losses import matched_dice, projected_masks, soft_dice
+from ovs.methods.ovsegmentor.text import MASK, mask_entity_words
+from ovs.train.contrastive import contrastive_loss
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_mask_entity_words_masks_the_folded_entities_only() -> None:
+    assert mask_entity_words("A man walks his dog.", ["people", "dog"]) == (
+        f"A {MASK} walks his {MASK}."
+    )
+    # "T-shirt" folds to shirt, "couch" to sofa; "tree" is no CC4M word; "cat" not in the list
+    got = mask_entity_words("cat on a couch in a T-shirt under a tree", ["sofa", "shirt"])
+    assert got == f"cat on a {MASK} in a {MASK} under a tree"
+
+
+def test_masked_clip_text_reads_the_first_eot() -> None:
+    model = SPEC.build_model(SPEC.config(), 0, None).eval()
+    text = model.text
+    ids = model.tokenize([f"a {MASK} on grass", "a cat on grass"])
+    assert (ids[0] == text.mask_id).sum() == 1 and (ids[1] == text.mask_id).sum() == 0
+    assert text.mask_id == 49408 and text.token_embedding.num_embeddings == 49409
+    eot = (ids == text.eot).int().argmax(-1)
+    x = text.token_embedding(ids) + text.positional_embedding[: ids.shape[1]]
+    for blk in text.blocks:
+        x = blk(x)
+    ref = text.ln_final(x)[torch.arange(2), eot]
+    torch.testing.assert_close(text(ids), ref)
+
+
+def test_soft_dice_against_plain_loop() -> None:
+    g = torch.Generator().manual_seed(0)
+    p, q = torch.rand(3, 10, generator=g), torch.rand(4, 10, generator=g)
+    got = soft_dice(p, q)
+    for i in range(3):
+        for j in range(4):
+            inter = sum(float(p[i, n] * q[j, n]) for n in range(10))
+            ref = 1 - (2 * inter + 1) / (float(p[i].sum()) + float(q[j].sum()) + 1)
+            assert float(got[i, j]) == pytest.approx(ref, rel=1e-5)
+
+
+def test_matched_dice_is_the_best_permutation() -> None:
+    g = torch.Generator().manual_seed(1)
+    p, q = torch.rand(3, 12, generator=g), torch.rand(3, 12, generator=g)
+    cost = soft_dice(p, q)
+    best = min(
+        sum(float(cost[i, s[i]]) for i in range(3)) / 3 for s in itertools.permutations(range(3))
+    )
+    assert float(matched_dice(p, q)) == pytest.approx(best, rel=1e-6)
+
+
+def test_projected_masks_compete_with_the_destination_groups() -> None:
+    g = torch.Generator().manual_seed(2)
+    dst = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=-1)
+    src = torch.nn.functional.normalize(torch.randn(2, 8, generator=g), dim=-1)
+    maps = torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 3, 0, 1]), 4).T.float()  # [S,N]
+    masks = projected_masks(src, dst, maps, torch.tensor(10.0))
+    assert masks.shape == (2, 6)
+    # patch n's embedding is its group's: the share of source group j follows the plain softmax
+    for n in range(6):
+        logits = 10.0 * dst[int(maps[:, n].argmax())] @ torch.cat([dst, src]).T
+        torch.testing.assert_close(masks[:, n], logits.softmax(-1)[4:])
+    # a source group identical to a destination group takes (about) half of that group's patches
+    masks = projected_masks(dst[:1], dst, maps, torch.tensor(100.0))
+    torch.testing.assert_close(masks[0, [0, 4]], torch.full((2,), 0.5), atol=1e-3, rtol=0)
+
+
+def _inputs(model, n_pairs: int):
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 3, 64, 64, generator=g)
+    tokens = model.tokenize(["a red boat", "a cat on grass", "a dog and a cat"])
+    masked = model.tokenize([f"a red {MASK}", f"a {MASK} on grass", f"a {MASK} and a {MASK}"])
+    partners = torch.rand(n_pairs, 3, 64, 64, generator=g).requires_grad_(True)
+    index = torch.tensor([1, 2, 2][:n_pairs])
+    entity = model.tokenize(
+        ["a photo of a cat.", "a photo of a dog.", "a photo of a cat."][:n_pairs]
+    )
+    return images, tokens, masked, partners, index, entity
+
+
+def test_objective_parts_pairs_and_switches() -> None:
+    cfg = SPEC.config()
+    model = SPEC.build_model(cfg, 0, None).eval()  # no Gumbel noise: repeatable forwards
+    objective = SPEC.objective(model, cfg)
+    images, tokens, masked, partners, index, entity = _inputs(model, 3)
+    out = objective(images, tokens, masked, partners, index, entity)
+    assert out["pairs"].item() == 3  # every pair of the batch reached the cross-image loss
+    with torch.no_grad():
+        img, _, _ = model.encode_image(images)
+        scale = model.logit_scale()
+        c = contrastive_loss(img, model.encode_text(tokens), scale)
+        m = contrastive_loss(img, model.encode_text(masked), scale)
+    assert out["contrastive"].item() == pytest.approx(c.item(), rel=1e-5)
+    assert out["masked_entity"].item() == pytest.approx(m.item(), rel=1e-5)
+    total = c + m + cfg.loss.cross_weight * out["cross_image"]
+    assert out["loss"].item() == pytest.approx(total.item(), rel=1e-5)
+    out["loss"].backward()
+    assert partners.grad is not None and partners.grad.abs().sum() > 0  # partners reach the loss
+
+    two = objective(*_inputs(model, 2))
+    assert two["pairs"].item() == 2
+    off = config.OVSegmentorLossConfig(masked_entity=False, cross_image=False)
+    images, tokens, masked, partners, index, entity = _inputs(model, 3)
+    out = SPEC.objective(model, config.OVSegmentorMethodConfig(loss=off))(
+        images, tokens, masked, partners, index, entity
+    )
+    assert "masked_entity" not in out and "cross_image" not in out and out["pairs"].item() == 0
+    out["loss"].backward()
+    assert partners.grad is None  # switched off: the partners are not even encoded
+    assert out["loss"].item() == pytest.approx(c.item(), rel=1e-5)
+
+
+def test_paper_flavour_keeps_bert_base_and_groupvit_s() -> None:
+    """BERT-base is published at 110M parameters (109.5M with its pooler, 108.9M without,
+    which the [CLS] feature does not use); the image encoder is GroupViT-S's."""
+    model = SPEC.build_model(config.paper(), 0, None)
+    bert = sum(p.numel() for p in model.text.parameters())
+    assert bert == pytest.approx(110e6, rel=0.02)
+    assert model.cfg.text_encoder == "bert" and model.text_width() == 768
+    assert [len(s) for s in model.image.stages] == [6, 3, 3]
+    assert [t.shape[1] for t in model.image.group_token_params] == [64, 8]
