@@ -86,6 +86,10 @@ class SSegTaskFactory:
     class_texts: list[str] | None  # supervision gt: the texts matched masks are classified as
 
     def __call__(self, seed: int, device: torch.device, rank: int, world: int) -> SSegTask:
+        if self.cfg.method == "ovsegmentor":  # caption batches + masked captions + partners
+            from pipelines.ovsegmentor_task import OVSegmentorTask
+
+            return OVSegmentorTask(self, seed, device, rank, world)
         return SSegTask(self, seed, device, rank, world)
 
 

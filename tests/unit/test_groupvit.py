@@ -145,3 +145,10 @@ def test_paper_flavour_has_groupvit_s_sizes() -> None:
     w = 256
     text = sum(p.numel() for p in model.text.parameters())
     assert text == 12 * (12 * w * w + 13 * w) + 49408 * w + 77 * w + 2 * w
+
+
+def test_paper_config_file_is_the_paper_flavour() -> None:
+    from pipelines.graph import load_config
+
+    train = load_config("conf/groupvit_cc12m.yaml", []).train
+    assert train.method == "groupvit" and train.groupvit.model == config.paper_groupvit()

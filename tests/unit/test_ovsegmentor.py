@@ -130,3 +130,12 @@ def test_paper_flavour_keeps_bert_base_and_groupvit_s() -> None:
     assert model.cfg.text_encoder == "bert" and model.text_width() == 768
     assert [len(s) for s in model.image.stages] == [6, 3, 3]
     assert [t.shape[1] for t in model.image.group_token_params] == [64, 8]
+
+
+def test_paper_config_file_is_the_paper_flavour() -> None:
+    from pipelines.graph import load_config
+
+    cfg = load_config("conf/ovsegmentor_cc12m.yaml", [])
+    assert cfg.train.method == "ovsegmentor" and cfg.train.require_cc4m
+    assert cfg.train.ovsegmentor.model == config.paper_ovsegmentor()
+    assert cfg.entities.exact_rule  # OVSegmentor's CC4M rule
