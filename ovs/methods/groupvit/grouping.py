@@ -191,7 +191,8 @@ class GroupingEncoder(nn.Module):
         assigns: list[torch.Tensor] = []
         softs: list[torch.Tensor] = []
         prev_groups: torch.Tensor | None = None
-        for i, blocks in enumerate(self.stages):
+        for i, stage in enumerate(self.stages):
+            blocks: nn.ModuleList = stage  # type: ignore[assignment]
             n_group = self.cfg.group_tokens[i]
             tokens = None
             if n_group:
