@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-unit install lint format bench cluster-test clean
+.PHONY: run compare test test-unit install lint format bench cluster-test clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,12 @@ install: $(STAMP)
 ## make run: the full pipeline on the embedded default config (synthetic world, tiny models)
 run: $(STAMP)
 	$(BIN)/python pipelines/full.py --config conf/default.yaml $(ARGS)
+
+## make compare: every method row trained and evaluated beside S-Seg in one run
+## (conf/compare.yaml), then the comparison table from MLflow
+compare: $(STAMP)
+	$(BIN)/python pipelines/full.py --config conf/compare.yaml $(ARGS)
+	$(BIN)/python -m tools.runs compare --experiment compare --limit 1
 
 ## make test: ruff (lint + format check), mypy over ovs/, pipelines/ and tools/, the whole pytest
 ## suite (tests/unit, tests/stage, tests/cluster)

@@ -20,6 +20,7 @@ from ovs.config import check_choice
 from ovs.data.augment import AugmentConfig, augment_pair
 from ovs.data.train_data import JoinStats, Sample, iter_samples
 from ovs.methods import METHODS
+from ovs.methods.clip.config import ClipConfig
 from ovs.methods.groupvit.config import GroupViTMethodConfig
 from ovs.methods.ovsegmentor.config import OVSegmentorMethodConfig
 from ovs.methods.sseg.config import SSegMethodConfig
@@ -54,9 +55,16 @@ class TrainConfig(LoopConfig):
     UNHASHED: ClassVar[tuple[str, ...]] = (*LoopConfig.UNHASHED, "ingest_executor")
 
     # The trained method (a key of ovs.methods.METHODS) and one section per trainable method,
-    # named like it; only the selected one is used and hashed.
+    # named like it; only the selected ones are used and hashed.
     method: str = "sseg"
+    # More methods trained in the same run on the same shards, with the same loop settings
+    # (image budget), each into its own content-addressed output (pipelines/train.py), and
+    # evaluated beside the main one; the requirements of every listed method (MethodSpec.
+    # requires) are added and trained first. Empty (the default): only ``method``, and the
+    # key is left out of the stage hash.
+    methods: list[str] = field(default_factory=list)
     sseg: SSegMethodConfig = field(default_factory=SSegMethodConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
     groupvit: GroupViTMethodConfig = field(default_factory=GroupViTMethodConfig)
     ovsegmentor: OVSegmentorMethodConfig = field(default_factory=OVSegmentorMethodConfig)
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(scale=(0.35, 1.0)))
@@ -90,15 +98,53 @@ class TrainConfig(LoopConfig):
                 f"train.method: unknown method {self.method!r}; "
                 f"choose from {sorted(self.method_sections())}"
             )
+        for m in self.methods:
+            if m not in self.method_sections():
+                raise ValueError(
+                    f"train.methods: unknown method {m!r}; "
+                    f"choose from {sorted(self.method_sections())}"
+                )
+        if len(set(self.methods)) != len(self.methods) or self.method in self.methods:
+            raise ValueError(
+                f"train.methods must be unique and not repeat train.method: {self.methods}"
+            )
+        for m in self.trained_methods():
+            for r in METHODS[m].requires:
+                if r not in self.method_sections():
+                    raise ValueError(f"method {m} requires {r!r}, which train cannot train")
+            section = getattr(self, m)
+            if hasattr(section, "validate"):
+                section.validate()
 
     @classmethod
     def method_sections(cls) -> tuple[str, ...]:
         """The methods the stage can train: ``METHODS`` entries with a section here."""
         return tuple(f.name for f in dataclasses.fields(cls) if f.name in METHODS)
 
+    def trained_methods(self) -> tuple[str, ...]:
+        """``method``, ``methods`` and their requirements, each after what it requires (a
+        requirement cycle raises ``ValueError``)."""
+        order: list[str] = []
+
+        def visit(m: str, stack: tuple[str, ...]) -> None:
+            if m in stack:
+                raise ValueError(f"train: methods require each other: {' -> '.join((*stack, m))}")
+            if m in order:
+                return
+            for r in METHODS[m].requires if m in METHODS else ():
+                visit(r, (*stack, m))
+            order.append(m)
+
+        for m in (self.method, *self.methods):
+            visit(m, ())
+        return tuple(order)
+
     def unselected(self) -> tuple[str, ...]:
-        """The method sections the stage hash leaves out: all but the selected one's."""
-        return tuple(m for m in self.method_sections() if m != self.method)
+        """What the stage hash leaves out: the sections of the methods it does not train, and
+        ``methods`` while empty (so a one-method config hashes as before the key existed)."""
+        used = set(self.trained_methods())
+        skip = tuple(m for m in self.method_sections() if m not in used)
+        return (*skip, "methods") if not self.methods else skip
 
     @property
     def method_config(self) -> Any:

@@ -4,9 +4,12 @@ Ray Data actors, on the synthetic world and every configured benchmark whose dat
     python pipelines/evaluate.py [--config conf/default.yaml] [--force]
         [evaluate.protocols=[mask_free,training_free] evaluate.num_gpus=1 ...]
 
-Inputs: ``train`` (its ``model/latest.pt``) and ``world`` (when ``world`` is in
-``pipeline.stages``; its eval split is always evaluated). For every method (``sseg`` = the
-trained model, then ``evaluate.baselines``), one Ray Data pass covers every protocol
+Inputs: ``train`` (its ``model/latest.pt`` and the checkpoints of ``train.methods``, found
+by ``pipelines.train.trained_checkpoints``) and ``world`` (when ``world`` is in
+``pipeline.stages``; its eval split is always evaluated). Methods: every evaluation row of
+every trained method (``MethodSpec.evaluation_rows``: ``sseg``; ``clip``, ``maskclip``,
+``pm_clip`` of a trained CLIP; the main method's first), then ``evaluate.baselines``. For each,
+one Ray Data pass covers every protocol
 (``evaluate.protocols``) × dataset task: the shard mapper (:mod:`pipelines.shard_map`) runs
 ``num_actors`` :class:`~ovs.eval.runner.ShardEvaluator` actors (each loads the method once)
 over batches of global image ids → rows summed per task with ``combine_rows`` →
@@ -23,8 +26,13 @@ Outputs, per combination, in ``<out>/<method>/<protocol>/<dataset>/``: ``per_cla
 combinations that have it). Each directory is logged to the stage's MLflow run under the same
 path; ``protocols.json`` holds the resolved protocol settings (also logged as params).
 
+Comparison: ``comparison.json`` (the method x benchmark x protocol table of
+:mod:`ovs.eval.comparison`: mIoU, pixel accuracy), ``comparison.png`` (its bar chart) and
+``comparison.md`` in ``<out>/``, logged to the stage's run (``python -m tools.runs table``
+prints it).
+
 Metrics: ``[<method>.][<protocol>.][<dataset>.]{miou,pixel_acc,macc}`` where the method part
-is left out for ``sseg``, the protocol part for the first protocol and the dataset part for
+is left out for the main method's own row (``sseg``), the protocol part for the first protocol and the dataset part for
 the world: ``miou`` is S-Seg on the world under the first protocol, ``voc21.miou``,
 ``training_free.voc21.miou``, ``maskclip.voc21.miou``.
 """
@@ -124,10 +132,34 @@ def stale(cfg: ExperimentConfig, manifest: dict) -> str | None:
 
 
 def methods(ctx: StageContext, device: str) -> list[tuple[str, MethodRef]]:
-    """``(name, spec)`` of the trained model, then every configured baseline."""
+    """``(row name, reference)`` of every evaluation row of every trained method (the main
+    method's first), then every configured baseline."""
+    from ovs.methods import get_method
+    from pipelines.train import trained_checkpoints
+
     cfg: EvalConfig = ctx.section
-    ckpt = ctx.inputs["train"] / "model" / "latest.pt"
-    out = [(SSEG, MethodRef(checkpoint=str(ckpt), device=device))]
+    root: ExperimentConfig = ctx.cfg
+    trained = trained_checkpoints(root, ctx.inputs["train"])
+    main = root.train.method
+    out: list[tuple[str, MethodRef]] = []
+    for m in sorted(trained, key=lambda m: m != main):  # stable: training order after main
+        if not trained[m].is_file():
+            raise FileNotFoundError(f"the train stage output has no {m} checkpoint {trained[m]}")
+        for row in get_method(m).evaluation_rows():
+            ref = MethodRef(
+                checkpoint=str(trained[m]),
+                device=device,
+                row=row,
+                pseudo_masks=getattr(root, "pseudo_masks", None),
+            )
+            out.append((row, ref))
+    names = [n for n, _ in out]
+    clash = sorted({b.name for b in cfg.baselines} & set(names))
+    if clash or len(set(names)) != len(names):
+        raise ValueError(
+            f"evaluate: evaluation rows {names} and evaluate.baselines share names {clash}; "
+            "rename the baselines"
+        )
     for b in cfg.baselines:
         spec = MethodRef(b.method, None, b.model, b.pretrained, device, b.logit_scale)
         out.append((b.name, spec))
@@ -195,9 +227,11 @@ def write_outputs(out: Path, ds: SegDataset, result: dict, examples: dict, title
     atomic_write_json(out / RESULT, result)
 
 
-def metric_prefix(method: str, protocol: str, dataset: str, first_protocol: str) -> str:
+def metric_prefix(
+    method: str, protocol: str, dataset: str, first_protocol: str, main: str = SSEG
+) -> str:
     parts = [
-        method if method != SSEG else "",
+        method if method != main else "",
         protocol if protocol != first_protocol else "",
         dataset if dataset != "world" else "",
     ]
@@ -255,6 +289,19 @@ def evaluate_method(
     return results, images
 
 
+def log_comparison(ctx: StageContext, results: list[dict]) -> None:
+    """The comparison table (JSON, Markdown) and its bar chart into the stage output, logged."""
+    from ovs.eval.comparison import comparison_chart, comparison_table, markdown
+    from ovs.eval.visualize import figure_to_png
+
+    table = comparison_table(results)
+    atomic_write_json(ctx.out_dir / "comparison.json", table)
+    atomic_write_bytes(ctx.out_dir / "comparison.md", markdown(table).encode())
+    atomic_write_bytes(ctx.out_dir / "comparison.png", figure_to_png(comparison_chart(table)))
+    for name in ("comparison.json", "comparison.md", "comparison.png"):
+        ctx.tracker.log_artifact(ctx.out_dir / name)
+
+
 def run(ctx: StageContext) -> dict:
     cfg: EvalConfig = ctx.section
     protocols = cfg.resolved_protocols()
@@ -275,6 +322,9 @@ def run(ctx: StageContext) -> dict:
     metrics: dict[str, float] = {}
     counts: dict[str, int] = {"datasets_evaluated": len(found), "datasets_missing": len(missing)}
     start, images = time.perf_counter(), 0
+    root: ExperimentConfig = ctx.cfg
+    main = root.train.method
+    compared: list[dict] = []
     for method, spec in methods(ctx, "cuda" if cfg.num_gpus > 0 else "cpu"):
         results, done = evaluate_method(ctx, method, spec, protocols, found)
         images += done
@@ -283,13 +333,16 @@ def run(ctx: StageContext) -> dict:
                 result = results[protocol.name, dataset.name]
                 path = f"{method}/{protocol.name}/{dataset.name}"
                 ctx.tracker.log_artifact(ctx.out_dir / path, path)
-                prefix = metric_prefix(method, protocol.name, dataset.name, protocols[0].name)
+                compared.append(result)
+                prefix = metric_prefix(method, protocol.name, dataset.name, protocols[0].name, main)
                 metrics[prefix + "miou"] = result["miou"]
                 metrics[prefix + "pixel_acc"] = result["acc"]
                 metrics[prefix + "macc"] = result["macc"]
-                if method == SSEG and protocol is protocols[0]:
+                if method == main and protocol is protocols[0]:
                     counts[f"{dataset.name}.images"] = int(result["num_images"])
                     counts[f"{dataset.name}.skipped"] = int(result["num_skipped"])
+    if compared:
+        log_comparison(ctx, compared)
     if images:
         metrics["img_per_s"] = images / (time.perf_counter() - start)
     return {"counts": counts, "metrics": metrics}

@@ -1,6 +1,17 @@
-"""Stage ``train``: S-Seg with Ray Train (DDP), then zero-shot evaluation on the world eval split.
+"""Stage ``train``: S-Seg (or any caption-trained method) with Ray Train (DDP), then zero-shot
+evaluation on the world eval split.
 
     python pipelines/train.py [--config conf/default.yaml] [--force] [train.steps=300 ...]
+        [train.methods=[clip] ...]
+
+Several methods: ``train.method`` is the main one (its model is the stage output's
+``model/latest.pt``, what ``evaluate``, ``self_train`` and ``pairs`` read); every other method
+of ``train.trained_methods()`` (``train.methods`` and the requirements, in dependency order)
+trains first on the same shards with the same loop settings into the output directory a
+``train`` run of that method alone would have (:func:`method_outputs`: content-addressed,
+resumable, reused by any config that trains it), with its own nested MLflow run and manifest;
+a method whose spec needs another's checkpoint gets it bound into its section
+(``MethodSpec.bind``). Methods loaded pretrained (``MethodSpec.trainable`` false) run no step.
 
 The training loop (``pipelines/loop.py``) runs :class:`SSegTask` on Ray Train workers: each reads
 its share of the download shards joined with their pseudo-masks and entity texts, trains with
@@ -14,11 +25,12 @@ zero-shot with only class names and logs ``miou``, ``miou_at_init`` and ``oracle
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,10 +90,11 @@ class SSegData:
 
 @dataclass(frozen=True)
 class SSegTaskFactory:
-    """The ``train`` stage's :class:`pipelines.loop.TaskFactory`: S-Seg on ``data``."""
+    """The ``train`` stage's :class:`pipelines.loop.TaskFactory`: ``cfg.method`` on ``data``
+    (``loss``: S-Seg's loss weights; None for the other caption methods)."""
 
     cfg: TrainConfig
-    loss: Any  # the selected method's loss section (SSegLossConfig for S-Seg)
+    loss: Any  # the selected method's loss section (SSegLossConfig, GroupViT's, ...) or None
     data: SSegData
     class_texts: list[str] | None  # supervision gt: the texts matched masks are classified as
 
@@ -119,7 +132,9 @@ def stream_ingest(cfg: TrainConfig, data: SSegData, seed: int, rank: int, world:
 
 
 class SSegTask:
-    """S-Seg's training pieces in one worker (:class:`pipelines.loop.Task`).
+    """The training pieces of a caption-trained method (S-Seg, CLIP, ...: its spec has a
+    ``context_length``) in one worker (:class:`pipelines.loop.Task`). Every such objective takes
+    the same positional inputs (:meth:`inputs`) and uses what it needs.
 
     Batches come from the rank's :class:`ovs.training.SampleSource` (in memory, resumed from its
     state) or its streaming :class:`pipelines.ingest.RankIngest` (resumed from the step). One
@@ -138,8 +153,12 @@ class SSegTask:
         self.cfg, self.loss, self.data = factory.cfg, factory.loss, factory.data
         self.seed, self.device, self.rank, self.world = seed, device, rank, world
         self.spec = METHODS[self.cfg.method]
-        method_cfg = replace(self.cfg.method_config, loss=self.loss)
-        self.context = method_cfg.model.text.context_length
+        method_cfg = self.cfg.method_config
+        if self.loss is not None:
+            method_cfg = replace(method_cfg, loss=self.loss)
+        if self.spec.context_length is None:
+            raise ValueError(f"method {self.cfg.method} is not trained on caption batches")
+        self.context = self.spec.context_length(method_cfg)
         self.model = self.spec.build_model(method_cfg, seed, None)
         self._objective = self.spec.objective(self.model, method_cfg)
         self._objective.to(device)  # the model and the objective's own parameters, if any
@@ -201,7 +220,7 @@ class SSegTask:
             noun_lists = [s.nouns for s in batch]
         tokens = tokenize(texts, context).to(device)
         nouns: tuple[Any, Any] = (None, None)
-        if self.loss.noun_weight > 0:
+        if self.loss is not None and self.loss.noun_weight > 0:
             prompts, targets = prompts_for_nouns(
                 noun_lists, self.loss.nouns_per_image, self.loss.noun_template, self.rng
             )
@@ -253,24 +272,31 @@ def _gt_supervision(ctx: StageContext) -> tuple[Path, SSegLossConfig, list[str]]
 
 
 def fit(ctx: StageContext) -> tuple[Path, dict]:
-    """Run the training loop; returns the final inference checkpoint path under the stage
-    output and rank 0's last reported metrics (``step``: the steps done)."""
+    """Run the training loop of ``ctx.section.method``; returns the final inference checkpoint
+    path under ``ctx.out_dir`` and rank 0's last reported metrics (``step``: the steps done)."""
     import ray
 
     cfg: TrainConfig = ctx.section
     root: ExperimentConfig = ctx.cfg  # the assembled root: its sections are runtime fields
     tracker: Any = ctx.tracker  # an MlflowTracker: workers reopen its run by id
-    masks_dir, class_texts = ctx.inputs["pseudo_masks"] / "masks", None
-    loss = cfg.method_config.loss  # the selected method's loss section
+    spec = METHODS[cfg.method]
+    masks_dir = ctx.inputs["pseudo_masks"] / "masks"
+    # S-Seg's loss weights, or the selected method's own loss section when it has one (None: CLIP)
+    loss: Any = cfg.sseg.loss if cfg.method == "sseg" else getattr(cfg.method_config, "loss", None)
+    class_texts = None
     if cfg.supervision == "gt":
+        if cfg.method != "sseg":
+            raise ValueError(f"train.supervision=gt trains S-Seg only, not {cfg.method}")
         masks_dir, loss, class_texts = _gt_supervision(ctx)
+    if spec.input_size is None:
+        raise ValueError(f"method {cfg.method} is not trained on caption batches")
     data = SSegData(
         shards=str(ctx.inputs["download"]),
         masks_dir=str(masks_dir),
         texts_dir=str(ctx.inputs["entities"] / "entities"),
         decode_size=root.world.image_size
         if "world" in root.pipeline.stages
-        else cfg.method_config.model.input_size,
+        else spec.input_size(cfg.method_config),
         samples_per_shard=root.download.number_sample_per_shard,
         ingest_executor=ingest_executor(cfg, float(ray.cluster_resources().get("CPU", 0.0))),
     )
@@ -318,11 +344,13 @@ def log_pictures(ctx: StageContext, checkpoint: Path, result: dict) -> None:
             )
     grid = comparison_grid(rows)  # rows of (image, prediction, ground truth)
     ctx.tracker.log_image(grid, "overlays.png")
+    title = {"sseg": "S-Seg"}.get(ctx.section.method, ctx.section.method)
     ctx.tracker.log_figure(
-        iou_bar_chart(result["per_class_iou"], "S-Seg zero-shot IoU (world)"), "per_class_iou.png"
+        iou_bar_chart(result["per_class_iou"], f"{title} zero-shot IoU (world)"),
+        "per_class_iou.png",
     )
     ctx.tracker.log_figure(
-        confusion_chart(result["confusion"], list(result["per_class_iou"]), "S-Seg (world)"),
+        confusion_chart(result["confusion"], list(result["per_class_iou"]), f"{title} (world)"),
         "confusion.png",
     )
     ctx.tracker.log_table(
@@ -331,7 +359,117 @@ def log_pictures(ctx: StageContext, checkpoint: Path, result: dict) -> None:
     )
 
 
+def method_section(cfg: TrainConfig, method: str, checkpoints: Mapping[str, Path]) -> TrainConfig:
+    """The ``train`` section of a run of ``method`` alone (``methods`` empty), the checkpoints
+    of its requirements bound into its own section (``MethodSpec.bind``)."""
+    sub = replace(cfg, method=method, methods=[])
+    spec = METHODS[method]
+    if spec.bind is not None:
+        bound = spec.bind(getattr(sub, method), {r: checkpoints[r] for r in spec.requires})
+        sub = replace(sub, **{method: bound})
+    return sub
+
+
+def method_outputs(root: ExperimentConfig, out_dir: Path) -> dict[str, tuple[TrainConfig, Path]]:
+    """``{method: (its train section, its output directory)}`` for every trained method, in
+    training order: the main one (``train.method``) in the stage's ``out_dir``, each other in
+    the directory of a ``train`` run of it alone (its own content address), so its checkpoint
+    is ``<dir>/model/latest.pt``."""
+    from ovs.stage import resolve
+    from pipelines.graph import STAGES
+
+    cfg: TrainConfig = root.train
+    outs: dict[str, tuple[TrainConfig, Path]] = {}
+    checkpoints: dict[str, Path] = {}
+    for m in cfg.trained_methods():
+        sub = method_section(cfg, m, checkpoints)
+        if m == cfg.method:
+            sub, d = replace(sub, methods=list(cfg.methods)), out_dir
+        else:
+            d = resolve(STAGES, "train", replace(root, train=sub)).out_dir
+        outs[m] = (sub, d)
+        checkpoints[m] = d / "model" / "latest.pt"
+    return outs
+
+
+def trained_checkpoints(root: ExperimentConfig, out_dir: Path) -> dict[str, Path]:
+    """``{method: model/latest.pt}`` of every method a ``train`` output at ``out_dir`` trained
+    (what ``evaluate`` evaluates)."""
+    return {m: d / "model" / "latest.pt" for m, (_, d) in method_outputs(root, out_dir).items()}
+
+
+def _child_tracker(ctx: StageContext, method: str, out_dir: Path) -> Any:
+    """A nested MLflow run of the stage's run for one more method's training."""
+    from pipelines.tracking import TAG_OUTPUT, MlflowTracker
+
+    parent: Any = ctx.tracker
+    exp_id = parent.client.get_run(parent.run_id).info.experiment_id
+    run = parent.client.create_run(
+        exp_id,
+        run_name=f"train.{method}",
+        tags={"mlflow.parentRunId": parent.run_id, TAG_OUTPUT: str(out_dir)},
+    )
+    return MlflowTracker(parent.client, run.info.run_id)
+
+
+def train_other(ctx: StageContext, method: str, section: TrainConfig, out_dir: Path) -> dict:
+    """Train one more method into its own output ``out_dir`` (skipped when its manifest
+    exists: trained by this or another config), with its own nested MLflow run and manifest
+    (the one a ``train`` run of it alone writes). Returns the manifest."""
+    from ovs import provenance
+    from ovs.config import to_dict
+    from ovs.stage import read_manifest, resolve, write_manifest
+    from pipelines.graph import STAGES
+
+    done = read_manifest(out_dir)
+    if done is not None:
+        return done
+    parent: Any = ctx.cfg  # the assembled root (ExperimentConfig)
+    root = replace(parent, train=section)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tracker = _child_tracker(ctx, method, out_dir)
+    started = time.time()
+    result = run_method(dataclasses.replace(ctx, cfg=root, out_dir=out_dir, tracker=tracker))
+    finished = time.time()
+    manifest = {
+        "stage": "train",
+        "hash": out_dir.name,
+        "inputs": resolve(STAGES, "train", root).inputs,
+        "counts": result["counts"],
+        "metrics": result["metrics"],
+        "timings": {"started": started, "finished": finished, "seconds": finished - started},
+        "config": to_dict(section),
+        "code": dict(provenance.current()),
+        "mlflow_run_id": tracker.run_id,
+        "mlflow_experiment_id": tracker.client.get_run(tracker.run_id).info.experiment_id,
+    }
+    write_manifest(out_dir, manifest)
+    tracker.client.set_terminated(tracker.run_id, "FINISHED")
+    return manifest
+
+
 def run(ctx: StageContext) -> dict:
+    """Every other trained method first (:func:`train_other`), then the main one here; the
+    others' metrics are added as ``<method>.<metric>``."""
+    outs = method_outputs(ctx.cfg, ctx.out_dir)
+    main: TrainConfig = ctx.section
+    extra: dict[str, float] = {}
+    for m, (section, out_dir) in outs.items():
+        if m != main.method:
+            got = train_other(ctx, m, section, out_dir)
+            extra.update({f"{m}.{k}": float(v) for k, v in got["metrics"].items()})
+    section = outs[main.method][0]
+    root: Any = ctx.cfg
+    result = run_method(dataclasses.replace(ctx, cfg=replace(root, train=section)))
+    if extra:
+        ctx.tracker.log_metrics(extra)
+        result["metrics"].update(extra)
+    return result
+
+
+def run_method(ctx: StageContext) -> dict:
+    """Train ``ctx.section.method`` into ``ctx.out_dir`` (none of its steps when it is loaded
+    pretrained), evaluate it zero-shot on the world and log it to ``ctx.tracker``."""
     cfg: TrainConfig = ctx.section
     spec = METHODS[cfg.method]
     init = ctx.out_dir / "model" / "init.pt"
@@ -339,13 +477,19 @@ def run(ctx: StageContext) -> dict:
         model = spec.build_model(cfg.method_config, ctx.cfg.seed, None)
         spec.save_checkpoint(model, init, {"step": 0})
     t0 = time.time()
-    final, reported = fit(ctx)
+    if spec.is_trainable(cfg.method_config):
+        final, reported = fit(ctx)
+        check_complete(int(reported.get("step", 0)), cfg.steps, "train", cfg.time_limit_s)
+    else:  # pretrained: the initial model is the final one
+        from ovs.io import atomic_write_bytes
+
+        final, reported = ctx.out_dir / "model" / "latest.pt", {"step": 0}
+        atomic_write_bytes(final, init.read_bytes())
     train_seconds = time.time() - t0
-    check_complete(int(reported.get("step", 0)), cfg.steps, "train", cfg.time_limit_s)
     metrics: dict[str, float] = {
         "train_seconds": train_seconds,
         "steps_done": float(reported["step"]),
-        "steps": float(cfg.steps),
+        "steps": float(cfg.steps if spec.is_trainable(cfg.method_config) else 0),
         "data_wait_fraction": float(reported.get("data_wait_fraction", 0.0)),
     }
     counts: dict[str, int] = {  # rank 0's join/ingest skip counts (train/join_used, ...)
@@ -371,7 +515,11 @@ def _inputs(cfg) -> tuple[str, ...]:
 
 
 STAGE = Stage(
-    "train", run=run, section=TrainConfig, inputs=_inputs, description="train S-Seg with Ray Train"
+    "train",
+    run=run,
+    section=TrainConfig,
+    inputs=_inputs,
+    description="train S-Seg with Ray Train",
 )
 
 if __name__ == "__main__":

@@ -1,9 +1,15 @@
-"""Compare pipeline runs recorded in MLflow.
+"""Compare pipeline runs recorded in MLflow, and the methods of the newest one.
 
     python -m tools.runs compare [--experiment NAME] [--metrics a,b] [--limit N]
+    python -m tools.runs readme [--experiment compare] [--file README.md]
 
-Prints one row per pipeline run (newest first) with its status, duration and the key metric of
-each stage (``<stage>.<metric>`` on the parent run), built on ``mlflow.search_runs``.
+``compare`` prints one row per pipeline run (newest first) with its status, duration and the
+key metric of each stage (``<stage>.<metric>`` on the parent run), built on
+``mlflow.search_runs``; then the method comparison of the newest ``evaluate`` stage
+(``comparison.json``: method x benchmark x protocol, mIoU and pixel accuracy, plus the S-Seg+
+row of the newest ``self_train`` stage). ``readme`` writes that comparison as Markdown between
+README's ``<!-- comparison:start -->`` / ``<!-- comparison:end -->`` markers (no hand-copied
+numbers).
 """
 
 from __future__ import annotations
@@ -53,6 +59,71 @@ def compare_table(
     return rows
 
 
+README_START, README_END = "<!-- comparison:start -->", "<!-- comparison:end -->"
+
+
+def _newest_stage_runs(client, experiment: str, stage: str) -> list:
+    from pipelines.tracking import TAG_STAGE
+
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`{TAG_STAGE}` = '{stage}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=20,
+    )
+
+
+def method_comparison(experiment: str, tracking_uri: str) -> dict[str, list] | None:
+    """The newest ``evaluate`` stage's comparison table (a skipped stage's source run's) with the
+    newest ``self_train`` stage's S-Seg+ row (protocol ``self_train``: its closed-vocabulary
+    evaluation) appended; None when no run has one."""
+    import json
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.tracking import TAG_SOURCE_RUN
+
+    client = MlflowClient(tracking_uri)
+    table = None
+    for run in _newest_stage_runs(client, experiment, "evaluate"):
+        source = run.data.tags.get(TAG_SOURCE_RUN) or run.info.run_id
+        with tempfile.TemporaryDirectory() as d:
+            try:
+                path = client.download_artifacts(source, "comparison.json", d)
+            except Exception:  # noqa: BLE001 - older runs have no table; try the next
+                continue
+            table = json.loads(Path(path).read_text())
+        break
+    if table is None:
+        return None
+    for run in _newest_stage_runs(client, experiment, "self_train"):
+        source = run.data.tags.get(TAG_SOURCE_RUN) or run.info.run_id
+        metrics = client.get_run(source).data.metrics
+        if "miou" in metrics:
+            for col, v in zip(
+                ("method", "benchmark", "protocol", "miou", "pixel_acc"),
+                ("sseg_plus", "world", "self_train", metrics["miou"], metrics.get("pixel_acc")),
+            ):
+                table[col].append(v)
+            break
+    return table
+
+
+def update_readme(text: str, table: dict[str, list]) -> str:
+    """``text`` with the Markdown of ``table`` between the comparison markers."""
+    from ovs.eval.comparison import markdown
+
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"no {README_START} ... {README_END} section to regenerate")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    return f"{head}{README_START}\n{markdown(table)}{README_END}{tail}"
+
+
 def format_table(rows: list[dict]) -> str:
     if not rows:
         return "(no pipeline runs)"
@@ -73,10 +144,33 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--metrics", default="", help="comma-separated metric keys (default: key ones)")
     c.add_argument("--limit", type=int, default=20)
     c.add_argument("--tracking-uri", default=None)
+    r = sub.add_parser("readme", help="regenerate README's method comparison from MLflow")
+    r.add_argument("--experiment", default="compare")
+    r.add_argument("--file", default="README.md")
+    r.add_argument("--tracking-uri", default=None)
     args = p.parse_args(argv)
     uri = args.tracking_uri or default_tracking_uri(Path.cwd())
+    if args.cmd == "readme":
+        table = method_comparison(args.experiment, uri)
+        if table is None:
+            print(f"no comparison table in experiment {args.experiment!r}", file=sys.stderr)
+            return 1
+        path = Path(args.file)
+        path.write_text(update_readme(path.read_text(), table))
+        print(f"{path}: comparison section regenerated ({len(table['method'])} rows)")
+        return 0
     metrics = [m for m in args.metrics.split(",") if m] or None
     print(format_table(compare_table(args.experiment, uri, metrics, args.limit)))
+    table = method_comparison(args.experiment, uri)
+    if table is not None:
+        from ovs.eval.comparison import rows
+
+        shown = [
+            {**row, "miou": f"{row['miou']:.4f}", "pixel_acc": f"{row['pixel_acc'] or 0:.4f}"}
+            for row in rows(table)
+        ]
+        print("\nmethods (newest evaluate stage):")
+        print(format_table(shown))
     return 0
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -50,6 +50,9 @@ class MethodRef:
     artifact dir by the caller (``python -m tools.segment`` does). ``model``/``pretrained`` are
     open_clip names for baselines (``pretrained=None``: random weights; ``model="tiny"``: a
     small random debug CLIP). ``logit_scale=None``: the model's own learned scale.
+    ``row``: which evaluation row of the checkpoint's method (``MethodSpec.rows``; None or the
+    method's name: its ``seg_method``); ``pseudo_masks``: the run's pseudo-mask section, for
+    rows that segment test images (Baseline 1).
     """
 
     method: str | None = None
@@ -58,6 +61,8 @@ class MethodRef:
     pretrained: str | None = "openai"
     device: str = "cpu"
     logit_scale: float | None = None
+    row: str | None = None
+    pseudo_masks: Any = None
 
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -96,13 +101,25 @@ def resolve_checkpoint(ref: str) -> Path:
     raise FileNotFoundError(f"checkpoint {ref!r} does not exist")
 
 
-def load_trained(path: str | Path, device: str | torch.device = "cpu") -> SegMethod:
-    """Any method's checkpoint file as a :class:`SegMethod` on ``device`` (its spec's
-    ``seg_method``). Raises ``ValueError`` naming the file when it is no method's checkpoint."""
+def load_trained(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    row: str | None = None,
+    pseudo_masks: Any = None,
+) -> SegMethod:
+    """Any method's checkpoint file as a :class:`SegMethod` on ``device``: its spec's
+    ``seg_method``, or the evaluation row ``row`` of ``MethodSpec.rows`` (``pseudo_masks``: the
+    row's :class:`~ovs.methods.spec.RowOptions`). Raises ``ValueError`` naming the file when it
+    is no method's checkpoint, or the row when the method has none of that name."""
     from ovs.methods import load_checkpoint
+    from ovs.methods.spec import RowOptions
 
     spec, model = load_checkpoint(path, map_location=device)
-    return spec.seg_method(model, torch.device(device))
+    if row is None or row == spec.name:
+        return spec.seg_method(model, torch.device(device))
+    if row not in spec.rows:
+        raise ValueError(f"{spec.name} has no evaluation row {row!r}: {spec.evaluation_rows()}")
+    return spec.rows[row](model, torch.device(device), RowOptions(pseudo_masks))
 
 
 def load_method(ref: MethodRef) -> SegMethod:
@@ -122,4 +139,5 @@ def load_method(ref: MethodRef) -> SegMethod:
         return build_clip_baseline(
             ref.method, ref.model, ref.pretrained, ref.device, ref.logit_scale
         )
-    return load_trained(resolve_checkpoint(ref.checkpoint or ""), ref.device)
+    path = resolve_checkpoint(ref.checkpoint or "")
+    return load_trained(path, ref.device, ref.row, ref.pseudo_masks)

@@ -15,12 +15,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ovs.methods import groupvit, ovsegmentor, segmenter, sseg
+from ovs.methods import clip, groupvit, ovsegmentor, segmenter, sseg
 from ovs.methods.spec import MethodSpec
 
 METHODS: dict[str, MethodSpec[Any, Any]] = {
     "sseg": sseg.SPEC,
     "segmenter": segmenter.SPEC,
+    "clip": clip.SPEC,
     "groupvit": groupvit.SPEC,
     "ovsegmentor": ovsegmentor.SPEC,
 }

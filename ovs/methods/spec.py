@@ -20,12 +20,22 @@ build, train, checkpoint and adapt its model. Each callable's contract:
   :class:`~ovs.eval.method.SegMethod`; ``pair_scorer(model, device, image_size, batch_size)``
   -> a :class:`~ovs.pairs.maker.MaskScorer` (None: the method cannot score masks);
   ``image_backbone(model)`` -> its image backbone module (None: none to reuse).
+* ``rows``: further evaluation rows of the same trained model, row name ->
+  ``(model, device, RowOptions) -> SegMethod`` (CLIP: ``maskclip``, ``pm_clip``); the row named
+  like the method is always ``seg_method``.
+* ``requires`` / ``bind``: methods whose trained checkpoints this one needs (PACL: ``clip``);
+  ``bind(cfg, {name: checkpoint path})`` returns the config with them filled in. The
+  ``train`` stage trains the requirements first, in the same run.
+* ``trainable(cfg)``: whether the ``train`` stage trains it (None: always); when False,
+  ``build_model`` already gives the final weights (pretrained) and no step runs.
+* ``context_length(cfg)`` / ``input_size(cfg)``: the caption token context and training crop of
+  a method trained on caption batches (None: a method with its own ``Task``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
@@ -55,6 +65,15 @@ def plain_ddp(objective: nn.Module) -> nn.Module:
     return DistributedDataParallel(objective) if is_distributed() else objective
 
 
+@dataclass(frozen=True)
+class RowOptions:
+    """What an evaluation row may need beyond its trained model: the run's ``pseudo_masks``
+    section (a :class:`~ovs.pseudo_masks.masker.PseudoMaskConfig`; Baseline 1 segments test
+    images with it), None outside a pipeline run."""
+
+    pseudo_masks: Any = None
+
+
 M = TypeVar("M", bound=nn.Module)  # the method's model class
 C = TypeVar("C")  # the method's config class
 
@@ -78,3 +97,20 @@ class MethodSpec(Generic[M, C]):
     wrap_ddp: Callable[[Any], nn.Module] = plain_ddp
     pair_scorer: Callable[[M, torch.device, int, int], MaskScorer] | None = None
     image_backbone: Callable[[M], nn.Module] | None = None
+    rows: Mapping[str, Callable[[M, torch.device, RowOptions], SegMethod]] = field(
+        default_factory=dict
+    )
+    requires: tuple[str, ...] = ()
+    bind: Callable[[C, Mapping[str, Path]], C] | None = None
+    trainable: Callable[[C], bool] | None = None
+    context_length: Callable[[C], int] | None = None
+    input_size: Callable[[C], int] | None = None
+
+    def is_trainable(self, cfg: C) -> bool:
+        """Whether the ``train`` stage runs steps for ``cfg`` (see ``trainable``)."""
+        return self.trainable is None or self.trainable(cfg)
+
+    def evaluation_rows(self) -> tuple[str, ...]:
+        """The row names a trained model of this method is evaluated as: its own, then
+        ``rows``."""
+        return (self.name, *self.rows)

@@ -11,11 +11,13 @@ import torch
 
 from ovs.config import ConfigError, hash_view
 from ovs.methods import LEGACY_METHOD, METHODS, get_method, load_checkpoint
+from ovs.methods.spec import RowOptions
 from ovs.methods.sseg.model import SSeg
+from ovs.pseudo_masks.masker import PseudoMaskConfig
 from pipelines.graph import load_config
 
 NUM_CLASSES = 3
-OPEN_VOCAB = ("sseg", "groupvit", "ovsegmentor")  # built without num_classes, queried by text
+OPEN_VOCAB = ("sseg", "clip", "groupvit", "ovsegmentor")  # built without num_classes
 
 
 @dataclass
@@ -36,7 +38,7 @@ def _batch(name: str, model: torch.nn.Module) -> tuple:
         partner = torch.rand(1, 3, 64, 64, generator=g)
         entity = model.tokenize(["a photo of a cat."])
         return images, tokens, masked, partner, torch.tensor([1]), entity
-    if name in ("sseg", "groupvit"):
+    if name in ("sseg", "groupvit", "clip"):  # the caption batch; CLIP/GroupViT ignore labels
         labels = torch.randint(0, 4, (2, 64, 64), generator=g)
         return images, labels, model.tokenize(["a red boat", "a cat on grass"])
     return images, torch.randint(0, NUM_CLASSES, (2, 64, 64), generator=g)
@@ -79,6 +81,10 @@ def test_method_spec_end_to_end(name: str, tmp_path) -> None:
     method = spec.seg_method(loaded, torch.device("cpu"))
     probs = method.dense_probs(torch.rand(2, 3, 40, 56), _text(name, method))
     assert probs.shape == (2, 3, 40, 56)
+    for row, build in spec.rows.items():  # further evaluation rows of the same model
+        other = build(loaded, torch.device("cpu"), RowOptions(PseudoMaskConfig(image_size=32)))
+        probs = other.dense_probs(torch.rand(2, 3, 40, 56), _text(name, other))
+        assert probs.shape == (2, 3, 40, 56), row
 
 
 def test_checkpoint_without_method_key_loads_as_sseg(tmp_path) -> None:
@@ -101,7 +107,10 @@ def test_unknown_method_names_the_choices(tmp_path) -> None:
 
 
 def test_unknown_train_method_fails_at_config_load() -> None:
-    with pytest.raises(ConfigError, match=r"train.method: unknown method 'nope'.*'sseg'\]"):
+    with pytest.raises(
+        ConfigError,
+        match=r"train.method: unknown method 'nope'.*\['clip', 'groupvit', 'ovsegmentor', 'sseg'\]",
+    ):
         load_config(None, ["train.method=nope"])
     # A method the train stage has no section for (closed-vocabulary) is not a choice either.
     with pytest.raises(ConfigError, match="unknown method 'segmenter'"):
@@ -113,5 +122,30 @@ def test_train_hash_holds_the_selected_method_section() -> None:
     assert train.method_config is train.sseg
     view = hash_view(train)
     assert view["method"] == "sseg" and "model" in view["sseg"] and "loss" in view["sseg"]
-    assert "sseg" not in train.unselected() and "groupvit" in train.unselected()
-    assert "groupvit" not in view
+    assert "clip" not in view and "methods" not in view  # as before train.methods existed
+    assert train.unselected() == ("clip", "groupvit", "ovsegmentor", "methods")
+    assert "groupvit" not in view and "ovsegmentor" not in view
+
+
+def test_train_methods_hash_every_trained_section() -> None:
+    train = load_config(None, ["train.methods=[clip]"]).train
+    assert train.trained_methods() == ("sseg", "clip")
+    view = hash_view(train)
+    assert view["methods"] == ["clip"] and "vision" in view["clip"] and "sseg" in view
+    with pytest.raises(ConfigError, match="train.methods: unknown method 'nope'"):
+        load_config(None, ["train.methods=[nope]"])
+    with pytest.raises(ConfigError, match="must be unique and not repeat train.method"):
+        load_config(None, ["train.methods=[sseg]"])
+
+
+def test_requirements_train_first(monkeypatch) -> None:
+    """A method naming another in ``requires`` (PACL: clip) pulls it in, ordered before it."""
+    from dataclasses import replace
+
+    from ovs import training
+
+    needs_clip = replace(METHODS["sseg"], requires=("clip",))
+    monkeypatch.setitem(training.METHODS, "sseg", needs_clip)
+    train = load_config(None, []).train
+    assert train.trained_methods() == ("clip", "sseg")
+    assert "clip" in hash_view(train) and "methods" not in hash_view(train)

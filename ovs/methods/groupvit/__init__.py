@@ -47,4 +47,6 @@ SPEC = MethodSpec(
     from_checkpoint=checkpoint.from_checkpoint,
     seg_method=adapters.seg_method,
     image_backbone=adapters.image_backbone,
+    context_length=lambda cfg: cfg.model.text.context_length,
+    input_size=lambda cfg: cfg.model.image.input_size,
 )

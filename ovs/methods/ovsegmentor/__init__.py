@@ -36,6 +36,11 @@ def objective(model: OVSegmentor, cfg: config.OVSegmentorMethodConfig) -> OVSegm
     return OVSegmentorObjective(model, cfg.loss)
 
 
+def _context_length(cfg: config.OVSegmentorMethodConfig) -> int:
+    m = cfg.model
+    return m.bert.context_length if m.text_encoder == "bert" else m.text.context_length
+
+
 SPEC = MethodSpec(
     name=checkpoint.NAME,
     config=config.OVSegmentorMethodConfig,
@@ -47,4 +52,6 @@ SPEC = MethodSpec(
     from_checkpoint=checkpoint.from_checkpoint,
     seg_method=adapters.seg_method,
     image_backbone=adapters.image_backbone,
+    context_length=_context_length,
+    input_size=lambda cfg: cfg.model.image.input_size,
 )

@@ -46,4 +46,6 @@ SPEC = MethodSpec(
     wrap_ddp=ddp.wrap_ddp,
     pair_scorer=adapters.pair_scorer,
     image_backbone=adapters.image_backbone,
+    context_length=lambda cfg: cfg.model.text.context_length,
+    input_size=lambda cfg: cfg.model.input_size,
 )
