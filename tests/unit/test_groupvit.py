@@ -132,7 +132,8 @@ def test_paper_flavour_has_groupvit_s_sizes() -> None:
     """GroupViT-S's trunk is ViT-S (12 blocks x 384: 6 + 3 + 3); DeiT/ViT-S is published at
     22M parameters (22.05M with its 1000-class head of 0.385M): the patch embedding and the 12
     blocks must come within 3 % of the headless 21.67M."""
-    model = SPEC.build_model(config.paper(), 0, None)
+    with torch.device("meta"):  # sizes only: no memory, no random init
+        model = SPEC.build_model(config.paper(), 0, None)
     enc = model.image
     trunk = sum(p.numel() for p in enc.patch_embed.parameters())
     trunk += sum(p.numel() for s in enc.stages for p in s.parameters())

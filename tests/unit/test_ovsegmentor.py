@@ -3,14 +3,22 @@ references and brute force, the objective's parts, switches and pair count, pape
 
 from __future__ import annotations
 
+import io
 import itertools
+import tarfile
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
+from PIL import Image
 
 from ovs.methods.ovsegmentor import SPEC, config
 from ovs.methods.ovsegmentor.losses import matched_dice, projected_masks, soft_dice
+from ovs.methods.ovsegmentor.partners import PartnerIndex
 from ovs.methods.ovsegmentor.text import MASK, mask_entity_words
+from ovs.text.cross_image import build_pairs
 from ovs.train.contrastive import contrastive_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -124,7 +132,8 @@ def test_objective_parts_pairs_and_switches() -> None:
 def test_paper_flavour_keeps_bert_base_and_groupvit_s() -> None:
     """BERT-base is published at 110M parameters (109.5M with its pooler, 108.9M without,
     which the [CLS] feature does not use); the image encoder is GroupViT-S's."""
-    model = SPEC.build_model(config.paper(), 0, None)
+    with torch.device("meta"):  # sizes only: no memory, no random init
+        model = SPEC.build_model(config.paper(), 0, None)
     bert = sum(p.numel() for p in model.text.parameters())
     assert bert == pytest.approx(110e6, rel=0.02)
     assert model.cfg.text_encoder == "bert" and model.text_width() == 768
@@ -139,3 +148,42 @@ def test_paper_config_file_is_the_paper_flavour() -> None:
     assert cfg.train.method == "ovsegmentor" and cfg.train.require_cc4m
     assert cfg.train.ovsegmentor.model == config.paper_ovsegmentor()
     assert cfg.entities.exact_rule  # OVSegmentor's CC4M rule
+
+
+def _shard(path, images: dict[str, np.ndarray]) -> None:
+    """A webdataset shard ``path`` (+ its ``_stats.json``) of JPEG members."""
+    with tarfile.open(path, "w") as tar:
+        for key, img in images.items():
+            buf = io.BytesIO()
+            Image.fromarray(img).save(buf, format="JPEG", quality=95)
+            info = tarfile.TarInfo(f"{key}.jpg")
+            info.size = len(buf.getvalue())
+            tar.addfile(info, io.BytesIO(buf.getvalue()))
+    path.with_name(f"{path.stem}_stats.json").write_text("{}")
+
+
+def test_partner_index_reads_partners_on_other_shards(tmp_path) -> None:
+    colours = {"a0": 20, "a1": 90, "b0": 160, "b1": 230}  # flat grey levels: decodable exactly
+    imgs = {k: np.full((16, 16, 3), v, np.uint8) for k, v in colours.items()}
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    _shard(shards / "00000.tar", {k: imgs[k] for k in ("a0", "a1")})
+    _shard(shards / "00001.tar", {k: imgs[k] for k in ("b0", "b1")})
+    ents = {"a0": ["cat"], "a1": ["dog"], "b0": ["cat"], "b1": ["bird"]}  # only a0-b0 pair
+    out = tmp_path / "entities"
+    (out / "entities").mkdir(parents=True)
+    for stem, keys in (("00000", ["a0", "a1"]), ("00001", ["b0", "b1"])):
+        pq.write_table(
+            pa.table({"key": keys, "entities": [ents[k] for k in keys]}),
+            out / "entities" / f"{stem}.parquet",
+        )
+    table = pa.table({"key": list(ents), "entities": list(ents.values()), "keep": [True] * 4})
+    pq.write_table(build_pairs(table, n=3, seed=0), out / "pairs.parquet")
+
+    index = PartnerIndex(out, shards, image_size=8)
+    assert index.entities("a1") == ["dog"] and index.entities("zz") == []
+    rows, images, shared = index.draw(["a1", "a0", "b1", "b0"], np.random.default_rng(0))
+    assert rows == [1, 3] and shared == ["cat", "cat"]  # a0 <-> b0, across the two shards
+    assert images[0].shape == (8, 8, 3)
+    assert abs(int(images[0].mean()) - colours["b0"]) <= 2  # a0's partner is b0's image
+    assert abs(int(images[1].mean()) - colours["a0"]) <= 2

@@ -148,7 +148,8 @@ class GroupingEncoder(nn.Module):
         self.patch_embed = nn.Conv2d(3, d, p, stride=p)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid * self.grid, d))
         total = sum(cfg.depths)
-        rates = torch.linspace(0, cfg.drop_path, total).tolist() if total else []
+        # stochastic depth rising linearly over all blocks (plain floats: builds on "meta" too)
+        rates = [cfg.drop_path * j / max(total - 1, 1) for j in range(total)]
         self.stages = nn.ModuleList()
         self.group_token_params = nn.ParameterList()
         self.group_projectors = nn.ModuleList()  # previous stage's groups -> this stage's tokens
