@@ -153,3 +153,19 @@ def test_paper_config_file_is_the_paper_flavour() -> None:
 
     train = load_config("conf/groupvit_cc12m.yaml", []).train
     assert train.method == "groupvit" and train.groupvit.model == config.paper_groupvit()
+
+
+MODEL_SIZES = (
+    "embed_dim",
+    "proj_hidden",
+    *(f"image.{k}" for k in ("depths", "group_tokens", "output_groups", "heads", "width")),
+    *(f"image.{k}" for k in ("input_size", "patch_size")),
+    *(f"text.{k}" for k in ("context_length", "heads", "layers", "width")),
+)
+
+
+def test_tiny_sibling_differs_only_in_sizes_and_locations() -> None:
+    from tests.unit.test_sibling_config import not_allowed, resolved
+
+    diff = not_allowed(resolved("groupvit_cc12m.yaml"), resolved("groupvit_cc12m_local.yaml"))
+    assert set(diff) <= {f"train.groupvit.model.{k}" for k in MODEL_SIZES}, sorted(diff)

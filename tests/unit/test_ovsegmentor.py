@@ -187,3 +187,16 @@ def test_partner_index_reads_partners_on_other_shards(tmp_path) -> None:
     assert images[0].shape == (8, 8, 3)
     assert abs(int(images[0].mean()) - colours["b0"]) <= 2  # a0's partner is b0's image
     assert abs(int(images[1].mean()) - colours["a0"]) <= 2
+
+
+def test_tiny_sibling_differs_only_in_sizes_and_the_text_tower() -> None:
+    """Sizes and locations, plus the text tower the issue allows the tiny one (BERT-base ->
+    the from-scratch Transformer)."""
+    from tests.unit.test_groupvit import MODEL_SIZES
+    from tests.unit.test_sibling_config import not_allowed, resolved
+
+    paper, tiny = resolved("ovsegmentor_cc12m.yaml"), resolved("ovsegmentor_cc12m_local.yaml")
+    diff = not_allowed(paper, tiny)
+    allowed = {f"train.ovsegmentor.model.{k}" for k in (*MODEL_SIZES, "text_encoder")}
+    assert set(diff) <= allowed, sorted(diff)
+    assert tiny.train.ovsegmentor.loss == paper.train.ovsegmentor.loss  # same objective
