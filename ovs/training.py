@@ -21,6 +21,8 @@ from ovs.data.augment import AugmentConfig, augment_pair
 from ovs.data.train_data import JoinStats, Sample, iter_samples
 from ovs.methods import METHODS
 from ovs.methods.clip.config import ClipConfig
+from ovs.methods.groupvit.config import GroupViTMethodConfig
+from ovs.methods.ovsegmentor.config import OVSegmentorMethodConfig
 from ovs.methods.pacl.config import PACLMethodConfig
 from ovs.methods.pmvit.config import PMViTMethodConfig
 from ovs.methods.sseg.config import SSegMethodConfig
@@ -67,6 +69,8 @@ class TrainConfig(LoopConfig):
     clip: ClipConfig = field(default_factory=ClipConfig)
     pacl: PACLMethodConfig = field(default_factory=PACLMethodConfig)
     pmvit: PMViTMethodConfig = field(default_factory=PMViTMethodConfig)
+    groupvit: GroupViTMethodConfig = field(default_factory=GroupViTMethodConfig)
+    ovsegmentor: OVSegmentorMethodConfig = field(default_factory=OVSegmentorMethodConfig)
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(scale=(0.35, 1.0)))
     # LoopConfig fields whose default differs for S-Seg:
     cpus_per_worker: int = 2

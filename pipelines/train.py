@@ -94,11 +94,15 @@ class SSegTaskFactory:
     (``loss``: S-Seg's loss weights; None for the other caption methods)."""
 
     cfg: TrainConfig
-    loss: SSegLossConfig | None
+    loss: Any  # the selected method's loss section (SSegLossConfig, GroupViT's, ...) or None
     data: SSegData
     class_texts: list[str] | None  # supervision gt: the texts matched masks are classified as
 
     def __call__(self, seed: int, device: torch.device, rank: int, world: int) -> SSegTask:
+        if self.cfg.method == "ovsegmentor":  # caption batches + masked captions + partners
+            from pipelines.ovsegmentor_task import OVSegmentorTask
+
+            return OVSegmentorTask(self, seed, device, rank, world)
         return SSegTask(self, seed, device, rank, world)
 
 
@@ -277,7 +281,8 @@ def fit(ctx: StageContext) -> tuple[Path, dict]:
     tracker: Any = ctx.tracker  # an MlflowTracker: workers reopen its run by id
     spec = METHODS[cfg.method]
     masks_dir = ctx.inputs["pseudo_masks"] / "masks"
-    loss: SSegLossConfig | None = cfg.sseg.loss if cfg.method == "sseg" else None
+    # S-Seg's loss weights, or the selected method's own loss section when it has one (None: CLIP)
+    loss: Any = cfg.sseg.loss if cfg.method == "sseg" else getattr(cfg.method_config, "loss", None)
     class_texts = None
     if cfg.supervision == "gt":
         if cfg.method != "sseg":

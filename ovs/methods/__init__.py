@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ovs.methods import clip, pacl, pmvit, segmenter, sseg
+from ovs.methods import clip, groupvit, ovsegmentor, pacl, pmvit, segmenter, sseg
 from ovs.methods.spec import MethodSpec
 
 METHODS: dict[str, MethodSpec[Any, Any]] = {
@@ -24,6 +24,8 @@ METHODS: dict[str, MethodSpec[Any, Any]] = {
     "clip": clip.SPEC,
     "pacl": pacl.SPEC,
     "pmvit": pmvit.SPEC,
+    "groupvit": groupvit.SPEC,
+    "ovsegmentor": ovsegmentor.SPEC,
 }
 
 # What a checkpoint without a "method" key is: files written before the key existed.

@@ -18,12 +18,14 @@ from tests.tiny_world import tiny_world
 
 pytestmark = pytest.mark.slow
 
-EXTRA = ["clip", "pacl", "pmvit"]  # methods trained beside S-Seg
+EXTRA = ["clip", "pacl", "pmvit", "groupvit", "ovsegmentor"]  # methods trained beside S-Seg
 OVERRIDES = [  # the tiny world's 32-px crops and pseudo-masks
     "train.clip.vision.image_size=32",
     "train.pacl.model.input_size=32",
     "train.pmvit.model.input_size=32",
     "train.pmvit.model.test_masks.image_size=32",
+    "train.groupvit.model.image.input_size=32",
+    "train.ovsegmentor.model.image.input_size=32",
 ]
 UPSTREAM = ("world", "download", "entities", "pseudo_masks")
 
@@ -64,6 +66,11 @@ def test_train_and_evaluate_several_methods(tmp_path, mlflow_uri, ray_local):
         assert manifest is not None and manifest["metrics"]["steps_done"] == 2, m
         assert (alone.out_dir / "model" / "latest.pt").is_file()
         assert train["metrics"][f"{m}.steps_done"] == 2 and f"{m}.miou" in train["metrics"]
+        if m == "ovsegmentor":  # the entities stage's partners reached its loss every step
+            history = MlflowClient(mlflow_uri).get_metric_history(
+                manifest["mlflow_run_id"], "train/pairs"
+            )
+            assert len(history) == 2 and all(h.value > 0 for h in history)
     main = resolve(STAGES, "train", cfg).out_dir
     assert (main / "model" / "latest.pt").is_file() and train["metrics"]["steps_done"] == 2
 

@@ -18,8 +18,8 @@ from pipelines.graph import load_config
 
 NUM_CLASSES = 3
 # Built without num_classes, text embeddings from their towers, trained on caption batches
-# (images, pseudo-mask labels, tokens).
-OPEN_VOCAB = ("sseg", "clip", "pacl", "pmvit")
+# (images, pseudo-mask labels, tokens; OVSegmentor adds masked captions and a partner).
+OPEN_VOCAB = ("sseg", "clip", "pacl", "pmvit", "groupvit", "ovsegmentor")
 
 
 @dataclass
@@ -34,7 +34,13 @@ def _batch(name: str, model: torch.nn.Module) -> tuple:
     """A tiny batch in the objective's argument order."""
     g = torch.Generator().manual_seed(0)
     images = torch.rand(2, 3, 64, 64, generator=g)
-    if name in OPEN_VOCAB:  # the caption batch; CLIP and PACL ignore the labels
+    if name == "ovsegmentor":  # caption, masked caption, one partner sharing "cat"
+        tokens = model.tokenize(["a red boat", "a cat on grass"])
+        masked = model.tokenize(["a red [MASK]", "a [MASK] on grass"])
+        partner = torch.rand(1, 3, 64, 64, generator=g)
+        entity = model.tokenize(["a photo of a cat."])
+        return images, tokens, masked, partner, torch.tensor([1]), entity
+    if name in OPEN_VOCAB:  # the caption batch; CLIP, PACL and GroupViT ignore the labels
         labels = torch.randint(0, 4, (2, 64, 64), generator=g)
         return images, labels, model.tokenize(["a red boat", "a cat on grass"])
     return images, torch.randint(0, NUM_CLASSES, (2, 64, 64), generator=g)
@@ -106,7 +112,7 @@ def test_unknown_method_names_the_choices(tmp_path) -> None:
 def test_unknown_train_method_fails_at_config_load() -> None:
     with pytest.raises(
         ConfigError,
-        match=r"train.method: unknown method 'nope'.*\['clip', 'pacl', 'pmvit', 'sseg'\]",
+        match=r"train.method: unknown method 'nope'.*\['clip', 'groupvit', 'ovsegmentor', 'pacl', 'pmvit', 'sseg'\]",
     ):
         load_config(None, ["train.method=nope"])
     # A method the train stage has no section for (closed-vocabulary) is not a choice either.
@@ -120,7 +126,8 @@ def test_train_hash_holds_the_selected_method_section() -> None:
     view = hash_view(train)
     assert view["method"] == "sseg" and "model" in view["sseg"] and "loss" in view["sseg"]
     assert "clip" not in view and "methods" not in view  # as before train.methods existed
-    assert train.unselected() == ("clip", "pacl", "pmvit", "methods")
+    assert train.unselected() == ("clip", "pacl", "pmvit", "groupvit", "ovsegmentor", "methods")
+    assert "groupvit" not in view and "ovsegmentor" not in view
 
 
 def test_train_methods_hash_every_trained_section() -> None:
