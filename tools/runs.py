@@ -4,6 +4,9 @@
 
 Prints one row per pipeline run (newest first) with its status, duration and the key metric of
 each stage (``<stage>.<metric>`` on the parent run), built on ``mlflow.search_runs``.
+
+Exit codes: 0 the table was printed; 2 bad arguments, an experiment that does not exist or a
+tracking store that cannot be reached (one line on stderr).
 """
 
 from __future__ import annotations
@@ -29,8 +32,11 @@ def compare_table(
 ) -> list[dict]:
     """Rows of ``{"run_id", "name", "status", "start", <metric>: value}`` for pipeline runs."""
     import mlflow
+    from mlflow.tracking import MlflowClient
 
     mlflow.set_tracking_uri(tracking_uri)
+    if MlflowClient(tracking_uri).get_experiment_by_name(experiment) is None:
+        raise ValueError(f"no MLflow experiment {experiment!r} at {tracking_uri}")
     df = mlflow.search_runs(
         experiment_names=[experiment],
         filter_string="tags.`ovs.kind` = 'pipeline'",
@@ -76,7 +82,21 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     uri = args.tracking_uri or default_tracking_uri(Path.cwd())
     metrics = [m for m in args.metrics.split(",") if m] or None
-    print(format_table(compare_table(args.experiment, uri, metrics, args.limit)))
+    if args.limit < 1:
+        p.error(f"--limit must be >= 1, got {args.limit}")
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+        print(f"error: MLflow store {uri}: no such database file", file=sys.stderr)
+        return 2
+    try:
+        rows = compare_table(args.experiment, uri, metrics, args.limit)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # an unreachable server: MlflowException / requests errors
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: MLflow store {uri}: {first}", file=sys.stderr)
+        return 2
+    print(format_table(rows))
     return 0
 
 
