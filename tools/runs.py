@@ -12,6 +12,7 @@ tracking store that cannot be reached (one line on stderr).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -87,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
         print(f"error: MLflow store {uri}: no such database file", file=sys.stderr)
         return 2
+    # one try, 10 s: an unreachable server is reported now, not after MLflow's ~4 min of retries
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     try:
         rows = compare_table(args.experiment, uri, metrics, args.limit)
     except ValueError as e:

@@ -61,6 +61,8 @@ def checkpoint_from_run(run_id: str, tracking_uri: str) -> Path:
 
     from pipelines.tracking import TAG_SOURCE_RUN
 
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[10:]).is_file():
+        raise ValueError(f"MLflow run {run_id}: no MLflow database at {tracking_uri}")
     client = MlflowClient(tracking_uri)
 
     def with_model(rid: str) -> str | None:

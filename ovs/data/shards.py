@@ -36,8 +36,7 @@ def check_shard(tar_path: str | Path) -> str | None:
             for info in tar:
                 if info.offset_data + info.size > size:
                     return f"member {info.name} ends past the end of the file ({size} bytes)"
-            if size - tar.offset < 2 * tarfile.BLOCKSIZE:  # no end-of-archive blocks: cut short
-                return f"no end-of-archive marker after {tar.offset} of {size} bytes"
+            return _end_error(tar, size)
     except (tarfile.TarError, EOFError, OSError) as e:
         return f"{type(e).__name__}: {_first_line(e)}"
     return None
@@ -46,6 +45,20 @@ def check_shard(tar_path: str | Path) -> str | None:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def _end_error(tar: tarfile.TarFile, size: int) -> str | None:
+    """After reading every header: a tar cut at a member boundary ends without its two zero
+    end-of-archive blocks (``tarfile`` then stops silently, as at a real end)."""
+    if size - tar.offset < 2 * tarfile.BLOCKSIZE:
+        return f"no end-of-archive marker after {tar.offset} of {size} bytes"
+    return None
+
+
+def _check_end(tar: tarfile.TarFile, tar_path: str | Path) -> None:
+    why = _end_error(tar, Path(tar_path).stat().st_size)
+    if why:
+        raise _broken(tar_path, tarfile.ReadError(why))
 
 
 def list_shards(directory: str | Path) -> list[Path]:
@@ -87,6 +100,7 @@ def _iter_shard(tar_path: str | Path, wanted: set[str]) -> Iterator[dict]:
                 current = {"key": key}
             if ext in wanted:
                 current[ext] = _payload(tar, info, ext)
+        _check_end(tar, tar_path)
     if current is not None:
         yield current
 
@@ -107,7 +121,9 @@ def iter_shard_by_key(
 def _iter_shard_by_key(tar_path: str | Path, wanted: set[str]) -> Iterator[dict]:
     with tarfile.open(tar_path, "r") as tar:
         by_key: dict[str, list[tarfile.TarInfo]] = {}
-        for info in tar.getmembers():
+        members = tar.getmembers()
+        _check_end(tar, tar_path)
+        for info in members:
             if not info.isfile():
                 continue
             key, _, ext = info.name.rsplit("/", 1)[-1].partition(".")
