@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipelines.common import DEFAULT_CONFIG
 from tests.golden.machine import REPO
 
 URL = "http://127.0.0.1:9/img"
@@ -73,11 +74,15 @@ FILES: dict[str, Callable[[], bytes]] = {
     "mixed/b.tsv": lambda: b"url\tcaption\nhttp://h/1.jpg\ta cat\n",
     "empty_dir/": lambda: b"",
     "dup.tsv": lambda: _tsv([f"{URL}/1.jpg\ta cat", f"{URL}/1.jpg\ta cat", f"{URL}/2.jpg\tx"]),
-    "nan.csv": lambda: b'url,caption\nhttp://h/1.jpg,\nhttp://h/2.jpg,NaN\nhttp://h/3.jpg,"a dog"\n',
+    "nan.csv": lambda: (
+        b'url,caption\nhttp://h/1.jpg,\nhttp://h/2.jpg,NaN\nhttp://h/3.jpg,"a dog"\n'
+    ),
     "nan.parquet": lambda: _parquet(
         pa.table({"url": ["http://h/1", "http://h/2", None], "caption": [None, "a dog", "x"]})
     ),
-    "latin1.tsv": lambda: _tsv([f"{URL}/1.jpg\ta dog"]) + f"{URL}/2.jpg\tcaf\xe9\n".encode("latin-1"),
+    "latin1.tsv": lambda: (
+        _tsv([f"{URL}/1.jpg\ta dog"]) + f"{URL}/2.jpg\tcaf\xe9\n".encode("latin-1")
+    ),
     "long.tsv": lambda: _tsv([f"{URL}/1.jpg\t" + "a" * 100_000, f"{URL}/2.jpg\ta dog"]),
     "all_bad.tsv": lambda: _tsv([f"{URL}/1.jpg\t", "\ta dog"]),
     "ckpt_dir/": lambda: b"",
@@ -198,7 +203,7 @@ def _clean(args: list[str], tmp: Path) -> tuple[int, str]:
     from ovs.data.url_lists import UrlListError, clean
     from pipelines.graph import load_config
 
-    cfg = load_config(None, args).download
+    cfg = load_config(DEFAULT_CONFIG, args).download
     out = tmp / "out"
     out.mkdir()
     try:
@@ -238,7 +243,7 @@ def run_row(row: Row, tmp: Path) -> tuple[int, str]:
             from pipelines.common import PipelineError, check_resources
             from pipelines.graph import load_config
 
-            cfg = load_config(None, args)
+            cfg = load_config(DEFAULT_CONFIG, args)
             try:
                 check_resources(cfg, list(cfg.pipeline.stages), CLUSTER)
             except PipelineError as e:
