@@ -379,7 +379,7 @@ def requested_resources(cfg: ExperimentConfig, names: list[str]) -> list[tuple[s
             (k, v) for k, _, v in _walk(section, name) if dataclasses.is_dataclass(v)
         ]
         for key, obj in nodes:
-            if not dataclasses.is_dataclass(obj):
+            if obj is None:  # a stage without a section
                 continue
             if hasattr(obj, "num_actors") and hasattr(obj, "num_cpus") and obj.num_actors > 0:
                 out.append(
@@ -419,14 +419,14 @@ def preflight(cfg: ExperimentConfig, names: list[str]) -> None:
     """Checks of the config against the world, before anything is written: every configured
     benchmark of an ``evaluate`` that will run has its data (unless ``optional: true``), the
     URL lists of a ``download`` that will run are readable with the configured columns
-    (:func:`ovs.data.url_lists.check`; lists under ``world.export_dir`` are made by the
-    ``world`` stage of the same run), every ``checkpoint`` file exists and ``ray.address`` is
+    (:func:`ovs.data.url_lists.check`; lists under ``world.export_dir`` are made by a
+    ``world`` stage that runs first in the same invocation), every ``checkpoint`` file exists and ``ray.address`` is
     reachable."""
     if "evaluate" in names:
         check_benchmarks(cfg.evaluate, world_stage="world" in cfg.pipeline.stages)
     if "download" in names and cfg.download.url_list:
-        world_runs = "world" in cfg.pipeline.stages or "world" in names
-        produced = (cfg.world.export_dir,) if world_runs and cfg.world.export_dir else ()
+        # lists the world stage of this invocation exports do not exist yet
+        produced = (cfg.world.export_dir,) if "world" in names and cfg.world.export_dir else ()
         url_lists.check(cfg.download, produced)
     check_checkpoints(cfg, names)
     check_ray_address(cfg)

@@ -130,7 +130,7 @@ class _ItemActor:
         }
 
 
-def _finished(output: str | None) -> bool:
+def _finished(output: str | Path | None) -> bool:
     """Whether an item's output parquet exists and its footer reads. Outputs are written
     atomically, so an unreadable one was damaged or left by a foreign writer: it is deleted
     and the item redone (never reused)."""

@@ -20,9 +20,12 @@ download rerun's broken-shard sweep; ``shard_map`` = the shard mapper's finished
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import shlex
+import shutil
 import tarfile
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,12 +187,20 @@ def _make_files(tmp: Path, names: tuple[str, ...]) -> None:
         if name.endswith("/"):
             path.mkdir(parents=True, exist_ok=True)
         elif name == "m.db":  # an MLflow store with only the default experiment
-            from mlflow.tracking import MlflowClient
-
-            MlflowClient(f"sqlite:///{path}").search_experiments()
+            shutil.copy(_empty_mlflow_db(), path)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(FILES[name]())
+
+
+@functools.cache
+def _empty_mlflow_db() -> Path:
+    """One new MLflow sqlite store per module (creating its tables takes seconds)."""
+    from mlflow.tracking import MlflowClient
+
+    path = Path(tempfile.mkdtemp(prefix="bad-inputs-")) / "m.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
 
 
 def _call(fn: Callable[[], int | None]) -> int:
@@ -329,3 +340,17 @@ def test_row_ids_are_unique_and_files_defined() -> None:
 
 if __name__ == "__main__":
     print(readme_block())
+
+
+def test_lists_a_world_stage_of_the_same_run_exports_are_checked_only_without_it(tmp_path) -> None:
+    """``conf/cc12m_local.yaml`` reads a URL list its world stage writes: not checked when the
+    world stage runs first in the same invocation, checked (and missing) when it does not."""
+    from ovs.data.url_lists import UrlListError
+    from pipelines.common import preflight
+    from pipelines.graph import load_config
+
+    cfg = load_config(REPO / "conf" / "cc12m_local.yaml", [f"workdir={tmp_path}"])
+    preflight(cfg, ["world", "download"])
+    with pytest.raises(UrlListError, match="cc12m.tsv: no such file"):
+        preflight(cfg, ["download"])
+    assert list(tmp_path.iterdir()) == []
