@@ -19,6 +19,7 @@ download rerun's broken-shard sweep; ``shard_map`` = the shard mapper's finished
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import io
@@ -199,6 +200,7 @@ def _empty_mlflow_db() -> Path:
     from mlflow.tracking import MlflowClient
 
     path = Path(tempfile.mkdtemp(prefix="bad-inputs-")) / "m.db"
+    atexit.register(shutil.rmtree, path.parent, True)
     MlflowClient(f"sqlite:///{path}").search_experiments()
     return path
 
