@@ -7,7 +7,9 @@ in a nested run. Stages whose manifest exists are skipped (recorded as such, lin
 that made them) unless ``--force``.
 
 Exit codes: 0 done; 2 the config or a precondition is wrong (nothing was run, one line on
-stderr); 3 a stage stopped on purpose before finishing (:class:`ovs.stage.StageIncomplete`,
+stderr: unknown keys, wrong types, a URL list, benchmark root or checkpoint file that is
+missing or unreadable, a workdir that cannot be written, MLflow or ``ray.address`` out of
+reach, more CPUs/GPUs than the Ray cluster has); 3 a stage stopped on purpose before finishing (:class:`ovs.stage.StageIncomplete`,
 e.g. ``train.time_limit_s``): its directory stays a resumable partial output without
 ``_SUCCESS.json``, later stages did not run, and rerunning the same command continues it.
 Its MLflow run ends ``KILLED`` with tag ``ovs.status=incomplete`` and the stage's metrics so
@@ -21,17 +23,21 @@ under ``"code"``; reusing an output made by other code logs a warning naming bot
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import shutil
+import socket
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ovs import provenance
 from ovs.config import Config, ConfigError, flatten, to_dict, to_yaml
+from ovs.data import url_lists
 from ovs.eval.config import BenchmarkMissing, check_benchmarks
 from ovs.stage import (
     Progress,
@@ -92,12 +98,22 @@ def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
 
 
 def check_workdir(cfg: Config) -> Path:
+    """The absolute workdir, checked writable without creating it (the driver creates it
+    once every check has passed): an existing one by writing and removing a probe file, a
+    new one by its nearest existing parent."""
     workdir = cfg.workdir_path.resolve()
+    parent = workdir
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
     try:
-        workdir.mkdir(parents=True, exist_ok=True)
-        probe = workdir / f".write-probe-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
+        if not parent.is_dir():
+            raise NotADirectoryError(f"{parent} is not a directory")
+        if parent == workdir:
+            probe = workdir / f".write-probe-{os.getpid()}"
+            probe.write_text("ok")
+            probe.unlink()
+        elif not os.access(parent, os.W_OK | os.X_OK):
+            raise PermissionError(f"cannot create it in {parent}")
     except OSError as e:
         raise PipelineError(f"workdir {workdir} is not writable: {e.strerror or e}") from None
     return workdir
@@ -344,11 +360,116 @@ def log_report(client, pid: str, workdir: Path) -> Path | None:
     return path
 
 
+def _walk(obj: Any, key: str) -> Iterator[tuple[str, Any, Any]]:
+    """``(key, dataclass, field value)`` for every field below ``obj`` (lists included)."""
+    if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+        return
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        sub = f"{key}.{f.name}"
+        yield sub, obj, value
+        if isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                yield from _walk(item, f"{sub}[{i}]")
+        else:
+            yield from _walk(value, sub)
+
+
+def check_checkpoints(cfg: ExperimentConfig, names: list[str]) -> None:
+    """Every ``checkpoint`` (a local weight or checkpoint file) a stage that will run names
+    exists and is readable."""
+    for name in names:
+        for key, _, value in _walk(getattr(cfg, name, None), name):
+            if key.rsplit(".", 1)[-1] != "checkpoint" or not value:
+                continue
+            path = Path(str(value)).expanduser()
+            if not path.is_file():
+                what = "is a directory, not a file" if path.is_dir() else "no such file"
+                raise PipelineError(f"{key}: {path}: {what}")
+            if not os.access(path, os.R_OK):
+                raise PipelineError(f"{key}: {path}: not readable")
+
+
+def check_ray_address(cfg: ExperimentConfig) -> None:
+    """A configured ``ray.address`` (``host:port`` or ``ray://host:port``) accepts a TCP
+    connection within 3 s; ``auto`` / ``local`` and ``RAY_ADDRESS`` are left to ``ray.init``."""
+    address = cfg.ray.address
+    if not address or address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise PipelineError(f"ray.address: {address!r} is not host:port or ray://host:port")
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+    except OSError as e:
+        raise PipelineError(
+            f"ray.address: cannot reach the Ray cluster at {address}: {e.strerror or e}"
+        ) from None
+
+
+def requested_resources(cfg: ExperimentConfig, names: list[str]) -> list[tuple[str, float, float]]:
+    """``(key, CPUs, GPUs)`` each stage's largest request must get at once: a Ray Data actor
+    pool (``num_actors`` x ``num_cpus`` / ``num_gpus``) or a Ray Train job (``num_workers`` x
+    ``cpus_per_worker``, one GPU each with ``use_gpu``)."""
+    out = []
+    for name in names:
+        section = getattr(cfg, name, None)
+        nodes: list[tuple[str, Any]] = [(name, section)] + [
+            (k, v) for k, _, v in _walk(section, name) if dataclasses.is_dataclass(v)
+        ]
+        for key, obj in nodes:
+            if obj is None:  # a stage without a section
+                continue
+            if hasattr(obj, "num_actors") and hasattr(obj, "num_cpus") and obj.num_actors > 0:
+                out.append(
+                    (
+                        f"{key}.num_actors",
+                        obj.num_actors * float(obj.num_cpus),
+                        obj.num_actors * float(getattr(obj, "num_gpus", 0.0)),
+                    )
+                )
+            if hasattr(obj, "num_workers") and hasattr(obj, "use_gpu"):
+                n = obj.num_workers
+                out.append((f"{key}.num_workers", n * float(obj.cpus_per_worker), n * obj.use_gpu))
+    return out
+
+
+def check_resources(cfg: ExperimentConfig, names: list[str], available: dict) -> None:
+    """Refuse requests the Ray cluster can never grant (they would wait forever), unless
+    ``ray.autoscaling`` says the cluster grows on demand."""
+    if cfg.ray.autoscaling:
+        return
+    cpus, gpus = float(available.get("CPU", 0)), float(available.get("GPU", 0))
+    for key, need_cpu, need_gpu in requested_resources(cfg, names):
+        if need_gpu > gpus:
+            raise PipelineError(
+                f"{key}: asks for {need_gpu:g} GPUs at once, the Ray cluster has {gpus:g}; "
+                "lower it, set the stage's GPU request to 0, or join a larger cluster "
+                "(ray.autoscaling=true if it grows on demand)"
+            )
+        if need_cpu > cpus:
+            raise PipelineError(
+                f"{key}: asks for {need_cpu:g} CPUs at once, the Ray cluster has {cpus:g}; "
+                "lower it or join a larger cluster (ray.autoscaling=true if it grows on demand)"
+            )
+
+
 def preflight(cfg: ExperimentConfig, names: list[str]) -> None:
     """Checks of the config against the world, before anything is written: every configured
-    benchmark of an ``evaluate`` that will run has its data (unless ``optional: true``)."""
+    benchmark of an ``evaluate`` that will run has its data (unless ``optional: true``), the
+    URL lists of a ``download`` that will run are readable with the configured columns
+    (:func:`ovs.data.url_lists.check`; lists under ``world.export_dir`` are made by a
+    ``world`` stage that runs first in the same invocation), every ``checkpoint`` file exists and ``ray.address`` is
+    reachable."""
     if "evaluate" in names:
         check_benchmarks(cfg.evaluate, world_stage="world" in cfg.pipeline.stages)
+    if "download" in names and cfg.download.url_list:
+        # lists the world stage of this invocation exports do not exist yet
+        produced = (cfg.world.export_dir,) if "world" in names and cfg.world.export_dir else ()
+        url_lists.check(cfg.download, produced)
+    check_checkpoints(cfg, names)
+    check_ray_address(cfg)
 
 
 def main(only: str | None = None, argv: list[str] | None = None) -> int:
@@ -373,7 +494,16 @@ def main(only: str | None = None, argv: list[str] | None = None) -> int:
     except (ConfigError, PipelineError, BenchmarkMissing, KeyError, ValueError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return EXIT_CONFIG
-    init_ray(cfg)
+    try:
+        init_ray(cfg)
+        import ray
+
+        check_resources(cfg, names, ray.cluster_resources())
+    except (PipelineError, ConnectionError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: {first}", file=sys.stderr)
+        return EXIT_CONFIG
+    workdir.mkdir(parents=True, exist_ok=True)
     config_yaml = to_yaml(cfg)
     parent = client.create_run(
         exp_id,

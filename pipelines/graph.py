@@ -57,6 +57,9 @@ class RayConfig:
     address: str = ""
     num_cpus: int | None = None  # local Ray only; None = all cores
     object_store_memory_mb: int | None = 1024  # local Ray only
+    # The joined cluster grows on demand (Ray autoscaler): requests beyond its current CPUs /
+    # GPUs are queued for new nodes instead of refused before the stages start.
+    autoscaling: bool = False
 
 
 def _section(name: str, tp: type) -> tuple[str, type, Any]:

@@ -7,7 +7,8 @@ not at all, a rerun that redoes only what is missing, and progress on the consol
 supplies the per-item function (a class in ``ovs/``, next to the schema of the rows it
 writes) and the items; :func:`map_items` does the rest:
 
-- items whose ``output`` exists are skipped and counted as resumed;
+- items whose ``output`` exists (and reads) are skipped and counted as resumed; an unreadable
+  one is deleted and redone;
 - the rest run on one Ray Data actor pool: ``ray.data.from_items`` with one block per item,
   ``map_batches(compute=ActorPoolStrategy(size=actors), batch_size=1)``, so each actor builds
   the function once (its model loaded once) and calls it on one item at a time;
@@ -40,6 +41,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 log = logging.getLogger("ovs")
 
@@ -127,9 +130,24 @@ class _ItemActor:
         }
 
 
+def _finished(output: str | Path | None) -> bool:
+    """Whether an item's output parquet exists and its footer reads. Outputs are written
+    atomically, so an unreadable one was damaged or left by a foreign writer: it is deleted
+    and the item redone (never reused)."""
+    if output is None or not Path(output).exists():
+        return False
+    try:
+        pq.read_metadata(output)
+    except (OSError, pa.ArrowException) as e:
+        log.warning("redoing %s: unreadable parquet (%s)", output, str(e).splitlines()[0])
+        Path(output).unlink()
+        return False
+    return True
+
+
 def _pending(items: Sequence[WorkItem]) -> tuple[list[WorkItem], list[str]]:
     """``(items to run, keys of items whose output exists)``."""
-    finished = [it.output is not None and Path(it.output).exists() for it in items]
+    finished = [_finished(it.output) for it in items]
     todo = [it for it, f in zip(items, finished, strict=True) if not f]
     return todo, [it.key for it, f in zip(items, finished, strict=True) if f]
 

@@ -10,11 +10,15 @@ key metric of each stage (``<stage>.<metric>`` on the parent run), built on
 row of the newest ``self_train`` stage). ``readme`` writes that comparison as Markdown between
 README's ``<!-- comparison:start -->`` / ``<!-- comparison:end -->`` markers (no hand-copied
 numbers).
+
+Exit codes: 0 the table was printed; 2 bad arguments, an experiment that does not exist or a
+tracking store that cannot be reached (one line on stderr).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -35,8 +39,11 @@ def compare_table(
 ) -> list[dict]:
     """Rows of ``{"run_id", "name", "status", "start", <metric>: value}`` for pipeline runs."""
     import mlflow
+    from mlflow.tracking import MlflowClient
 
     mlflow.set_tracking_uri(tracking_uri)
+    if MlflowClient(tracking_uri).get_experiment_by_name(experiment) is None:
+        raise ValueError(f"no MLflow experiment {experiment!r} at {tracking_uri}")
     df = mlflow.search_runs(
         experiment_names=[experiment],
         filter_string="tags.`ovs.kind` = 'pipeline'",
@@ -160,14 +167,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{path}: comparison section regenerated ({len(table['method'])} rows)")
         return 0
     metrics = [m for m in args.metrics.split(",") if m] or None
-    print(format_table(compare_table(args.experiment, uri, metrics, args.limit)))
+    if args.limit < 1:
+        p.error(f"--limit must be >= 1, got {args.limit}")
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+        print(f"error: MLflow store {uri}: no such database file", file=sys.stderr)
+        return 2
+    # one try, 10 s: an unreachable server is reported now, not after MLflow's ~4 min of retries
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    try:
+        rows = compare_table(args.experiment, uri, metrics, args.limit)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # an unreachable server: MlflowException / requests errors
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: MLflow store {uri}: {first}", file=sys.stderr)
+        return 2
+    print(format_table(rows))
     table = method_comparison(args.experiment, uri)
     if table is not None:
-        from ovs.eval.comparison import rows
+        from ovs.eval.comparison import rows as comparison_rows
 
         shown = [
             {**row, "miou": f"{row['miou']:.4f}", "pixel_acc": f"{row['pixel_acc'] or 0:.4f}"}
-            for row in rows(table)
+            for row in comparison_rows(table)
         ]
         print("\nmethods (newest evaluate stage):")
         print(format_table(shown))

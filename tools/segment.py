@@ -16,12 +16,16 @@ takes every pixel whose best class probability is below T (classes are then 1..N
 
 Per image ``<stem>``: ``DIR/<stem>_overlay.png`` (overlay + legend) and
 ``DIR/<stem>_label.png`` (uint8 class ids). Exit code 0 when every image was written,
-1 when some image could not be read (it is reported and skipped), 2 for bad arguments.
+1 when some image could not be read (it is reported and skipped), 2 for bad arguments (an
+empty class list, missing image files, a checkpoint or run id that does not exist or is not a
+method's checkpoint, an unknown protocol, an output directory that cannot be written: one
+``error:`` line on stderr, nothing written).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -57,6 +61,8 @@ def checkpoint_from_run(run_id: str, tracking_uri: str) -> Path:
 
     from pipelines.tracking import TAG_SOURCE_RUN
 
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[10:]).is_file():
+        raise ValueError(f"MLflow run {run_id}: no MLflow database at {tracking_uri}")
     client = MlflowClient(tracking_uri)
 
     def with_model(rid: str) -> str | None:
@@ -104,16 +110,42 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class UsageError(ValueError):
+    """A bad argument: printed as one ``error:`` line, exit code 2."""
+
+
+def _check_out(out: Path) -> None:
+    """``out`` exists as a writable directory or can be created (nothing is created here)."""
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"--out {out}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: {probe} is not writable")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     classes = parse_classes(args.classes)
     if not classes:
-        parser.error("--classes is empty: give at least one class name, e.g. 'cat,dog'")
+        raise UsageError("--classes is empty: give at least one class name, e.g. 'cat,dog'")
     missing = [str(p) for p in args.images if not p.is_file()]
     if missing:
-        parser.error(f"image file(s) not found: {', '.join(missing)}")
-    protocol = get_protocol(args.protocol)
+        raise UsageError(f"image file(s) not found: {', '.join(missing)}")
+    _check_out(args.out)
+    try:
+        protocol = get_protocol(args.protocol)
+    except (KeyError, ValueError) as e:
+        raise UsageError(f"--protocol: {e.args[0] if e.args else e}") from None
     protocol.names = "synonyms"  # user classes: every given name, max over synonyms
     if args.templates:
         protocol.templates = args.templates
@@ -130,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = MethodRef(args.method, checkpoint, args.model, pretrained, args.device)
         method = load_method(spec)
     except (FileNotFoundError, ValueError) as e:
-        parser.error(str(e))
+        raise UsageError(str(e)) from None
     classifier = build_classifier(method, classes, has_bg, protocol, "", args.bg_threshold)
     display = [c[0] for c in classes]
     palette = make_palette(max(len(display), 2))

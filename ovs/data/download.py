@@ -9,7 +9,7 @@ exists and redoes the others from scratch (their tar/parquet are overwritten), s
 loses and duplicates nothing. Shard ids come from the position in the URL list, so the same
 list and ``number_sample_per_shard`` always give the same shards. Before a rerun,
 ``_drop_broken_shards`` deletes stats files that do not parse (a kill while img2dataset wrote
-one, which it does not do atomically) so their shards are redone too.
+one, which it does not do atomically) or whose tar is cut short, so their shards are redone too.
 
 img2dataset fetches with ``urllib.request.urlopen``, so ``file://`` URLs work as well as
 http(s) (the synthetic world's URL list uses them). Its ``multiprocessing`` distributor uses
@@ -20,9 +20,11 @@ runs one Ray task per shard.
 Headerless URL lists (the official ``cc12m.tsv`` is ``url<TAB>caption`` with no header row):
 ``header=False`` with ``columns`` naming the file's columns in order. img2dataset reads csv/tsv
 with a header, so each such list is converted once, streaming, into a parquet file under
-``<out>/_url_lists/`` (written atomically; redone only when the source is newer) and
+``<out>/_url_lists/`` (written atomically; redone only when a source changed) and
 img2dataset reads those, in the given order, so shard ids are the same as for a file with a
-header.
+header. The same pass (:func:`ovs.data.url_lists.clean`) drops rows without URL or caption,
+duplicate URLs, over-long and non-UTF-8 captions from every local list; the result's counts
+then include ``skipped_<reason>`` for each reason that occurred.
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ovs.config import check_choice
+from ovs.data import url_lists
+from ovs.data.shards import check_shard
 
 URL_LIST_FORMATS = (
     "parquet",
@@ -155,96 +158,51 @@ def _is_dir(path: str) -> bool:
     return "://" not in path and Path(path).is_dir()
 
 
-def _headerless_to_parquet(src: Path, dst: Path, cfg: DownloadConfig, fmt: str) -> None:
-    """Stream a headerless csv/tsv ``src`` into parquet ``dst`` (atomic; skipped if up to date).
-
-    Every column is read as a string; tab-separated lists are read without quoting (a caption
-    may start with a quote), as TSV has no quoting rules.
-    """
-    import pyarrow.csv as pcsv
-
-    if dst.exists() and dst.stat().st_mtime_ns >= src.stat().st_mtime_ns:
-        return
-    keep = [cfg.url_col, *([cfg.caption_col] if cfg.caption_col else [])]
-    keep += [c for c in cfg.save_additional_columns if c not in keep]
-    reader = pcsv.open_csv(
-        src,
-        read_options=pcsv.ReadOptions(column_names=list(cfg.columns), block_size=1 << 24),
-        parse_options=(
-            pcsv.ParseOptions(delimiter="\t", quote_char=False)
-            if fmt.startswith("tsv")
-            else pcsv.ParseOptions(delimiter=",")
-        ),
-        convert_options=pcsv.ConvertOptions(
-            include_columns=keep, column_types={c: pa.string() for c in cfg.columns}
-        ),
-    )
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    with pq.ParquetWriter(tmp, reader.schema) as writer:
-        for batch in reader:
-            writer.write_batch(batch)
-    os.replace(tmp, dst)
-
-
-def _headerless_lists(cfg: DownloadConfig, out_dir: Path) -> tuple[str, str]:
-    """Convert every headerless list (files, or the files of one folder) to parquet, in order."""
-    paths = [Path(p) for p in cfg.url_list]
-    if len(paths) == 1 and paths[0].is_dir():
-        paths = sorted(p for p in paths[0].iterdir() if p.is_file())
-    fmts = {cfg.input_format or infer_format(str(p)) for p in paths}
-    if len(fmts) != 1:
-        raise ValueError(f"URL lists mix formats {sorted(fmts)}; img2dataset reads one per run")
-    fmt = fmts.pop()
-    conv = out_dir / "_url_lists"
-    conv.mkdir(parents=True, exist_ok=True)
-    wanted = {f"{i:05d}.parquet" for i in range(len(paths))}
-    for old in conv.iterdir():
-        if old.name not in wanted:
-            old.unlink()
-    for i, p in enumerate(paths):
-        _headerless_to_parquet(p, conv / f"{i:05d}.parquet", cfg, fmt)
-    return str(conv), "parquet"
-
-
 def _resolve_url_list(cfg: DownloadConfig, out_dir: Path) -> tuple[str, str]:
     """``(url_list, input_format)`` for img2dataset: one file, or a folder of same-format files.
 
-    Several local files are linked into ``<out>/_url_lists/`` as ``00000.<fmt>``, ... so that
-    img2dataset (which takes one file or one folder) reads them in the given order.
+    Several local files (or a glob's matches) are linked into ``<out>/_url_lists/`` as
+    ``00000.<fmt>``, ... so that img2dataset (which takes one file or one folder) reads them in
+    the given order.
     """
     paths = [str(p) for p in cfg.url_list]
     if not paths:
         raise ValueError("DownloadConfig.url_list is empty")
-    if not cfg.header:
-        return _headerless_lists(cfg, out_dir)
     if len(paths) == 1 and "://" not in paths[0] and Path(paths[0]).is_dir():
         folder = Path(paths[0])
-        fmt = cfg.input_format or infer_format(str(sorted(p for p in folder.iterdir())[0]))
-        return str(folder), fmt
-    fmts = {cfg.input_format or infer_format(p) for p in paths}
-    if len(fmts) != 1:
-        raise ValueError(f"URL lists mix formats {sorted(fmts)}; img2dataset reads one per run")
-    fmt = fmts.pop()
+        return str(folder), url_lists.list_format(cfg, url_lists.expand(paths))
+    if any("://" in p for p in paths):
+        fmt = url_lists.list_format(cfg, paths)
+        if len(paths) == 1:
+            return paths[0], fmt
+        raise ValueError("several remote URL lists: put them in one folder and pass the folder")
+    paths = url_lists.expand(paths)
+    fmt = url_lists.list_format(cfg, paths)
     if len(paths) == 1:
         return paths[0], fmt
-    if any("://" in p for p in paths):
-        raise ValueError("several remote URL lists: put them in one folder and pass the folder")
     link_dir = out_dir / "_url_lists"
     link_dir.mkdir(parents=True, exist_ok=True)
     for old in link_dir.iterdir():
-        old.unlink()
+        if old.name != url_lists.CACHE:
+            old.unlink()
     for i, p in enumerate(paths):
         os.symlink(Path(p).resolve(), link_dir / f"{i:05d}.{fmt}")
     return str(link_dir), fmt
 
 
 def _drop_broken_shards(out_dir: Path) -> list[str]:
-    """Delete unreadable ``*_stats.json`` so img2dataset redoes those shards; return their names."""
+    """Delete the ``*_stats.json`` of broken shards so img2dataset redoes them: stats that do
+    not parse (a kill while img2dataset wrote one) or a tar that does not read to its end (cut
+    short on disk after it was finished). Returns the stats files' names."""
     dropped = []
     for stats in sorted(out_dir.glob("*_stats.json")):
+        tar = stats.with_name(stats.name.replace("_stats.json", ".tar"))
         try:
             json.loads(stats.read_text())
+            shard_error = check_shard(tar) if tar.exists() else None
         except (ValueError, UnicodeDecodeError):
+            shard_error = "unreadable stats"
+        if shard_error:
             stats.unlink()
             dropped.append(stats.name)
     other = [p.name for p in out_dir.glob("*.json") if not p.name.endswith("_stats.json")]
@@ -254,7 +212,8 @@ def _drop_broken_shards(out_dir: Path) -> list[str]:
 
 
 def download(cfg: DownloadConfig, out_dir: str | os.PathLike) -> dict:
-    """Run img2dataset into ``out_dir`` (webdataset layout), then return ``summarize(out_dir)``."""
+    """Run img2dataset into ``out_dir`` (webdataset layout), then return ``summarize(out_dir)``
+    plus ``skipped_<reason>`` counts of URL-list rows dropped before img2dataset."""
     # img2dataset imports albumentations, which checks PyPI for updates on import, here and in
     # every spawned worker; switch that off (workers inherit the environment).
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -263,8 +222,9 @@ def download(cfg: DownloadConfig, out_dir: str | os.PathLike) -> dict:
     cfg.validate()
     out = Path(out_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
-    _drop_broken_shards(out)
-    url_list, fmt = _resolve_url_list(cfg, out)
+    _drop_broken_shards(out)  # after a kill: shards with broken stats or tar are redone
+    cleaned = url_lists.clean(cfg, out)
+    url_list, fmt, skipped = cleaned if cleaned else (*_resolve_url_list(cfg, out), {})
     i2d_download(
         url_list=url_list,
         output_folder=str(out),
@@ -293,7 +253,7 @@ def download(cfg: DownloadConfig, out_dir: str | os.PathLike) -> dict:
         max_shard_retry=cfg.max_shard_retry,
         enable_wandb=False,
     )
-    return summarize(out)
+    return {**summarize(out), **{f"skipped_{k}": n for k, n in sorted(skipped.items())}}
 
 
 def summarize(out_dir: str | os.PathLike, top_k: int = 10) -> dict:

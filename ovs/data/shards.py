@@ -1,7 +1,10 @@
 """Read img2dataset's webdataset output: ``00000.tar`` + ``00000_stats.json`` per shard.
 
 Only finished shards count: img2dataset writes ``<shard>_stats.json`` after the tar is closed,
-so a shard without it is a partial write of a killed job and is never read.
+so a shard without it is a partial write of a killed job and is never read. A finished shard
+whose tar is damaged on disk (cut short, not a tar) raises :class:`ShardError` naming the file
+when read, never a bare ``tarfile`` error deep inside a stage; :func:`check_shard` tests one
+without reading its payloads.
 """
 
 from __future__ import annotations
@@ -11,6 +14,51 @@ import tarfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+
+class ShardError(RuntimeError):
+    """A finished shard whose tar cannot be read (the message names the file and what to do)."""
+
+
+def _broken(tar_path: str | Path, e: BaseException) -> ShardError:
+    return ShardError(
+        f"shard {tar_path} is truncated or corrupt ({type(e).__name__}: {_first_line(e)}); delete it and its "
+        "_stats.json and rerun the download stage (finished shards are kept), or rerun with --force"
+    )
+
+
+def check_shard(tar_path: str | Path) -> str | None:
+    """``None`` if every member of the tar lies inside the file, else what is wrong (headers
+    only: a cut-short tar still lists its members, so sizes are checked against the file's)."""
+    size = Path(tar_path).stat().st_size
+    try:
+        with tarfile.open(tar_path, "r") as tar:
+            for info in tar:
+                if info.offset_data + info.size > size:
+                    return f"member {info.name} ends past the end of the file ({size} bytes)"
+            return _end_error(tar, size)
+    except (tarfile.TarError, EOFError, OSError) as e:
+        return f"{type(e).__name__}: {_first_line(e)}"
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _end_error(tar: tarfile.TarFile, size: int) -> str | None:
+    """After reading every header: a tar cut at a member boundary ends without its two zero
+    end-of-archive blocks (``tarfile`` then stops silently, as at a real end)."""
+    if size - tar.offset < 2 * tarfile.BLOCKSIZE:
+        return f"no end-of-archive marker after {tar.offset} of {size} bytes"
+    return None
+
+
+def _check_end(tar: tarfile.TarFile, tar_path: str | Path) -> None:
+    why = _end_error(tar, Path(tar_path).stat().st_size)
+    if why:
+        raise _broken(tar_path, tarfile.ReadError(why))
 
 
 def list_shards(directory: str | Path) -> list[Path]:
@@ -31,7 +79,13 @@ def iter_shard(
     replaced), ``json`` parsed, everything else returned as ``bytes``. Samples arrive in tar
     order; img2dataset writes a sample's members contiguously.
     """
-    wanted = set(members)
+    try:
+        yield from _iter_shard(tar_path, set(members))
+    except (tarfile.TarError, EOFError) as e:
+        raise _broken(tar_path, e) from None
+
+
+def _iter_shard(tar_path: str | Path, wanted: set[str]) -> Iterator[dict]:
     current: dict | None = None
     with tarfile.open(tar_path, "r") as tar:
         for info in tar:
@@ -46,6 +100,7 @@ def iter_shard(
                 current = {"key": key}
             if ext in wanted:
                 current[ext] = _payload(tar, info, ext)
+        _check_end(tar, tar_path)
     if current is not None:
         yield current
 
@@ -57,10 +112,18 @@ def iter_shard_by_key(
     finish, an order that differs from run to run; whatever batches samples (training, the pairs
     scorer) reads them this way so that its results do not. Members are read by their offsets
     (one header pass, then random access): no sample is held beyond the current one."""
-    wanted = set(members)
+    try:
+        yield from _iter_shard_by_key(tar_path, set(members))
+    except (tarfile.TarError, EOFError) as e:
+        raise _broken(tar_path, e) from None
+
+
+def _iter_shard_by_key(tar_path: str | Path, wanted: set[str]) -> Iterator[dict]:
     with tarfile.open(tar_path, "r") as tar:
         by_key: dict[str, list[tarfile.TarInfo]] = {}
-        for info in tar.getmembers():
+        members = tar.getmembers()
+        _check_end(tar, tar_path)
+        for info in members:
             if not info.isfile():
                 continue
             key, _, ext = info.name.rsplit("/", 1)[-1].partition(".")

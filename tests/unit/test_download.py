@@ -196,7 +196,8 @@ def test_headerless_tsv_through_img2dataset(server: str, tmp_path: Path) -> None
     rows[0]["caption"] = '"quoted at the start'
     good['"quoted at the start'] = good.pop(f"http {next(iter(GOOD))}")
     tsv = tmp_path / "cc12m.tsv"
-    tsv.write_text("".join(f"{r['url']}\t{r['caption']}\n" for r in rows))
+    lines = [f"{r['url']}\t{r['caption']}\n" for r in rows]
+    tsv.write_text("".join(lines + lines[-1:]))  # + a duplicate URL: dropped and counted
     assert not tsv.read_text().startswith("url")  # really headerless
     cfg = DownloadConfig(
         url_list=[str(tsv)],
@@ -212,13 +213,15 @@ def test_headerless_tsv_through_img2dataset(server: str, tmp_path: Path) -> None
     counts = download(cfg, out)
     assert counts["count"] == len(rows) == 11 and counts["success"] == 11
     assert counts["shards"] == 2
+    assert counts["skipped_duplicate_url"] == 1  # in the download manifest's counts
     want = {cap: [hashlib.sha256(b).hexdigest()] for cap, b in good.items()}
     assert _arrived(out) == want
     converted = out / "_url_lists" / "00000.parquet"
     assert pq.read_table(converted).column_names == ["url", "caption"]
     assert pq.read_table(converted).num_rows == 11  # the first line is a sample, not a header
     mtime = converted.stat().st_mtime_ns
-    assert download(cfg, out)["success"] == 11
+    again = download(cfg, out)
+    assert again["success"] == 11 and again["skipped_duplicate_url"] == 1  # cached counts
     assert converted.stat().st_mtime_ns == mtime  # up to date: not converted again
 
 

@@ -1,0 +1,364 @@
+"""URL lists as users have them: paths checked before anything runs, bad rows dropped and counted.
+
+Two halves, both pure library code:
+
+- :func:`check` (the driver's preflight, before any stage runs or anything is written): every
+  local ``download.url_list`` entry exists (a file, a folder of lists, or a glob that matches),
+  the formats are known and one per run, and each file's first rows are readable and have the
+  configured columns (``url_col``, ``caption_col``, ``save_additional_columns``). Empty files,
+  a header without rows, a missing column, a header-less TSV read as if it had a header, a
+  folder mixing formats and an unreadable parquet are each one :class:`UrlListError` naming
+  the key, the file and the column.
+- :func:`clean` (the download stage, before img2dataset): every row of every local
+  parquet / csv / tsv / jsonl list is read once, streaming, and rows img2dataset would
+  mis-handle are dropped and counted by reason (:data:`SKIP_REASONS`): no URL, no caption
+  (null, empty or ``NaN``), a duplicate of an earlier URL (across all lists of the run), a
+  caption longer than :data:`MAX_CAPTION_CHARS` characters, or bytes that are not UTF-8.
+  Lists that need no change (and have a header) are given to img2dataset as they are; the
+  others are written, per source file and in order (so shard ids stay positional), to
+  ``<out>/_url_lists/<i>.parquet``. The result is cached in ``_url_lists/_clean.json`` by
+  the sources' sizes and mtimes, so a resumed download does not reread a 12M-row list.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    from ovs.data.download import DownloadConfig
+
+KEY = "download.url_list"
+MAX_CAPTION_CHARS = 10_000  # CC12M's longest captions are ~1k; 10k+ is a broken row
+SKIP_REASONS = ("missing_url", "missing_caption", "duplicate_url", "caption_too_long", "not_utf8")
+CLEANABLE = ("parquet", "csv", "csv.gz", "tsv", "tsv.gz", "jsonl", "jsonl.gz")
+GLOB_CHARS = "*?["
+CACHE = "_clean.json"
+
+
+class UrlListError(ValueError):
+    """A URL list that cannot be read as configured (the message names key, file, column)."""
+
+
+def _formats() -> tuple[str, ...]:
+    from ovs.data.download import URL_LIST_FORMATS
+
+    return URL_LIST_FORMATS
+
+
+def _infer(path: str) -> str:
+    from ovs.data.download import infer_format
+
+    try:
+        return infer_format(path)
+    except ValueError as e:
+        raise UrlListError(f"{KEY}: {e}") from None
+
+
+def is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def expand(url_list: list[str]) -> list[str]:
+    """The list files of ``url_list`` in order: a folder gives its files (sorted, hidden files
+    skipped), a glob its sorted matches; remote entries are kept as they are. Raises
+    :class:`UrlListError` for a path that does not exist or a glob that matches nothing."""
+    out: list[str] = []
+    for p in url_list:
+        if is_remote(p):
+            out.append(p)
+        elif any(c in p for c in GLOB_CHARS):
+            matches = sorted(m for m in glob.glob(p) if Path(m).is_file())
+            if not matches:
+                raise UrlListError(f"{KEY}: glob {p!r} matches no file")
+            out += matches
+        elif Path(p).is_dir():
+            files = sorted(
+                str(f) for f in Path(p).iterdir() if f.is_file() and not f.name.startswith(".")
+            )
+            if not files:
+                raise UrlListError(f"{KEY}: folder {p} holds no URL list")
+            out += files
+        elif Path(p).is_file():
+            out.append(p)
+        else:
+            raise UrlListError(f"{KEY}: {p}: no such file or directory")
+    return out
+
+
+def list_format(cfg: DownloadConfig, files: list[str]) -> str:
+    """The one format of ``files`` (``cfg.input_format`` or the suffixes); mixed -> error."""
+    if cfg.input_format:
+        return cfg.input_format
+    fmts = {f: _infer(f) for f in files}
+    if len(set(fmts.values())) > 1:
+        shown = ", ".join(f"{Path(f).name}: {t}" for f, t in sorted(fmts.items()))
+        raise UrlListError(
+            f"{KEY}: URL lists mix formats ({shown}); img2dataset reads one format per run"
+        )
+    return next(iter(fmts.values()))
+
+
+def _first_lines(path: str, n: int = 2) -> list[bytes]:
+    opener: Any = gzip.open if path.endswith(".gz") else open
+    lines = []
+    try:
+        with opener(path, "rb") as f:
+            for line in f:
+                if line.strip():
+                    lines.append(line.rstrip(b"\r\n"))
+                if len(lines) == n:
+                    break
+    except OSError as e:
+        raise UrlListError(f"{KEY}: {path}: cannot read: {e.strerror or e}") from None
+    return lines
+
+
+def _needed(cfg: DownloadConfig) -> list[str]:
+    cols = [cfg.url_col, *([cfg.caption_col] if cfg.caption_col else [])]
+    return cols + [c for c in cfg.save_additional_columns if c not in cols]
+
+
+def _check_columns(path: str, have: list[str], cfg: DownloadConfig, hint: str = "") -> None:
+    for col in _needed(cfg):
+        if col not in have:
+            raise UrlListError(
+                f"{KEY}: {path}: no column {col!r} (columns: {have}){hint}; set "
+                "download.url_col / download.caption_col / download.save_additional_columns"
+            )
+
+
+def check_file(path: str, fmt: str, cfg: DownloadConfig) -> None:
+    """The first rows of one local list: readable, not empty, with the configured columns."""
+    if fmt == "parquet":
+        try:
+            meta = pq.ParquetFile(path)
+        except (OSError, pa.ArrowException) as e:
+            raise UrlListError(f"{KEY}: {path}: not a readable parquet file: {e}") from None
+        if meta.metadata.num_rows == 0:
+            raise UrlListError(f"{KEY}: {path}: no rows")
+        _check_columns(path, meta.schema_arrow.names, cfg)
+        return
+    lines = _first_lines(path)
+    if not lines:
+        raise UrlListError(f"{KEY}: {path}: empty file")
+    if fmt.startswith(("csv", "tsv")):
+        sep = b"\t" if fmt.startswith("tsv") else b","
+        first = lines[0].split(sep)
+        if not cfg.header:
+            if len(first) != len(cfg.columns):
+                raise UrlListError(
+                    f"{KEY}: {path}: first row has {len(first)} fields, download.columns names "
+                    f"{len(cfg.columns)} ({cfg.columns})"
+                )
+            return
+        names = [c.decode("utf-8", "replace").strip().strip('"') for c in first]
+        looks_headerless = any("://" in n for n in names)
+        hint = (
+            " - the first row looks like data: for a list without a header row set "
+            "download.header=false download.columns=[url,caption]"
+            if looks_headerless
+            else ""
+        )
+        _check_columns(path, names, cfg, hint)
+        if len(lines) == 1:
+            raise UrlListError(f"{KEY}: {path}: a header row and no rows")
+    elif fmt.startswith("jsonl"):
+        try:
+            row = json.loads(lines[0])
+        except ValueError as e:
+            raise UrlListError(f"{KEY}: {path}: first line is not JSON: {e}") from None
+        if not isinstance(row, dict):
+            raise UrlListError(f"{KEY}: {path}: first line is not a JSON object")
+        _check_columns(path, list(row), cfg)
+
+
+def check(cfg: DownloadConfig, produced: tuple[str, ...] = ()) -> None:
+    """Preflight of ``download.url_list`` (see the module doc). Paths under a folder in
+    ``produced`` (written by an earlier stage of the same run, e.g. ``world.export_dir``)
+    are not checked: they do not exist yet."""
+
+    def later(p: str) -> bool:
+        return any(Path(p).absolute().is_relative_to(Path(d).absolute()) for d in produced if d)
+
+    local = [p for p in cfg.url_list if not is_remote(p) and not later(p)]
+    if not local:
+        return
+    files = expand(local)
+    fmt = list_format(cfg, files)
+    if fmt not in _formats():
+        raise UrlListError(f"{KEY}: input_format {fmt!r} is not one of {_formats()}")
+    for f in files:
+        check_file(f, fmt, cfg)
+
+
+# ----------------------------------------------------------------------------- cleaning
+
+
+def _batches(path: str, fmt: str, cfg: DownloadConfig) -> Iterator[pa.RecordBatch]:
+    """The needed columns of one list in batches; url and caption as raw ``binary`` for text
+    formats (so non-UTF-8 bytes are counted, not fatal)."""
+    keep = _needed(cfg)
+    if fmt == "parquet":
+        yield from pq.ParquetFile(path).iter_batches(batch_size=65536, columns=keep)
+        return
+    if fmt.startswith("jsonl"):
+        import pyarrow.json as pjson
+
+        table = pjson.read_json(path).select(keep)
+        yield from table.to_batches(max_chunksize=65536)
+        return
+    import pyarrow.csv as pcsv
+
+    text = [cfg.url_col, *([cfg.caption_col] if cfg.caption_col else [])]
+    reader = pcsv.open_csv(
+        path,
+        read_options=pcsv.ReadOptions(
+            column_names=None if cfg.header else list(cfg.columns), block_size=1 << 24
+        ),
+        parse_options=(
+            pcsv.ParseOptions(delimiter="\t", quote_char=False)
+            if fmt.startswith("tsv")
+            else pcsv.ParseOptions(delimiter=",")
+        ),
+        convert_options=pcsv.ConvertOptions(
+            include_columns=keep,
+            column_types={c: (pa.binary() if c in text else pa.string()) for c in keep},
+        ),
+    )
+    yield from reader
+
+
+def _text(v: Any) -> str | None:
+    """A cell as text: ``None`` for null/NaN, raises ``UnicodeDecodeError`` for bad bytes."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    if isinstance(v, bytes):
+        return v.decode("utf-8")
+    return str(v)
+
+
+def _reason(url: Any, caption: Any, has_caption: bool, seen: set[int]) -> tuple[str | None, Any]:
+    try:
+        u = _text(url)
+        c = _text(caption) if has_caption else ""
+    except UnicodeDecodeError:
+        return "not_utf8", None
+    if not u or not u.strip():
+        return "missing_url", None
+    if has_caption and (c is None or not c.strip() or c.strip().lower() == "nan"):
+        return "missing_caption", None
+    if c is not None and len(c) > MAX_CAPTION_CHARS:
+        return "caption_too_long", None
+    h = hash(u)
+    if h in seen:
+        return "duplicate_url", None
+    seen.add(h)
+    return None, (u, c)
+
+
+def _clean_file(
+    src: str, dst: Path, fmt: str, cfg: DownloadConfig, seen: set[int], skipped: dict[str, int]
+) -> int:
+    """Write the kept rows of ``src`` to ``dst`` (atomic); returns the number of rows dropped."""
+    dropped = 0
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    writer = None
+    has_caption = bool(cfg.caption_col)
+    try:
+        for batch in _batches(src, fmt, cfg):
+            urls = batch.column(cfg.url_col).to_pylist()
+            caps = batch.column(cfg.caption_col).to_pylist() if has_caption else [None] * len(urls)
+            mask, new_urls, new_caps = [], [], []
+            for u, c in zip(urls, caps, strict=True):
+                why, kept = _reason(u, c, has_caption, seen)
+                mask.append(why is None)
+                if why is None:
+                    new_urls.append(kept[0])
+                    new_caps.append(kept[1])
+                else:
+                    skipped[why] = skipped.get(why, 0) + 1
+                    dropped += 1
+            rows = batch.filter(pa.array(mask, pa.bool_()))
+            cols = {cfg.url_col: pa.array(new_urls, pa.string())}
+            if has_caption:
+                cols[cfg.caption_col] = pa.array(new_caps, pa.string())
+            for name in rows.schema.names:
+                if name not in cols:
+                    cols[name] = rows.column(name)
+            table = pa.table({n: cols[n] for n in _needed(cfg)})
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table)
+    except (pa.ArrowException, OSError, KeyError) as e:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UrlListError(f"{KEY}: {src}: cannot read as {fmt}: {first}") from None
+    if writer is None:
+        raise UrlListError(f"{KEY}: {src}: no rows")
+    writer.close()
+    os.replace(tmp, dst)
+    return dropped
+
+
+def _signature(files: list[str], cfg: DownloadConfig) -> dict:
+    stats = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
+    settings = [cfg.header, list(cfg.columns), _needed(cfg), MAX_CAPTION_CHARS]
+    return {"files": stats, "settings": settings}
+
+
+def clean(cfg: DownloadConfig, out_dir: Path) -> tuple[str, str, dict[str, int]] | None:
+    """Clean the local lists of ``cfg.url_list`` (see the module doc).
+
+    Returns ``(url_list, input_format, skipped)`` for img2dataset when the cleaned copies
+    under ``<out_dir>/_url_lists/`` are to be read, or ``None`` when the lists are given to
+    img2dataset unchanged (remote lists, txt/json lists, or lists with a header and nothing to
+    drop). ``skipped``: reason -> rows dropped, only reasons that occurred.
+    """
+    if any(is_remote(p) for p in cfg.url_list):
+        return None
+    files = expand(list(cfg.url_list))
+    fmt = list_format(cfg, files)
+    if fmt not in CLEANABLE:
+        return None
+    conv = out_dir / "_url_lists"
+    sig = _signature(files, cfg)
+    cache = conv / CACHE
+    if cache.exists():
+        try:
+            saved = json.loads(cache.read_text())
+        except ValueError:
+            saved = {}
+        if saved.get("signature") == json.loads(json.dumps(sig)):
+            if not saved["converted"]:
+                return None
+            return str(conv), "parquet", dict(saved["skipped"])
+    conv.mkdir(parents=True, exist_ok=True)
+    for old in conv.iterdir():
+        old.unlink()
+    seen: set[int] = set()
+    skipped: dict[str, int] = {}
+    dropped = 0
+    for i, f in enumerate(files):
+        dropped += _clean_file(f, conv / f"{i:05d}.parquet", fmt, cfg, seen, skipped)
+        if pq.ParquetFile(conv / f"{i:05d}.parquet").metadata.num_rows == 0:
+            raise UrlListError(f"{KEY}: {f}: every row was skipped ({skipped})")
+    converted = dropped > 0 or not cfg.header
+    if not converted:
+        for old in conv.iterdir():
+            old.unlink()
+    from ovs.io import atomic_write_json
+
+    atomic_write_json(cache, {"signature": sig, "converted": converted, "skipped": skipped})
+    return (str(conv), "parquet", skipped) if converted else None
