@@ -60,6 +60,7 @@ class Config:
 
 
 RootT = TypeVar("RootT", bound=Config)
+T = TypeVar("T")
 
 
 # ----------------------------------------------------------------------------- validation
@@ -153,6 +154,12 @@ def _build(cls: type, data: dict, where: str) -> Any:
         raise
     except (ValueError, TypeError) as e:  # a section's own validation (__post_init__)
         raise ConfigError(f"{where.split(':')[0]}: {e}") from None
+
+
+def from_dict(cls: type[T], data: dict, where: str = "") -> T:
+    """``cls`` built from a plain dict (the inverse of ``dataclasses.asdict``) with the loader's
+    typed coercion: nested sections, lists to tuples, unknown keys refused with their name."""
+    return _build(cls, data, where or f"{cls.__name__}:")
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
