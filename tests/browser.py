@@ -113,6 +113,10 @@ class Page:
         return value
 
     def set_file(self, selector: str, path: Path) -> None:
+        import json
+
+        # the first "complete" document can be the blank one chromium shows before it navigates
+        self.wait_for(f"document.querySelector({json.dumps(selector)}) !== null")
         root = self.send("DOM.getDocument")["root"]["nodeId"]
         node = self.send("DOM.querySelector", nodeId=root, selector=selector)["nodeId"]
         self.send("DOM.setFileInputFiles", files=[str(path)], nodeId=node)
