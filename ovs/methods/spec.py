@@ -74,6 +74,12 @@ class RowOptions:
     pseudo_masks: Any = None
 
 
+def open_vocabulary(name: str, num_classes: int | None) -> None:
+    """The ``build_model`` guard of an open-vocabulary method: it has no class count."""
+    if num_classes is not None:
+        raise ValueError(f"{name} is open-vocabulary: build it without num_classes")
+
+
 M = TypeVar("M", bound=nn.Module)  # the method's model class
 C = TypeVar("C")  # the method's config class
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ovs.methods.clip.config import ClipConfig
+from ovs.methods.spec import open_vocabulary
 
 
 def custom_model_cfg(cfg: ClipConfig) -> dict[str, Any]:
@@ -128,6 +129,5 @@ class ClipModel(torch.nn.Module):
 
 def build_model(cfg: ClipConfig, seed: int, num_classes: int | None = None) -> ClipModel:
     """The spec's ``build_model``: :func:`build_clip` wrapped in :class:`ClipModel`."""
-    if num_classes is not None:
-        raise ValueError("CLIP is open-vocabulary: build it without num_classes")
+    open_vocabulary("CLIP", num_classes)
     return ClipModel(cfg, build_clip(cfg, seed))

@@ -18,15 +18,14 @@ import torch
 from ovs.methods.groupvit import adapters, checkpoint, config, recipe
 from ovs.methods.groupvit.model import GroupViT
 from ovs.methods.groupvit.objective import GroupViTObjective
-from ovs.methods.spec import MethodSpec
+from ovs.methods.spec import MethodSpec, open_vocabulary
 
 
 def build_model(
     cfg: config.GroupViTMethodConfig, seed: int, num_classes: int | None = None
 ) -> GroupViT:
     """Seed the global RNG with ``seed``, then build GroupViT (open vocabulary)."""
-    if num_classes is not None:
-        raise ValueError("GroupViT is open-vocabulary: build it without num_classes")
+    open_vocabulary("GroupViT", num_classes)
     torch.manual_seed(seed)
     return GroupViT(cfg.model)
 

@@ -18,15 +18,14 @@ from ovs.methods.groupvit import adapters, recipe
 from ovs.methods.ovsegmentor import checkpoint, config
 from ovs.methods.ovsegmentor.model import OVSegmentor
 from ovs.methods.ovsegmentor.objective import OVSegmentorObjective
-from ovs.methods.spec import MethodSpec
+from ovs.methods.spec import MethodSpec, open_vocabulary
 
 
 def build_model(
     cfg: config.OVSegmentorMethodConfig, seed: int, num_classes: int | None = None
 ) -> OVSegmentor:
     """Seed the global RNG with ``seed``, then build OVSegmentor (open vocabulary)."""
-    if num_classes is not None:
-        raise ValueError("OVSegmentor is open-vocabulary: build it without num_classes")
+    open_vocabulary("OVSegmentor", num_classes)
     torch.manual_seed(seed)
     return OVSegmentor(cfg.model)
 

@@ -26,7 +26,7 @@ from ovs.methods.clip.model import build_clip
 from ovs.methods.pacl import adapters, checkpoint, config, recipe
 from ovs.methods.pacl.model import PACL
 from ovs.methods.pacl.objective import PACLObjective
-from ovs.methods.spec import MethodSpec
+from ovs.methods.spec import MethodSpec, open_vocabulary
 
 
 def _trained_clip(path: str | Path) -> Any:
@@ -54,8 +54,7 @@ def build_model(cfg: config.PACLMethodConfig, seed: int, num_classes: int | None
     ``clip_checkpoint`` the CLIP is that checkpoint's model, and the PACL model's ``clip``
     config becomes the checkpoint's own (what its file needs to rebuild it); else it is
     :func:`build_clip` of ``model.clip`` (open_clip pretrained weights or random towers)."""
-    if num_classes is not None:
-        raise ValueError("pacl is open-vocabulary: build it without num_classes")
+    open_vocabulary("pacl", num_classes)
     cfg.validate()
     m = cfg.model
     if m.clip_checkpoint:

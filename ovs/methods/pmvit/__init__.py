@@ -16,13 +16,12 @@ import torch
 from ovs.methods.pmvit import adapters, checkpoint, config, recipe
 from ovs.methods.pmvit.model import PMViT
 from ovs.methods.pmvit.objective import PMViTObjective
-from ovs.methods.spec import MethodSpec
+from ovs.methods.spec import MethodSpec, open_vocabulary
 
 
 def build_model(cfg: config.PMViTMethodConfig, seed: int, num_classes: int | None = None) -> PMViT:
     """Seed the global RNG with ``seed``, then build the model (open vocabulary)."""
-    if num_classes is not None:
-        raise ValueError("pmvit is open-vocabulary: build it without num_classes")
+    open_vocabulary("pmvit", num_classes)
     cfg.validate()
     torch.manual_seed(seed)
     return PMViT(cfg.model)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ovs.methods.spec import MethodSpec
+from ovs.methods.spec import MethodSpec, open_vocabulary
 from ovs.methods.sseg import adapters, checkpoint, config, ddp, recipe
 from ovs.methods.sseg.model import SSeg
 from ovs.methods.sseg.objective import SSegObjective
@@ -22,8 +22,7 @@ from ovs.methods.sseg.objective import SSegObjective
 
 def build_model(cfg: config.SSegMethodConfig, seed: int, num_classes: int | None = None) -> SSeg:
     """Seed the global RNG with ``seed``, then build S-Seg (open vocabulary: no ``num_classes``)."""
-    if num_classes is not None:
-        raise ValueError("S-Seg is open-vocabulary: build it without num_classes")
+    open_vocabulary("S-Seg", num_classes)
     torch.manual_seed(seed)
     return SSeg(cfg.model)
 
