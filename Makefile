@@ -4,16 +4,27 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run compare test test-unit install lint format bench cluster-test clean report serve
+.PHONY: run compare test test-unit install lint format bench cluster-test clean report serve lock
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q pip==26.3  # the Dockerfile's pip
+	$(BIN)/python -m pip install -q --require-hashes -r requirements.lock
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+## make lock: re-resolve requirements.lock from pyproject.toml (dependencies + the dev extra), with
+## sha256 hashes of every file PyPI has for each pin, so `pip install --require-hashes` installs
+## exactly the tested bytes. uv runs from a throwaway venv and keeps every existing pin it can;
+## bump one with ARGS="--upgrade-package torch".
+UV_VERSION := 0.13.9
+lock:
+	@test -x .venv-lock/bin/uv || { $(PYTHON) -m venv .venv-lock && .venv-lock/bin/pip install -q uv==$(UV_VERSION); }
+	.venv-lock/bin/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
+	  --index-url https://pypi.org/simple --custom-compile-command "make lock" \
+	  -o requirements.lock $(ARGS)
 
 ## make run: the full pipeline on the embedded default config (synthetic world, tiny models)
 run: $(STAMP)

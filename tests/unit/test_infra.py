@@ -48,21 +48,42 @@ def _one(rel: str) -> dict:
     return doc
 
 
-def _pins(lines: list[str]) -> dict[str, Version]:
-    """``name==version`` lines (comments and blanks skipped) -> {canonical name: version}."""
-    out: dict[str, Version] = {}
+def _requirements(lines: list[str]) -> dict[str, tuple[Version, list[str]]]:
+    """A pip requirements file of ``name==version`` pins, each optionally followed by
+    ``--hash=sha256:...`` options on ``\\``-continued lines (comments and blanks skipped) ->
+    {canonical name: (version, hashes)}."""
+    out: dict[str, tuple[Version, list[str]]] = {}
+    entries, entry = [], ""
     for line in lines:
-        line = line.split("#", 1)[0].strip()
-        if line:
-            req = Requirement(line)
-            (spec,) = req.specifier
-            assert spec.operator == "==", f"{line!r} is not an exact pin"
-            out[canonicalize_name(req.name)] = Version(spec.version)
+        line = line.split("#", 1)[0].strip() if not line.lstrip().startswith("--hash") else line
+        line = line.strip()
+        if line.endswith("\\"):
+            entry += line[:-1] + " "
+            continue
+        entry += line
+        if entry.strip():
+            entries.append(entry.split())
+        entry = ""
+    for words in entries:
+        pin = words[0]
+        hashes = [w.split("=", 1)[1] for w in words[1:] if w.startswith("--hash=")]
+        assert len(hashes) == len(words) - 1, f"{pin}: unexpected options {words[1:]}"
+        req = Requirement(pin)
+        (spec,) = req.specifier
+        assert spec.operator == "==", f"{pin!r} is not an exact pin"
+        out[canonicalize_name(req.name)] = (Version(spec.version), hashes)
     return out
 
 
-LOCK = _pins((REPO / "requirements.lock").read_text().splitlines())
-EXTRA = _pins((INFRA / "docker" / "requirements-extra.txt").read_text().splitlines())
+def _pins(lines: list[str]) -> dict[str, Version]:
+    """{canonical name: version} of a requirements file (see :func:`_requirements`)."""
+    return {name: version for name, (version, _) in _requirements(lines).items()}
+
+
+LOCK_TEXT = (REPO / "requirements.lock").read_text().splitlines()
+EXTRA_TEXT = (INFRA / "docker" / "requirements-extra.txt").read_text().splitlines()
+LOCK = _pins(LOCK_TEXT)
+EXTRA = _pins(EXTRA_TEXT)
 
 
 # ----------------------------------------------------------------------------- all YAML
@@ -370,6 +391,28 @@ def _dockerfile_pins() -> dict[str, Version]:
     return pins
 
 
+def test_lock_hashes_every_pin_and_every_install_requires_them():
+    """issue 17: a fresh machine installs exactly what was tested — every pin of the lock (and of
+    the image's extra file) carries sha256 hashes, and every ``pip install`` of them runs in
+    hash-checking mode (pip then also refuses any unpinned or unhashed dependency)."""
+    for text in (LOCK_TEXT, EXTRA_TEXT):
+        reqs = _requirements(text)
+        assert reqs
+        for name, (_, hashes) in reqs.items():
+            assert hashes, f"{name} has no --hash"
+            assert all(re.fullmatch(r"sha256:[0-9a-f]{64}", h) for h in hashes), name
+    assert len(_requirements(LOCK_TEXT)) == len(LOCK) >= 200
+    makefile = (REPO / "Makefile").read_text()
+    installs = re.findall(r"pip install [^\n]*-r \S*requirements[^\n]*", makefile)
+    assert installs and all("--require-hashes" in i for i in installs), installs
+    # `make lock` regenerates the file with hashes, and the file says so
+    assert re.search(r"^lock:", makefile, re.M) and "--generate-hashes" in makefile
+    assert "make lock" in "\n".join(LOCK_TEXT[:5])
+    runs = " ".join(i for i in _dockerfile() if i.startswith("RUN "))
+    docker = re.findall(r"pip install [^&]*-r \S*requirements\S*", runs)
+    assert len(docker) == 2 and all("--require-hashes" in i for i in docker), docker
+
+
 def test_lock_pins_every_pyproject_dependency_exactly():
     for dep in PYPROJECT["project"]["dependencies"]:
         req = Requirement(dep)
@@ -383,8 +426,8 @@ def test_dockerfile_installs_the_lock_and_its_pins_agree():
     instructions = _dockerfile()
     runs = " ".join(i for i in instructions if i.startswith("RUN "))
     assert "COPY requirements.lock" in " ".join(instructions)
-    assert re.search(r"pip install --no-deps -r \S*requirements\.lock", runs)
-    assert re.search(r"pip install --no-deps -r \S*requirements-extra\.txt", runs)
+    assert re.search(r"pip install --no-deps --require-hashes -r \S*requirements\.lock", runs)
+    assert re.search(r"pip install --no-deps --require-hashes -r \S*requirements-extra\.txt", runs)
     assert "pip check" in runs
     assert re.search(r"pip install --no-deps --no-build-isolation -e /app", runs)
     pins = _dockerfile_pins()
