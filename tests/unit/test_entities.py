@@ -165,11 +165,13 @@ def test_ray_adapter_batch() -> None:
     assert out.column("keep").to_pylist() == [True, False, False]
 
 
-@pytest.mark.parametrize("mode", ["pos", "parser"])
-def test_fast_attribute_ruler_is_identical(mode: str) -> None:
+_STOCK = {"fast_ruler": False, "fast_lemmatizer": False, "numpy_blas": False}
+
+
+def _hard_captions(n: int = 150) -> list[str]:
     from tools.bench.entities import make_captions
 
-    caps = make_captions(150, seed=5) + [
+    return make_captions(n, seed=5) + [
         "Its dog isn't here, it's there.  Don't go!",
         "I can't believe y'all gonna do that",
         "There is a cat; it gets what it wants and she got it",
@@ -178,12 +180,34 @@ def test_fast_attribute_ruler_is_identical(mode: str) -> None:
         "A\n\nB",
         "",
     ]
-    stock = load_pipeline("en_core_web_sm", mode, fast_ruler=False)
-    fast = load_pipeline("en_core_web_sm", mode)
-    assert type(fast.get_pipe("attribute_ruler")).__name__ == "FastAttributeRuler"
-    assert type(stock.get_pipe("attribute_ruler")).__name__ == "AttributeRuler"
+
+
+@pytest.mark.parametrize(
+    ("mode", "fast"),
+    [
+        ("pos", "fast_ruler"),
+        ("parser", "fast_ruler"),
+        ("pos", "fast_lemmatizer"),
+        ("pos", "numpy_blas"),
+        ("parser", "all"),
+    ],
+)
+def test_fast_components_are_identical(mode: str, fast: str) -> None:
+    """Each output-identical replacement (and all together) against the stock pipeline, token
+    by token: POS, morphology, lemma, tag, dependency."""
+    caps = _hard_captions()
+    stock = load_pipeline("en_core_web_sm", mode, **_STOCK)
+    switched = {k: True for k in _STOCK} if fast == "all" else {**_STOCK, fast: True}
+    quick = load_pipeline("en_core_web_sm", mode, **switched)
+    names = {"fast_ruler": "attribute_ruler", "fast_lemmatizer": "lemmatizer"}
+    for key, pipe in names.items():
+        want = {"attribute_ruler": "FastAttributeRuler", "lemmatizer": "FastLemmatizer"}[pipe]
+        got = type(quick.get_pipe(pipe)).__name__
+        assert (got == want) == switched[key], (key, got)
+    blas = {type(node.ops).__name__ for node in quick.get_pipe("tok2vec").model.walk()}
+    assert blas == ({"NumpyBlasOps"} if switched["numpy_blas"] else {"NumpyOps"})
     n = 0
-    for a, b in zip(stock.pipe(caps), fast.pipe(caps), strict=True):
+    for a, b in zip(stock.pipe(caps), quick.pipe(caps), strict=True):
         for s, t in zip(a, b, strict=True):
             assert (s.pos_, str(s.morph), s.lemma_, s.tag_, s.dep_) == (
                 t.pos_,
@@ -194,3 +218,23 @@ def test_fast_attribute_ruler_is_identical(mode: str) -> None:
             ), (a.text, s.i)
             n += 1
     assert n > 1500
+
+
+def test_fast_paths_give_the_stock_rows() -> None:
+    """``extract`` rows (lemmas, chunks, entities, trainer text) of the stage's pipeline equal
+    those of the stock components on 1,000 bench captions, and a lemmatizer that writes lemmas
+    set before it (``overwrite``) is honoured like the stock one."""
+    from tools.bench.entities import make_captions
+
+    caps = make_captions(1000, seed=11)
+    for mode in ("pos", "nouns_verbs"):
+        cfg = EntitiesConfig(noun_chunks="pos", text_mode="caption" if mode == "pos" else mode)
+        stock = extract(load_pipeline("en_core_web_sm", "pos", **_STOCK), caps, cfg)
+        fast = extract(load_pipeline("en_core_web_sm", "pos"), caps, cfg)
+        assert fast == stock
+    nlp = load_pipeline("en_core_web_sm", "pos")
+    nlp.get_pipe("lemmatizer").stock.overwrite = True
+    ref = load_pipeline("en_core_web_sm", "pos", **_STOCK)
+    ref.get_pipe("lemmatizer").overwrite = True
+    for a, b in zip(ref.pipe(caps[:100]), nlp.pipe(caps[:100]), strict=True):
+        assert [t.lemma_ for t in a] == [t.lemma_ for t in b]
