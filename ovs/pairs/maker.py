@@ -391,7 +391,13 @@ class PairMaker:
         self._text: dict[str, torch.Tensor] = {}
 
     def noun_embeddings(self, nouns: list[str]) -> torch.Tensor:
-        """``[T, E]`` prompt embeddings (mean over ``cfg.templates``, re-normalised)."""
+        """``[T, E]`` prompt embeddings (mean over ``cfg.templates``, re-normalised).
+
+        Each noun's prompts are encoded as a batch of their own. A batch shared by whichever
+        nouns are new at that moment would make a noun's embedding depend on what the actor
+        saw before (its cache) and on the other nouns' rows (matmul kernels block by batch
+        size), so a resumed shard would score near-ties differently. This way a shard's pairs
+        are a function of the shard alone."""
         from ovs.eval.templates import apply_templates, get_templates
 
         new = [n for n in dict.fromkeys(nouns) if n not in self._text]
@@ -399,9 +405,9 @@ class PairMaker:
             if len(self._text) + len(new) > self.max_cached_nouns:
                 self._text.clear()
             templates = get_templates(self.cfg.templates)
-            emb = self.scorer.text_embeddings(apply_templates(new, templates)).float()
-            emb = F.normalize(emb.reshape(len(new), len(templates), -1).mean(dim=1), dim=-1)
-            self._text.update(zip(new, emb, strict=True))
+            for noun in new:
+                emb = self.scorer.text_embeddings(apply_templates([noun], templates)).float()
+                self._text[noun] = F.normalize(emb.mean(dim=0), dim=-1)
         return torch.stack([self._text[n] for n in nouns])
 
     def _pair(self, items: list[_Item], counts: Counter) -> list[tuple]:

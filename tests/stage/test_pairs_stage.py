@@ -3,9 +3,6 @@ pairs with the S-Seg scorer, MLflow artifacts, world pair precision, then a resu
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
@@ -88,17 +85,17 @@ def test_pairs_stage_end_to_end_and_resume(tmp_path, mlflow_uri, ray_local):
     m2 = run_stage(STAGES, "pairs", cfg, False, client, exp_id, parent, "")
     assert m2["counts"]["shards_resumed"] == 1
     assert files[0].stat().st_mtime_ns == kept_mtime, "the finished shard was not redone"
-    # The redone shard has the same pairs. Text embeddings are computed in batches of a
-    # different composition on a rerun (noun cache), so cosines move by float noise and a
-    # near-tie between two masks of this 2-step model may flip; the best score cannot.
+    # The redone shard has exactly the pairs of the uninterrupted run: a shard's pairs depend on
+    # the shard alone (key order, each noun's prompts encoded on their own), not on which actor
+    # ran it or what it had cached.
     redone = pq.read_table(files[1])
-    for col in ("key", "noun"):
+    assert redone.schema == tables[1].schema
+    for col in PAIRS_SCHEMA.names:
         assert redone.column(col).equals(tables[1].column(col)), col
-    s0, s1 = tables[1].column("score").to_numpy(), redone.column("score").to_numpy()
-    assert np.allclose(s0, s1, atol=1e-4)
-    same = redone.column("mask_id").to_numpy() == tables[1].column("mask_id").to_numpy()
-    assert same.mean() > 0.75  # near-ties are common with a 2-step model (0.88 seen under load)
     assert {k: v for k, v in m2["counts"].items() if k != "shards_resumed"} == {
         k: v for k, v in counts.items() if k != "shards_resumed"
     }
-    assert math.isclose(m2["metrics"]["pair_precision"], metrics["pair_precision"], abs_tol=0.1)
+    timing = {"img_per_s"}  # the only figure that may differ: how fast this machine ran
+    assert {k: v for k, v in m2["metrics"].items() if k not in timing} == {
+        k: v for k, v in metrics.items() if k not in timing
+    }
