@@ -53,9 +53,23 @@ def oracle_miou(
         raise ValueError(f"{len(pseudo_labels)} pseudo maps for {len(gt_labels)} GT maps")
     conf = np.zeros((num_classes, num_classes), dtype=np.int64)
     for pseudo, gt in zip(pseudo_labels, gt_labels, strict=True):
-        pred = oracle_labels(pseudo, gt, num_classes, ignore)
-        valid = (gt != ignore) & (gt < num_classes) & (pred < num_classes)
-        conf += confusion_matrix(pred[valid], gt[valid], num_classes, ignore)
+        conf += oracle_confusion(pseudo, gt, num_classes, ignore)
+    return oracle_miou_from_confusion(conf)
+
+
+def oracle_confusion(
+    pseudo: np.ndarray, gt: np.ndarray, num_classes: int, ignore: int = IGNORE_INDEX
+) -> np.ndarray:
+    """One image's ``[C, C]`` confusion of its oracle-labelled pseudo segments against ``gt``
+    (summed over a dataset, then :func:`oracle_miou_from_confusion`: constant memory in the
+    number of images)."""
+    pred = oracle_labels(pseudo, gt, num_classes, ignore)
+    valid = (gt != ignore) & (gt < num_classes) & (pred < num_classes)
+    return confusion_matrix(pred[valid], gt[valid], num_classes, ignore)
+
+
+def oracle_miou_from_confusion(conf: np.ndarray) -> float:
+    """The oracle mIoU of a summed confusion matrix (mean over the classes present)."""
     iou = per_class_iou(conf)
     present = ~np.isnan(iou)
     # The mean of the present classes' IoUs as one compact array: np.nanmean
