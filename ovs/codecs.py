@@ -81,6 +81,27 @@ def read_image(path: str | Path) -> np.ndarray:
         return np.array(im.convert("RGB"), dtype=np.uint8)
 
 
+def read_image_bounded(
+    path: str | Path, max_side: int | None
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`read_image`, scaled down so its longer side is at most ``max_side`` (``None``: as
+    stored). Returns ``(image, (height, width) as stored)``. A JPEG is decoded at the largest
+    1/2, 1/4 or 1/8 scale still above the bound (libjpeg's DCT scaling: a fraction of the
+    time and memory of a full decode), then resized with an antialiasing filter; the full
+    resolution never exists in memory."""
+    with Image.open(path) as im:
+        stored = (im.height, im.width)
+        if max_side is None or max(im.size) <= max_side:
+            return np.array(im.convert("RGB"), dtype=np.uint8), stored
+        scale = max_side / max(im.size)
+        size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
+        im.draft("RGB", size)  # JPEG only; a no-op for other formats
+        rgb = im.convert("RGB")
+        if rgb.size != size:
+            rgb = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=2.0)
+        return np.array(rgb, dtype=np.uint8), stored
+
+
 def read_keyed(path: str | Path, columns: list[str]) -> dict[str, dict]:
     """``key -> row`` of a per-shard parquet file, with those of ``columns`` it has (``key``
     among them); a missing file (its shard not processed) gives ``{}``."""

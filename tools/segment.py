@@ -15,7 +15,10 @@ artifact), a skipped stage run (followed to the run that made the output) or a p
 takes every pixel whose best class probability is below T (classes are then 1..N).
 
 Per image ``<stem>``: ``DIR/<stem>_overlay.png`` (overlay + legend) and
-``DIR/<stem>_label.png`` (uint8 class ids). Exit code 0 when every image was written,
+``DIR/<stem>_label.png`` (uint8 class ids). An image whose longer side exceeds ``--max-side``
+(default 2048) is decoded at a JPEG DCT scale and resized to it first, and both files are written
+at that size: working memory is bounded by the bound, not by the photo (an 8000x6000 JPEG costs
+what a 2048x1536 one does). Exit code 0 when every image was written,
 1 when some image could not be read (it is reported and skipped), 2 for bad arguments (an
 empty class list, missing image files, a checkpoint or run id that does not exist or is not a
 method's checkpoint, an unknown protocol, an output directory that cannot be written: one
@@ -29,7 +32,7 @@ import os
 import sys
 from pathlib import Path
 
-from ovs.codecs import png_bytes, read_image
+from ovs.codecs import png_bytes, read_image_bounded
 from ovs.eval.method import MethodRef, is_run_id, load_method
 from ovs.eval.protocol import build_classifier, get_protocol, predict_label
 from ovs.eval.visualize import legend, make_palette, overlay, with_legend
@@ -37,6 +40,11 @@ from ovs.io import atomic_write_bytes
 from pipelines.tracking import default_tracking_uri
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# The working resolution bound. The protocols classify at a short side of 448 (mask_free) and
+# upsample; past ~4x that a label map holds no more detail, while an 8000x6000 photo decoded,
+# converted to float and upsampled per class costs gigabytes. Larger images are decoded at a
+# JPEG DCT scale and resized to this longer side; their label and overlay are written at it.
+MAX_SIDE = 2048
 
 
 def parse_classes(text: str) -> list[list[str]]:
@@ -107,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--tracking-uri", default=None, help="MLflow store for a run id --checkpoint")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    p.add_argument(
+        "--max-side",
+        type=int,
+        default=MAX_SIDE,
+        help=f"longer side an image is scaled down to before segmenting (default {MAX_SIDE}; "
+        "0 = as stored)",
+    )
     return p
 
 
@@ -138,6 +153,8 @@ def _run(args: argparse.Namespace) -> int:
     classes = parse_classes(args.classes)
     if not classes:
         raise UsageError("--classes is empty: give at least one class name, e.g. 'cat,dog'")
+    if args.max_side < 0:
+        raise UsageError(f"--max-side must be >= 0 (0 = as stored), got {args.max_side}")
     missing = [str(p) for p in args.images if not p.is_file()]
     if missing:
         raise UsageError(f"image file(s) not found: {', '.join(missing)}")
@@ -172,7 +189,7 @@ def _run(args: argparse.Namespace) -> int:
         stem = path.stem if path.stem not in seen else f"{path.stem}_{len(seen)}"
         seen.add(stem)
         try:
-            image = read_image(path)
+            image, stored = read_image_bounded(path, args.max_side or None)
         except OSError as e:
             print(f"error: cannot read image {path}: {e}", file=sys.stderr)
             failures += 1
@@ -181,7 +198,14 @@ def _run(args: argparse.Namespace) -> int:
         picture = with_legend(overlay(image, label, palette, args.alpha), legend_img)
         atomic_write_bytes(args.out / f"{stem}_overlay.png", png_bytes(picture))
         atomic_write_bytes(args.out / f"{stem}_label.png", png_bytes(label))
-        print(f"{path} -> {args.out / (stem + '_overlay.png')}")
+        scaled = (
+            ""
+            if image.shape[:2] == stored
+            else (
+                f" (scaled from {stored[1]}x{stored[0]} to {image.shape[1]}x{image.shape[0]}: --max-side)"
+            )
+        )
+        print(f"{path} -> {args.out / (stem + '_overlay.png')}{scaled}")
     return 1 if failures else 0
 
 

@@ -82,3 +82,30 @@ def test_read_keyed(tmp_path):
     }
     assert read_keyed(path, ["key", "nouns"])["a"] == {"key": "a"}  # absent column left out
     assert read_keyed(tmp_path / "missing.parquet", ["key"]) == {}
+
+
+def test_read_image_bounded(tmp_path):
+    """At or below the bound: exactly :func:`read_image`. Above it, JPEG (DCT-scaled decode)
+    and PNG alike come back with the longer side at the bound, aspect kept, close to a plain
+    full decode + resize (smooth content: the two filters differ only in rounding)."""
+    from PIL import Image
+
+    from ovs.codecs import read_image, read_image_bounded
+
+    yy, xx = np.mgrid[0:1200, 0:1600]
+    img = np.stack([xx * 255 // 1600, yy * 255 // 1200, (xx + yy) % 256 // 4 + 64], -1)
+    img = img.astype(np.uint8)
+    for ext in ("jpg", "png"):
+        path = tmp_path / f"a.{ext}"
+        Image.fromarray(img).save(path, quality=95) if ext == "jpg" else Image.fromarray(img).save(
+            path
+        )
+        same, stored = read_image_bounded(path, 1600)
+        assert stored == (1200, 1600) and np.array_equal(same, read_image(path))
+        assert np.array_equal(read_image_bounded(path, None)[0], read_image(path))
+        small, stored = read_image_bounded(path, 400)
+        assert stored == (1200, 1600) and small.shape == (300, 400, 3) and small.dtype == np.uint8
+        ref = np.asarray(
+            Image.fromarray(read_image(path)).resize((400, 300), Image.Resampling.LANCZOS)
+        )
+        assert np.abs(small.astype(int) - ref.astype(int)).mean() < 3.0

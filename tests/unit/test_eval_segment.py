@@ -37,6 +37,34 @@ def test_segment_writes_overlay_and_labels(tmp_path, capsys):
     assert "a.png ->" in capsys.readouterr().out
 
 
+def test_segment_bounds_the_working_resolution(tmp_path, capsys):
+    """A photo above ``--max-side`` is segmented and written at the bound (aspect kept), one
+    at or below it at its own size; ``--max-side 0`` keeps every image as stored."""
+    big = _image(tmp_path / "big.jpg", 600, 900, seed=2)
+    small = _image(tmp_path / "small.png", 30, 50)
+    out = tmp_path / "out"
+    rc = main(
+        [
+            str(big),
+            str(small),
+            "--classes",
+            "cat,dog",
+            "--out",
+            str(out),
+            "--max-side",
+            "128",
+            *BASE,
+        ]
+    )
+    assert rc == 0
+    assert np.asarray(Image.open(out / "big_label.png")).shape == (85, 128)
+    assert np.asarray(Image.open(out / "small_label.png")).shape == (30, 50)
+    assert "scaled from 900x600 to 128x85" in capsys.readouterr().out
+    rc = main([str(big), "--classes", "cat", "--out", str(out), "--max-side", "0", *BASE])
+    assert rc == 0 and np.asarray(Image.open(out / "big_label.png")).shape == (600, 900)
+    assert main([str(big), "--classes", "cat", "--out", str(out), "--max-side", "-1", *BASE]) == 2
+
+
 def test_segment_background_threshold(tmp_path):
     a = _image(tmp_path / "a.png")
     out = tmp_path / "out"
