@@ -338,6 +338,40 @@ def test_code_version_on_runs_and_manifests(env, caplog):
     assert calls == ["a"]
 
 
+def test_other_code_refused_or_redone_as_configured(env, tmp_path):
+    """``pipeline.reuse_other_code``: ``refuse`` stops with the output and both versions named
+    (in the driver's check before anything is written, and in ``run_stage``); ``redo``
+    deletes the output (per-item files included) and recomputes it."""
+    from ovs import provenance
+    from pipelines.common import check_reuse
+
+    cfg, client, exp_id, parent = env
+    run_stage(STAGES, "a", cfg, False, client, exp_id, parent, "")
+    out = resolve(STAGES, "a", cfg).out_dir
+    write_manifest(out, {**read_manifest(out), "code": {"git_commit": "", "code_hash": "feedbeef"}})
+    (out / "left-by-old-code.txt").write_text("x")
+    refuse = load_config(
+        None, [f"workdir={tmp_path / 'w'}", "world.num_train=3", "pipeline.reuse_other_code=refuse"]
+    )
+    check_reuse(STAGES, refuse, ["a"], force=True)  # --force recomputes anyway
+    for check in (
+        lambda: check_reuse(STAGES, refuse, ["a", "b"], force=False),
+        lambda: run_stage(STAGES, "a", refuse, False, client, exp_id, parent, ""),
+    ):
+        with pytest.raises(PipelineError, match="made by other code: code hash feedbeef"):
+            check()
+    assert calls == ["a"] and read_manifest(out)["code"]["code_hash"] == "feedbeef"
+    redo = load_config(
+        None, [f"workdir={tmp_path / 'w'}", "world.num_train=3", "pipeline.reuse_other_code=redo"]
+    )
+    m = run_stage(STAGES, "a", redo, False, client, exp_id, parent, "")
+    assert calls == ["a", "a"] and m["code"] == provenance.current()
+    assert not (out / "left-by-old-code.txt").exists()
+    check_reuse(
+        STAGES, refuse, ["a"], force=False
+    )  # made by this code now: reused under any policy
+
+
 def test_stale_output_reruns_in_place(env):
     """A stage whose ``stale`` names a reason runs again in its directory (not wiped)."""
     cfg, client, exp_id, parent = env

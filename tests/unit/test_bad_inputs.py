@@ -14,7 +14,11 @@ Ray started here); ``segment``,
 ``runs``, ``bench`` = ``python -m tools.<name>``; ``clean`` = the download stage's URL-list
 pass (:func:`ovs.data.url_lists.clean`) on the ``download`` section the arguments configure;
 ``shard`` = reading a webdataset shard (:func:`ovs.data.shards.iter_shard`); ``resume`` = a
-download rerun's broken-shard sweep; ``shard_map`` = the shard mapper's finished-output test.
+download rerun's broken-shard sweep; ``shard_map`` = the shard mapper's finished-output test;
+``index`` = the training ingest's and OVSegmentor partners' header index of a shard
+(:func:`ovs.data.ingest.tar_index`); ``reuse`` = the driver's ``run_stage`` of the ``world``
+stage on real MLflow (sqlite) over an output whose manifest records other code (``old/``,
+made for the ``OLD`` arguments).
 """
 
 from __future__ import annotations
@@ -98,10 +102,14 @@ FILES: dict[str, Callable[[], bytes]] = {
     "truncated/00000.tar": lambda: _tar()[:5000],
     "truncated/00000_stats.json": lambda: b'{"count": 3}',
     "cut_at_member/00000.tar": lambda: _tar()[: 512 * 8],
+    "at_boundary/00000.tar": lambda: _tar()[: 512 + 3072 + 512 + 512],  # after sample 0
     "notatar/00000.tar": lambda: b"\x00garbage" * 10,
     "corrupt_output.parquet": lambda: b"PAR1\x00\x00 cut short by a kill",
+    "old/": lambda: b"",  # made by _old_output
 }
 
+OLD = "workdir={tmp}/old pipeline.stages=[world] world.num_train=16 world.num_eval=4"
+OLD_CODE = {"git_commit": "0123456789abcdef" * 2 + "01234567", "code_hash": "feedbeef"}
 DL = "pipeline.stages=[download]"  # only the download stage: no world, so the list is checked
 ONE = "download.header=false"
 
@@ -161,6 +169,12 @@ ROWS: list[Row] = [
     R("shard-not-tar", "shard that is not a tar", "shard", "{tmp}/notatar/00000.tar", 2, "is truncated or corrupt", "notatar/00000.tar"),
     R("shard-resume", "truncated shard with _stats.json on a download rerun: redone", "resume", "{tmp}/truncated", 0, "00000_stats.json", "truncated/00000.tar", "truncated/00000_stats.json"),
     R("shard-no-stats", "shard without _stats.json (killed mid-write): never read", "resume", "{tmp}/cut_at_member", 0, "", "cut_at_member/00000.tar"),
+    R("index-truncated", "training ingest indexing a shard cut short", "index", "{tmp}/truncated/00000.tar", 2, "is truncated or corrupt", "truncated/00000.tar"),
+    R("index-cut-at-member", "training ingest indexing a shard cut at a member boundary", "index", "{tmp}/at_boundary/00000.tar", 2, "no end-of-archive marker", "at_boundary/00000.tar"),
+    R("reuse-other-code-warn", "output made by other code, pipeline.reuse_other_code=warn (default)", "reuse", OLD, 0, "kept: [world] reusing", "old/", "m.db"),
+    R("reuse-other-code-redo", "output made by other code, pipeline.reuse_other_code=redo", "reuse", f"{OLD} pipeline.reuse_other_code=redo", 0, "recomputed: [world] redoing", "old/", "m.db"),
+    R("reuse-other-code-refuse", "output made by other code, pipeline.reuse_other_code=refuse", P, f"{OLD} pipeline.reuse_other_code=refuse", 2, "was made by other code: commit 0123456789ab", "old/"),
+    R("reuse-policy", "unknown pipeline.reuse_other_code", P, f"{W} pipeline.reuse_other_code=keep", 2, "pipeline.reuse_other_code must be one of ['warn', 'refuse', 'redo']"),
     R("output-corrupt", "stage output parquet left corrupt: deleted and redone", "shard_map", "{tmp}/corrupt_output.parquet", 0, "redo", "corrupt_output.parquet"),
     # --- command-line tools
     R("segment-no-classes", "segment: empty vocabulary", "segment", "{tmp}/image.png --classes , --method clip --out {tmp}/w", 2, "--classes is empty", "image.png"),
@@ -185,7 +199,9 @@ ROWS: list[Row] = [
 def _make_files(tmp: Path, names: tuple[str, ...]) -> None:
     for name in names:
         path = tmp / name
-        if name.endswith("/"):
+        if name == "old/":  # the world stage's finished output (for OLD), made by other code
+            _old_output(tmp)
+        elif name.endswith("/"):
             path.mkdir(parents=True, exist_ok=True)
         elif name == "m.db":  # an MLflow store with only the default experiment
             shutil.copy(_empty_mlflow_db(), path)
@@ -203,6 +219,43 @@ def _empty_mlflow_db() -> Path:
     atexit.register(shutil.rmtree, path.parent, True)
     MlflowClient(f"sqlite:///{path}").search_experiments()
     return path
+
+
+def _old_output(tmp: Path) -> None:
+    from ovs.stage import resolve, write_manifest
+    from pipelines.graph import STAGES, load_config
+
+    args = [a.replace("{tmp}", str(tmp)) for a in shlex.split(OLD)]
+    out = resolve(STAGES, "world", load_config(DEFAULT_CONFIG, args)).out_dir
+    out.mkdir(parents=True)
+    (out / "left-by-old-code.txt").write_text("x")
+    write_manifest(out, {"stage": "world", "counts": {}, "metrics": {}, "code": OLD_CODE})
+
+
+def _reuse(args: list[str], tmp: Path) -> tuple[int, str]:
+    """``run_stage`` of ``world`` over ``old/``: ``kept``/``recomputed`` and the driver's log."""
+    import logging
+
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.common import run_stage
+    from pipelines.graph import STAGES, load_config
+
+    cfg = load_config(DEFAULT_CONFIG, args)
+    client = MlflowClient(f"sqlite:///{tmp / 'm.db'}")
+    parent = client.create_run("0").info.run_id
+    log = io.StringIO()
+    handler = logging.StreamHandler(log)
+    logger = logging.getLogger("ovs")
+    logger.addHandler(handler)
+    try:
+        m = run_stage(STAGES, "world", cfg, False, client, "0", parent, "")
+    finally:
+        logger.removeHandler(handler)
+    out = next((tmp / "old" / "world").iterdir())
+    kept = m["code"] == OLD_CODE and (out / "left-by-old-code.txt").exists()
+    assert kept or (m["code"] != OLD_CODE and not (out / "left-by-old-code.txt").exists())
+    return 0, ("kept: " if kept else "recomputed: ") + log.getvalue()
 
 
 def _call(fn: Callable[[], int | None]) -> int:
@@ -270,6 +323,17 @@ def run_row(row: Row, tmp: Path) -> tuple[int, str]:
             except ShardError as e:
                 return 2, str(e)
             return 0, ""
+        elif row.command == "index":
+            from ovs.data.ingest import tar_index
+            from ovs.data.shards import ShardError
+
+            try:
+                tar_index(args[0])
+            except ShardError as e:
+                return 2, str(e)
+            return 0, ""
+        elif row.command == "reuse":
+            return _reuse(args, tmp)
         elif row.command == "resume":
             from ovs.data.download import _drop_broken_shards
             from ovs.data.shards import list_shards
@@ -320,7 +384,9 @@ def readme_block() -> str:
     for r in ROWS:
         if r.command == "clean" and r.code == 0:
             result = f"skipped, counted: `{r.expect}`"
-        elif r.command in ("clean", "shard") and r.code != 0:  # library calls: no exit code
+        elif r.command == "reuse":
+            result = "reused, warned naming both versions" if "kept" in r.expect else "redone"
+        elif r.command in ("clean", "shard", "index") and r.code != 0:  # library calls
             result = "refused, one message naming the file"
         elif r.code == 0:
             result = "redone" if r.command != "resume" or r.expect else "never read"
