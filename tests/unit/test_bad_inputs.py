@@ -16,7 +16,9 @@ pass (:func:`ovs.data.url_lists.clean`) on the ``download`` section the argument
 ``shard`` = reading a webdataset shard (:func:`ovs.data.shards.iter_shard`); ``resume`` = a
 download rerun's broken-shard sweep; ``shard_map`` = the shard mapper's finished-output test;
 ``index`` = the training ingest's and OVSegmentor partners' header index of a shard
-(:func:`ovs.data.ingest.tar_index`); ``reuse`` = the driver's ``run_stage`` of the ``world``
+(:func:`ovs.data.ingest.tar_index`); ``memory`` = the training loop's first-step memory check
+(:func:`pipelines.loop.step_memory` around :func:`ovs.train.step.train_step`) on the configured
+``train`` model and batch (``tests/unit/test_step_memory.py``); ``reuse`` = the driver's ``run_stage`` of the ``world``
 stage on real MLflow (sqlite) over an output whose manifest records other code (``old/``,
 made for the ``OLD`` arguments).
 """
@@ -156,6 +158,7 @@ ROWS: list[Row] = [
     # --- resources: the driver's check against the joined cluster (here: 2 CPUs, no GPU)
     R("too-many-gpus", "more GPUs than the cluster has", "resources", "pipeline.stages=[pseudo_masks] pseudo_masks.num_gpus=1.0", 2, "pseudo_masks.num_actors: asks for 1 GPUs at once, the Ray cluster has 0"),
     R("too-many-workers", "more training workers than CPUs", "resources", "pipeline.stages=[train] train.num_workers=8", 2, "train.num_workers: asks for 8 CPUs at once, the Ray cluster has 2"),
+    R("batch-too-large", "training batch whose step needs more memory than the rank has", "memory", "train.memory_budget_mb=150", 2, "train.batch_size=32 does not fit in memory: one training step needs at least"),
     R("too-many-actors", "more evaluation actors than CPUs", "resources", "pipeline.stages=[evaluate] evaluate.num_actors=3", 2, "evaluate.num_actors: asks for 3 CPUs at once"),
     # --- URL-list rows: skipped and counted by the download stage (shown in its manifest counts)
     R("rows-duplicate", "duplicate URLs", "clean", f"{ONE} download.columns=[url,caption] download.url_list=[{{tmp}}/dup.tsv]", 0, "duplicate_url=1", "dup.tsv"),
@@ -323,6 +326,15 @@ def run_row(row: Row, tmp: Path) -> tuple[int, str]:
             except ShardError as e:
                 return 2, str(e)
             return 0, ""
+        elif row.command == "memory":
+            from ovs.train.memory import BatchTooLarge
+            from tests.unit.test_step_memory import first_step
+
+            try:
+                first_step(args)
+            except BatchTooLarge as e:
+                return 2, str(e)
+            return 0, ""
         elif row.command == "index":
             from ovs.data.ingest import tar_index
             from ovs.data.shards import ShardError
@@ -386,6 +398,8 @@ def readme_block() -> str:
             result = f"skipped, counted: `{r.expect}`"
         elif r.command == "reuse":
             result = "reused, warned naming both versions" if "kept" in r.expect else "redone"
+        elif r.command == "memory":
+            result = "refused in step 1's forward, one message naming the batch key"
         elif r.command in ("clean", "shard", "index") and r.code != 0:  # library calls
             result = "refused, one message naming the file"
         elif r.code == 0:
