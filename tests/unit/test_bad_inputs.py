@@ -8,10 +8,10 @@ exist). Adding a row is one line. README's "Reliability" section is generated fr
 (``python -m tests.unit.test_bad_inputs`` prints it) and checked against it below.
 
 Commands: ``pipeline`` = ``pipelines/full.py``'s ``main`` (fails in validation, before Ray
-starts); ``resources`` = the driver's check of a config's actor pools and Train jobs against
+starts; an ``ENV:NAME=value`` argument sets an environment variable for the row); ``resources`` = the driver's check of a config's actor pools and Train jobs against
 the joined cluster's ``ray.cluster_resources()`` (:data:`CLUSTER`: the tests' local Ray, no
 Ray started here); ``segment``,
-``runs``, ``bench`` = ``python -m tools.<name>``; ``clean`` = the download stage's URL-list
+``runs``, ``bench``, ``report``, ``serve`` = ``python -m tools.<name>``; ``clean`` = the download stage's URL-list
 pass (:func:`ovs.data.url_lists.clean`) on the ``download`` section the arguments configure;
 ``shard`` = reading a webdataset shard (:func:`ovs.data.shards.iter_shard`); ``resume`` = a
 download rerun's broken-shard sweep; ``shard_map`` = the shard mapper's finished-output test;
@@ -29,11 +29,12 @@ import atexit
 import contextlib
 import functools
 import io
+import os
 import shlex
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,6 +155,8 @@ ROWS: list[Row] = [
     R("workdir-file", "workdir under a regular file", P, "workdir={tmp}/empty.csv/w", 2, "is not writable", "empty.csv"),
     R("ray-address", "ray.address nobody listens on", P, f"{W} ray.address=127.0.0.1:9", 2, "cannot reach the Ray cluster at 127.0.0.1:9"),
     R("ray-address-form", "ray.address that is not host:port", P, f"{W} ray.address=nowhere", 2, "is not host:port"),
+    R("mlflow-server", "MLflow tracking server nobody listens on", P, f"{W} ENV:MLFLOW_TRACKING_URI=http://127.0.0.1:9", 2, "MLflow tracking server http://127.0.0.1:9 is unreachable"),
+    R("mlflow-sqlite-dir", "MLflow sqlite store in a folder that does not exist", P, f"{W} ENV:MLFLOW_TRACKING_URI=sqlite:///{{tmp}}/nodir/m.db", 2, "nodir is not writable"),
     R("unknown-key", "unknown key (already caught; the speed reference)", P, f"{W} download.nope=1", 2, "download.nope: unknown key"),
     # --- resources: the driver's check against the joined cluster (here: 2 CPUs, no GPU)
     R("too-many-gpus", "more GPUs than the cluster has", "resources", "pipeline.stages=[pseudo_masks] pseudo_masks.num_gpus=1.0", 2, "pseudo_masks.num_actors: asks for 1 GPUs at once, the Ray cluster has 0"),
@@ -192,6 +195,13 @@ ROWS: list[Row] = [
     R("runs-experiment", "runs: experiment that does not exist", "runs", "compare --experiment nope --tracking-uri sqlite:///{tmp}/m.db", 2, "no MLflow experiment 'nope'", "m.db"),
     R("runs-store", "runs: tracking database that does not exist", "runs", "compare --tracking-uri sqlite:///{tmp}/none.db", 2, "no such database file"),
     R("runs-server", "runs: tracking server nobody listens on", "runs", "compare --tracking-uri http://127.0.0.1:9", 2, "MLflow store http://127.0.0.1:9"),
+    R("report-run-id", "report: run id that does not exist", "report", "0123456789abcdef0123456789abcdef --tracking-uri sqlite:///{tmp}/m.db --out {tmp}/w/r.html", 2, "Run with id=0123456789abcdef0123456789abcdef not found", "m.db"),
+    R("report-store", "report: tracking database that does not exist (not created)", "report", "--tracking-uri sqlite:///{tmp}/w/none.db --out {tmp}/w/r.html", 2, "no MLflow database at sqlite:///"),
+    R("report-no-runs", "report: store without pipeline runs", "report", "--tracking-uri sqlite:///{tmp}/m.db --out {tmp}/w/r.html", 2, "no pipeline run recorded in this MLflow store", "m.db"),
+    R("serve-checkpoint", "serve: checkpoint that does not exist", "serve", "--checkpoint {tmp}/nope.pt", 2, "does not exist"),
+    R("serve-garbage", "serve: checkpoint file that is not one (before Ray starts)", "serve", "--checkpoint {tmp}/garbage.pt", 2, "cannot load checkpoint", "garbage.pt"),
+    R("serve-run-id", "serve: MLflow run id that does not exist", "serve", "--checkpoint 0123456789abcdef0123456789abcdef --tracking-uri sqlite:///{tmp}/m.db", 2, "Run with id=0123456789abcdef0123456789abcdef not found", "m.db"),
+    R("serve-port", "serve: port out of range", "serve", "--method clip --port 70000", 2, "serve.port must be 1..65535, got 70000"),
     R("bench-name", "bench: unknown benchmark name", "bench", "nope", 2, "usage: python -m tools.bench"),
 ]  # fmt: skip
 
@@ -261,6 +271,20 @@ def _reuse(args: list[str], tmp: Path) -> tuple[int, str]:
     return 0, ("kept: " if kept else "recomputed: ") + log.getvalue()
 
 
+@contextlib.contextmanager
+def _environ(env: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _call(fn: Callable[[], int | None]) -> int:
     try:
         return int(fn() or 0)
@@ -288,8 +312,10 @@ def run_row(row: Row, tmp: Path) -> tuple[int, str]:
     """``(exit code, stderr or the counted result)`` of one row, run in-process."""
     _make_files(tmp, row.files)
     args = [a.replace("{tmp}", str(tmp)) for a in row.args]
+    env = dict(a[len("ENV:") :].split("=", 1) for a in args if a.startswith("ENV:"))
+    args = [a for a in args if not a.startswith("ENV:")]
     err = io.StringIO()
-    with contextlib.redirect_stderr(err):
+    with contextlib.redirect_stderr(err), _environ(env):
         if row.command.startswith("pipeline"):
             from pipelines.common import main
 
@@ -302,6 +328,14 @@ def run_row(row: Row, tmp: Path) -> tuple[int, str]:
             from tools.runs import main as runs
 
             code = _call(lambda: runs(args))
+        elif row.command == "report":
+            from tools.report.__main__ import main as report
+
+            code = _call(lambda: report(args))
+        elif row.command == "serve":
+            from tools.serve.__main__ import main as serve
+
+            code = _call(lambda: serve(args))
         elif row.command == "bench":
             from tools.bench.__main__ import main as bench
 
