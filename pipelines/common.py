@@ -9,7 +9,8 @@ that made them) unless ``--force``.
 Exit codes: 0 done; 2 the config or a precondition is wrong (nothing was run, one line on
 stderr: unknown keys, wrong types, a URL list, benchmark root or checkpoint file that is
 missing or unreadable, a workdir that cannot be written, MLflow or ``ray.address`` out of
-reach, more CPUs/GPUs than the Ray cluster has); 3 a stage stopped on purpose before finishing (:class:`ovs.stage.StageIncomplete`,
+reach, more CPUs/GPUs than the Ray cluster has; or, found by a running stage, whose run ends
+FAILED: a damaged shard, a training batch that does not fit in memory); 3 a stage stopped on purpose before finishing (:class:`ovs.stage.StageIncomplete`,
 e.g. ``train.time_limit_s``): its directory stays a resumable partial output without
 ``_SUCCESS.json``, later stages did not run, and rerunning the same command continues it.
 Its MLflow run ends ``KILLED`` with tag ``ovs.status=incomplete`` and the stage's metrics so
@@ -40,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from ovs import provenance
 from ovs.config import Config, ConfigError, flatten, to_dict, to_yaml
 from ovs.data import url_lists
+from ovs.data.shards import ShardError
 from ovs.eval.config import BenchmarkMissing, check_benchmarks
 from ovs.stage import (
     Progress,
@@ -576,9 +578,9 @@ def main(only: str | None = None, argv: list[str] | None = None) -> int:
         message = " ".join(str(e).split())
         print(f"incomplete: stage {n!r}: {message}", file=sys.stderr)
         return EXIT_INCOMPLETE
-    except PipelineError as e:
+    except (PipelineError, ShardError) as e:  # found running: a damaged shard, a batch too large
         client.set_terminated(pid, "FAILED")
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: stage {n!r}: {e}", file=sys.stderr)
         return EXIT_CONFIG
     except BaseException:
         client.set_terminated(pid, "FAILED")

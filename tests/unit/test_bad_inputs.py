@@ -16,7 +16,10 @@ pass (:func:`ovs.data.url_lists.clean`) on the ``download`` section the argument
 ``shard`` = reading a webdataset shard (:func:`ovs.data.shards.iter_shard`); ``resume`` = a
 download rerun's broken-shard sweep; ``shard_map`` = the shard mapper's finished-output test;
 ``index`` = the training ingest's and OVSegmentor partners' header index of a shard
-(:func:`ovs.data.ingest.tar_index`); ``memory`` = the training loop's first-step memory check
+(:func:`ovs.data.ingest.tar_index`); ``precision`` = the pairs stage's per-shard precision
+reader (:class:`ovs.pairs.precision.ShardPrecision`); ``items`` = the shard mapper's error for
+items that failed on a damaged shard (:func:`pipelines.shard_map.items_failed`, from the
+traceback an actor sends back); ``memory`` = the training loop's first-step memory check
 (:func:`pipelines.loop.step_memory` around :func:`ovs.train.step.train_step`) on the configured
 ``train`` model and batch (``tests/unit/test_step_memory.py``); ``reuse`` = the driver's ``run_stage`` of the ``world``
 stage on real MLflow (sqlite) over an output whose manifest records other code (``old/``,
@@ -106,6 +109,12 @@ FILES: dict[str, Callable[[], bytes]] = {
     "truncated/00000_stats.json": lambda: b'{"count": 3}',
     "cut_at_member/00000.tar": lambda: _tar()[: 512 * 8],
     "at_boundary/00000.tar": lambda: _tar()[: 512 + 3072 + 512 + 512],  # after sample 0
+    "pairs/00000.parquet": lambda: _parquet(
+        pa.table({"key": ["000000000"], "noun": ["cat"], "mask_id": [0], "score": [0.9]})
+    ),
+    "pairs/masks.parquet": lambda: _parquet(
+        pa.table({"key": ["000000000"], "label_png": [b""], "k": [2], "status": ["ok"]})
+    ),
     "notatar/00000.tar": lambda: b"\x00garbage" * 10,
     "corrupt_output.parquet": lambda: b"PAR1\x00\x00 cut short by a kill",
     "old/": lambda: b"",  # made by _old_output
@@ -177,6 +186,8 @@ ROWS: list[Row] = [
     R("shard-no-stats", "shard without _stats.json (killed mid-write): never read", "resume", "{tmp}/cut_at_member", 0, "", "cut_at_member/00000.tar"),
     R("index-truncated", "training ingest indexing a shard cut short", "index", "{tmp}/truncated/00000.tar", 2, "is truncated or corrupt", "truncated/00000.tar"),
     R("index-cut-at-member", "training ingest indexing a shard cut at a member boundary", "index", "{tmp}/at_boundary/00000.tar", 2, "no end-of-archive marker", "at_boundary/00000.tar"),
+    R("precision-truncated", "pairs precision reading a shard cut short", "precision", "{tmp}/pairs/00000.parquet {tmp}/pairs/masks.parquet {tmp}/truncated/00000.tar", 2, "is truncated or corrupt", "pairs/00000.parquet", "pairs/masks.parquet", "truncated/00000.tar"),
+    R("shard-map-damaged", "shard mapper items failing on damaged shards: one line, no traceback", "items", "{tmp}/truncated/00000.tar", 2, "1 shards failed on damaged shards (00000); first, 00000: shard", "truncated/00000.tar"),
     R("reuse-other-code-warn", "output made by other code, pipeline.reuse_other_code=warn (default)", "reuse", OLD, 0, "kept: [world] reusing", "old/", "m.db"),
     R("reuse-other-code-redo", "output made by other code, pipeline.reuse_other_code=redo", "reuse", f"{OLD} pipeline.reuse_other_code=redo", 0, "recomputed: [world] redoing", "old/", "m.db"),
     R("reuse-other-code-refuse", "output made by other code, pipeline.reuse_other_code=refuse", P, f"{OLD} pipeline.reuse_other_code=refuse", 2, "was made by other code: commit 0123456789ab", "old/"),
@@ -369,6 +380,28 @@ def run_row(row: Row, tmp: Path) -> tuple[int, str]:
             except BatchTooLarge as e:
                 return 2, str(e)
             return 0, ""
+        elif row.command == "precision":
+            from ovs.data.shards import ShardError
+            from ovs.pairs.precision import ShardPrecision
+
+            try:
+                ShardPrecision(str(tmp), {"cat": 0}, 0.0)(*args)
+            except ShardError as e:
+                return 2, str(e)
+            return 0, ""
+        elif row.command == "items":  # the traceback a shard-mapper actor sends back
+            import traceback
+
+            from ovs.data.shards import iter_shard
+            from pipelines.shard_map import DamagedShards, items_failed
+
+            try:
+                list(iter_shard(args[0]))
+                return 0, ""
+            except Exception:  # noqa: BLE001 - what the actor catches
+                error = items_failed({Path(args[0]).stem: traceback.format_exc()}, "shards")
+            assert isinstance(error, DamagedShards)
+            return 2, str(error)
         elif row.command == "index":
             from ovs.data.ingest import tar_index
             from ovs.data.shards import ShardError
@@ -434,7 +467,7 @@ def readme_block() -> str:
             result = "reused, warned naming both versions" if "kept" in r.expect else "redone"
         elif r.command == "memory":
             result = "refused in step 1's forward, one message naming the batch key"
-        elif r.command in ("clean", "shard", "index") and r.code != 0:  # library calls
+        elif r.command in ("clean", "shard", "index", "precision", "items") and r.code != 0:
             result = "refused, one message naming the file"
         elif r.code == 0:
             result = "redone" if r.command != "resume" or r.expect else "never read"
