@@ -226,7 +226,7 @@ def fit_and_export(
             raise
         from pipelines.common import PipelineError
 
-        raise PipelineError(f"{name}: {user}") from None
+        raise PipelineError(f"{name}: {str(user).strip().splitlines()[0]}") from None
     final = out_dir / "model" / "latest.pt"
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_suffix(".tmp")
@@ -256,8 +256,9 @@ def user_error(e: BaseException) -> BaseException | None:
         if x is None or id(x) in seen:
             continue
         seen.add(id(x))
-        if isinstance(x, (BatchTooLarge, ShardError)):
-            return x
+        if isinstance(x, (BatchTooLarge, ShardError)):  # a RayTaskError(ShardError) is one too
+            inner = getattr(x, "cause", None)
+            return inner if isinstance(inner, (BatchTooLarge, ShardError)) else x
         failures = getattr(x, "worker_failures", None)
         todo += list(failures.values()) if isinstance(failures, dict) else []
         for attr in ("__cause__", "__context__", "_base_exc", "cause"):

@@ -122,6 +122,12 @@ def test_worker_errors_are_found_inside_ray_train_failures() -> None:
     except RuntimeError as chained:
         assert isinstance(user_error(chained), ShardError)
     assert user_error(WorkerGroupError("w", {0: ValueError("a bug")})) is None
+    from ray.exceptions import RayTaskError  # a Ray Data task's error inside the worker
+
+    shard = ShardError("shard y.tar is truncated or corrupt")
+    task = RayTaskError("decode", "Traceback ...\nShardError: ...", shard).as_instanceof_cause()
+    assert isinstance(task, ShardError) and user_error(RuntimeError("x")) is None
+    assert user_error(WorkerGroupError("w", {0: UserExceptionWithTraceback(task, "tb")})) is shard
 
 
 def test_step_memory_counts_each_saved_storage_once() -> None:
