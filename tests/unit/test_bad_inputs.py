@@ -212,6 +212,7 @@ ROWS: list[Row] = [
     R("serve-checkpoint", "serve: checkpoint that does not exist", "serve", "--checkpoint {tmp}/nope.pt", 2, "does not exist"),
     R("serve-garbage", "serve: checkpoint file that is not one (before Ray starts)", "serve", "--checkpoint {tmp}/garbage.pt", 2, "cannot load checkpoint", "garbage.pt"),
     R("serve-run-id", "serve: MLflow run id that does not exist", "serve", "--checkpoint 0123456789abcdef0123456789abcdef --tracking-uri sqlite:///{tmp}/m.db", 2, "Run with id=0123456789abcdef0123456789abcdef not found", "m.db"),
+    R("serve-method", "serve: unknown method name", "serve", "--method nope", 2, "invalid choice: 'nope'"),
     R("serve-port", "serve: port out of range", "serve", "--method clip --port 70000", 2, "serve.port must be 1..65535, got 70000"),
     R("bench-name", "bench: unknown benchmark name", "bench", "nope", 2, "usage: python -m tools.bench"),
 ]  # fmt: skip
