@@ -9,7 +9,8 @@ that made them) unless ``--force``.
 Exit codes: 0 done; 2 the config or a precondition is wrong (nothing was run, one line on
 stderr: unknown keys, wrong types, a URL list, benchmark root or checkpoint file that is
 missing or unreadable, a workdir that cannot be written, MLflow or ``ray.address`` out of
-reach, more CPUs/GPUs than the Ray cluster has); 3 a stage stopped on purpose before finishing (:class:`ovs.stage.StageIncomplete`,
+reach, more CPUs/GPUs than the Ray cluster has; or, found by a running stage, whose run ends
+FAILED: a damaged shard, a training batch that does not fit in memory); 3 a stage stopped on purpose before finishing (:class:`ovs.stage.StageIncomplete`,
 e.g. ``train.time_limit_s``): its directory stays a resumable partial output without
 ``_SUCCESS.json``, later stages did not run, and rerunning the same command continues it.
 Its MLflow run ends ``KILLED`` with tag ``ovs.status=incomplete`` and the stage's metrics so
@@ -17,7 +18,9 @@ far (e.g. ``steps_done``); the parent run likewise, with ``ovs.incomplete_stage`
 
 Every run (parent and stages) is tagged with the code version (``ovs.git_commit``,
 ``ovs.git_dirty``, ``ovs.code_hash``; :mod:`ovs.provenance`), which every manifest also holds
-under ``"code"``; reusing an output made by other code logs a warning naming both versions.
+under ``"code"``. An output made by other code is reused with a warning naming both
+versions, refused before anything runs (exit 2) or deleted and recomputed, as
+``pipeline.reuse_other_code`` says (:func:`other_code`).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from ovs import provenance
 from ovs.config import Config, ConfigError, flatten, to_dict, to_yaml
 from ovs.data import url_lists
+from ovs.data.shards import ShardError
 from ovs.eval.config import BenchmarkMissing, check_benchmarks
 from ovs.stage import (
     Progress,
@@ -213,13 +217,6 @@ def _skip(
 ) -> None:
     """Record a reused output: a finished ``(skipped)`` run with the source run's metrics."""
     other = provenance.differs(manifest.get("code"), code)
-    if other:
-        log.warning(
-            "[%s] reusing %s, made by other code: %s; --force recomputes it",
-            stage.name,
-            out_dir,
-            other,
-        )
     run = client.create_run(
         exp_id,
         run_name=stage_run_name(stage.name, getattr(cfg, stage.name, None), "skipped"),
@@ -240,6 +237,49 @@ def _skip(
     )
     MlflowTracker(client, run.info.run_id).log_metrics(manifest.get("metrics", {}))
     client.set_terminated(run.info.run_id, "FINISHED")
+
+
+def other_code(name: str, out_dir: Path, manifest: dict, policy: str) -> bool:
+    """Whether the finished output ``out_dir`` of stage ``name`` may be reused, given that its
+    ``manifest`` may record other code than the running one, under ``policy``
+    (``pipeline.reuse_other_code``): made by this code, or ``warn`` (logs the difference) ->
+    True; ``redo`` -> False (the caller deletes and recomputes it); ``refuse`` ->
+    :class:`PipelineError` naming the output, both versions and the ways on."""
+    other = provenance.differs(manifest.get("code"), provenance.current())
+    if not other:
+        return True
+    if policy == "refuse":
+        raise PipelineError(
+            f"stage {name!r}: output {out_dir} was made by other code: {other}; "
+            "pipeline.reuse_other_code=refuse: rerun with --force or "
+            "pipeline.reuse_other_code=redo to recompute it, or =warn to reuse it"
+        )
+    if policy == "redo":
+        log.warning("[%s] redoing %s, made by other code: %s", name, out_dir, other)
+        return False
+    log.warning(
+        "[%s] reusing %s, made by other code: %s; --force or pipeline.reuse_other_code=redo "
+        "recomputes it",
+        name,
+        out_dir,
+        other,
+    )
+    return True
+
+
+def check_reuse(
+    stages: dict[str, Stage], cfg: ExperimentConfig, names: list[str], force: bool
+) -> None:
+    """With ``pipeline.reuse_other_code=refuse``: refuse, before anything is written, a finished
+    output of a stage in ``names`` (of table ``stages``) which other code made
+    (:func:`other_code`)."""
+    if force or cfg.pipeline.reuse_other_code != "refuse":
+        return
+    for name in names:
+        out_dir = resolve(stages, name, cfg).out_dir
+        manifest = read_manifest(out_dir)
+        if manifest is not None:
+            other_code(name, out_dir, manifest, "refuse")
 
 
 def _incomplete(tracker: MlflowTracker, e: StageIncomplete, seconds: float) -> None:
@@ -273,11 +313,15 @@ def run_stage(
     if manifest is not None and not force:
         reason = stage.stale(cfg, manifest) if stage.stale is not None else None
         if not reason:
-            log.info("[%s] skipped: %s already complete", name, out_dir)
-            _skip(client, exp_id, parent_id, stage, cfg, out_dir, manifest, code)
-            return manifest
-        log.info("[%s] rerunning in %s: %s", name, out_dir, reason)
-        retract_manifest(out_dir)
+            policy = getattr(getattr(cfg, "pipeline", None), "reuse_other_code", "warn")
+            if other_code(name, out_dir, manifest, policy):
+                log.info("[%s] skipped: %s already complete", name, out_dir)
+                _skip(client, exp_id, parent_id, stage, cfg, out_dir, manifest, code)
+                return manifest
+            force = True  # redo: per-item outputs of the other code must not be resumed
+        else:
+            log.info("[%s] rerunning in %s: %s", name, out_dir, reason)
+            retract_manifest(out_dir)
     inputs, manifests = {}, {}
     for inp, h in res.inputs.items():
         in_dir = cfg.workdir_path / inp / h
@@ -489,6 +533,7 @@ def main(only: str | None = None, argv: list[str] | None = None) -> int:
         for n in names:
             resolve(STAGES, n, cfg)  # validates stage names before anything is written
         preflight(cfg, names)
+        check_reuse(STAGES, cfg, names, args.force)
         workdir = check_workdir(cfg)
         client, exp_id, uri = connect_mlflow(cfg.experiment)
     except (ConfigError, PipelineError, BenchmarkMissing, KeyError, ValueError) as e:
@@ -533,9 +578,9 @@ def main(only: str | None = None, argv: list[str] | None = None) -> int:
         message = " ".join(str(e).split())
         print(f"incomplete: stage {n!r}: {message}", file=sys.stderr)
         return EXIT_INCOMPLETE
-    except PipelineError as e:
+    except (PipelineError, ShardError) as e:  # found running: a damaged shard, a batch too large
         client.set_terminated(pid, "FAILED")
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: stage {n!r}: {e}", file=sys.stderr)
         return EXIT_CONFIG
     except BaseException:
         client.set_terminated(pid, "FAILED")

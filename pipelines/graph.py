@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ovs.config import Config, load
+from ovs.config import Config, check_choice, load
 from ovs.stage import Stage
 from pipelines import (
     download,
@@ -26,6 +26,7 @@ from pipelines import (
     world,
 )
 
+REUSE_POLICIES = ("warn", "refuse", "redo")  # pipeline.reuse_other_code
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
@@ -47,6 +48,18 @@ class PipelineConfig:
     ``STAGES``, in table order. A config names a subset only to run less (``conf/cc12m.yaml``)."""
 
     stages: list[str] = field(default_factory=lambda: list(STAGES))
+    # An existing stage output whose manifest records other code than the running one
+    # (ovs.provenance.differs: another commit or source hash): "warn" reuses it and logs the
+    # difference (and tags the skipped run ovs.source_code_differs); "refuse" stops before
+    # anything runs, naming the output and both versions; "redo" deletes it and recomputes.
+    # "warn" by default: the code hash moves with every edit of ovs/, pipelines/ or conf/
+    # (comments included) while the stage hash already covers every setting of the result, so
+    # recomputing (or refusing) by default would redo hours of download and training after a
+    # docstring fix; --force or "redo" recompute when the code change matters.
+    reuse_other_code: str = "warn"
+
+    def validate(self) -> None:
+        check_choice("pipeline.reuse_other_code", self.reuse_other_code, REUSE_POLICIES)
 
 
 @dataclass

@@ -6,12 +6,15 @@ a picklable *task factory*. Each worker builds the task (model, objective, optim
 schedule factories, resumable batches) and the loop owns the rest: resume from the last Ray
 checkpoint, AMP + backward + clipping + optimiser/schedule step (:func:`ovs.train.step.
 train_step`), device-side metric windows logged to MLflow from rank 0 at log steps, the failure
-drill (:mod:`pipelines.drills`, test-only), checkpoints with every rank's data and RNG state, and the
-time-limit stop that all ranks agree on.
+drill (:mod:`pipelines.drills`, test-only), checkpoints with every rank's data and RNG state, the
+time-limit stop that all ranks agree on, and the memory check of the first step
+(:mod:`ovs.train.memory`: a batch that does not fit, or an out-of-memory error in any step, fails
+with one message naming ``<section>.batch_size``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -23,6 +26,7 @@ import numpy as np
 import torch
 
 from ovs.train.loop_config import LoopConfig
+from ovs.train.memory import MiB, StepMemory, device_limit, out_of_memory
 from pipelines.ray_train import (
     RunRef,
     Window,
@@ -147,7 +151,22 @@ def train_worker(job: LoopJob) -> None:
     batches = task.batches(start, own)
     if own is not None:  # dropout and every torch draw continue where the checkpoint left them
         set_rng_state(own["torch"], device)
-    _train(job, task, objective, opt, sched, batches, start, device, rank, world)
+    probe = step_memory(job.loop, task.model, opt, device, ctx.get_local_world_size())
+    _train(job, task, objective, opt, sched, batches, start, device, rank, world, probe)
+
+
+def step_memory(
+    cfg: LoopConfig, model: torch.nn.Module, opt: Any, device: torch.device, ranks_on_node: int
+) -> StepMemory:
+    """The memory check of a worker's first step (:mod:`ovs.train.memory`): against
+    ``memory_budget_mb`` when set, else what ``device`` has for each of the node's ranks."""
+    if cfg.memory_budget_mb is not None:
+        budget = int(cfg.memory_budget_mb * MiB)
+        limit, what = budget, f"{cfg.SECTION}.memory_budget_mb={cfg.memory_budget_mb:g}"
+    else:
+        params = sum(p.numel() * p.element_size() for p in model.parameters())
+        limit, what = device_limit(device, params, ranks_on_node)
+    return StepMemory(model, opt, limit, what, f"{cfg.SECTION}.batch_size", cfg.batch_size)
 
 
 def _train(
@@ -161,13 +180,19 @@ def _train(
     device: torch.device,
     rank: int,
     world: int,
+    probe: StepMemory | None = None,
 ) -> None:
     """Steps ``step + 1 .. cfg.steps``: log windows at log steps, report (rank 0 with a
-    checkpoint) at checkpoint steps and at the end, stop early when the time limit is hit."""
+    checkpoint) at checkpoint steps and at the end, stop early when the time limit is hit.
+
+    The first step runs inside ``probe`` (:class:`ovs.train.memory.StepMemory`: a batch that
+    does not fit fails in its forward); an allocator failure in any step becomes
+    :class:`~ovs.train.memory.BatchTooLarge` naming ``<section>.batch_size``."""
     from ovs.precision import training_dtype
     from ovs.train.step import train_step
 
     cfg = job.loop
+    key = f"{cfg.SECTION}.batch_size"
     tracker = rank0_tracker(job.run, rank)
     amp_dtype = training_dtype(cfg.amp_dtype, device)
     marker = Path(job.out_dir) / ".injected_failure"
@@ -176,11 +201,19 @@ def _train(
     wait_fractions: list[float] = []
     while step < cfg.steps:
         t_data = time.monotonic()
-        inputs, images = task.inputs(next(batches))
-        window.data_wait_s += time.monotonic() - t_data
-        out, grad_norm = train_step(
-            objective, inputs, task.model, opt, sched, cfg.grad_clip, amp_dtype, device
-        )
+        try:
+            inputs, images = task.inputs(next(batches))  # the batch moves to the device here
+            window.data_wait_s += time.monotonic() - t_data
+            with probe if probe is not None else contextlib.nullcontext():
+                out, grad_norm = train_step(
+                    objective, inputs, task.model, opt, sched, cfg.grad_clip, amp_dtype, device
+                )
+        except Exception as e:
+            oom = out_of_memory(e, key, cfg.batch_size, f"step {step + 1} on {device}")
+            if oom is None:
+                raise
+            raise oom from None
+        probe = None
         step += 1
         if step == job.fail_at_step and rank == world - 1 and not marker.exists():
             marker.touch()

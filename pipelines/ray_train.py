@@ -218,7 +218,15 @@ def fit_and_export(
             logging_config=ray.train.LoggingConfig(log_level=ray_logs.TRAIN_CONSOLE_LEVEL),
         ),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as e:
+        user = user_error(e)
+        if user is None:
+            raise
+        from pipelines.common import PipelineError
+
+        raise PipelineError(f"{name}: {str(user).strip().splitlines()[0]}") from None
     final = out_dir / "model" / "latest.pt"
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_suffix(".tmp")
@@ -232,6 +240,32 @@ def fit_and_export(
         shutil.copyfile(latest / MODEL, tmp)
     os.replace(tmp, final)
     return final, dict(result.metrics or {})
+
+
+def user_error(e: BaseException) -> BaseException | None:
+    """The error of the user's making that a failed ``trainer.fit()`` carries from a worker (a
+    batch that does not fit, :class:`ovs.train.memory.BatchTooLarge`; a damaged shard,
+    :class:`ovs.data.shards.ShardError`), found through Ray Train's wrappers (``__cause__``,
+    ``worker_failures``, the wrapped ``_base_exc`` / ``cause``), or None."""
+    from ovs.data.shards import ShardError
+    from ovs.train.memory import BatchTooLarge
+
+    todo, seen = [e], set()
+    while todo:
+        x = todo.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, (BatchTooLarge, ShardError)):  # a RayTaskError(ShardError) is one too
+            inner = getattr(x, "cause", None)
+            return inner if isinstance(inner, (BatchTooLarge, ShardError)) else x
+        failures = getattr(x, "worker_failures", None)
+        todo += list(failures.values()) if isinstance(failures, dict) else []
+        for attr in ("__cause__", "__context__", "_base_exc", "cause"):
+            value = getattr(x, attr, None)
+            if isinstance(value, BaseException):
+                todo.append(value)
+    return None
 
 
 class Window:

@@ -16,7 +16,8 @@ writes) and the items; :func:`map_items` does the rest:
   atomically (:func:`ovs.io.atomic_write_parquet`: temp file + rename, so a killed run
   leaves no partial file); items without an ``output`` send their return value back instead;
 - a failing item is logged and leaves no file, the other items still complete, and
-  :class:`ItemsFailed` names the failures once the pool has drained (a rerun redoes them);
+  :class:`ItemsFailed` names the failures once the pool has drained (a rerun redoes them;
+  :class:`DamagedShards`, one line, when every one read a damaged shard);
 - each finished item is reported through the stage's progress helper (:class:`ovs.stage.Progress`).
 
 Why Ray Data and not ``ray.util.ActorPool``: the items are small (paths, index lists) and
@@ -43,6 +44,8 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from ovs.data.shards import ShardError
 
 log = logging.getLogger("ovs")
 
@@ -91,6 +94,34 @@ class ItemsFailed(RuntimeError):
             f"{failed[first]}"
         )
         self.failed = failed
+
+
+SHARD_ERROR = ("ovs.data.shards.ShardError: ", "ShardError: ")  # a failed item's last line
+
+
+class DamagedShards(ItemsFailed, ShardError):
+    """Every failed item read a damaged shard (:class:`ovs.data.shards.ShardError`): its
+    message is one line naming the items and the first shard's error (which says what to do),
+    without the tracebacks, so the driver prints it as its one ``error:`` line."""
+
+    def __init__(self, failed: dict[str, str], what: str) -> None:
+        ItemsFailed.__init__(self, failed, what)
+        first = next(iter(failed))
+        line = failed[first].strip().splitlines()[-1]
+        message = next(line[len(p) :] for p in SHARD_ERROR if line.startswith(p))
+        self.args = (
+            f"{len(failed)} {what} failed on damaged shards ({', '.join(sorted(failed))}); "
+            f"first, {first}: {message}",
+        )
+
+
+def items_failed(failed: dict[str, str], what: str) -> ItemsFailed:
+    """The error of a pass whose items ``failed`` (key -> traceback): :class:`DamagedShards`
+    when each failed on a damaged shard, else :class:`ItemsFailed` with the first traceback."""
+    lines = [tb.strip().splitlines()[-1] if tb.strip() else "" for tb in failed.values()]
+    if all(line.startswith(SHARD_ERROR) for line in lines):
+        return DamagedShards(failed, what)
+    return ItemsFailed(failed, what)
 
 
 class _ItemActor:
@@ -200,5 +231,5 @@ def map_items(
         progress(done, len(todo), what)
     result.seconds = time.perf_counter() - start
     if failed:
-        raise ItemsFailed(failed, what)
+        raise items_failed(failed, what)
     return result

@@ -41,7 +41,6 @@ stage, per epoch); it is not offered as an option here, because it is not cheap.
 from __future__ import annotations
 
 import io
-import tarfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +53,7 @@ from PIL import Image
 
 from ovs.codecs import decode_label_png, read_keyed
 from ovs.data.augment import AugmentConfig, sample_crop
+from ovs.data.shards import shard_members
 from ovs.pseudo_masks.masker import image_seed
 
 OK = "ok"
@@ -128,21 +128,22 @@ class ShardTable:
 
 def tar_index(path: str | Path, ext: str = "jpg") -> tuple[list[str], np.ndarray, np.ndarray]:
     """Keys in tar order with the data offset and size of each key's ``ext`` member (0, 0
-    when it has none). Reads headers only (the tar module seeks over member data)."""
+    when it has none). Reads headers only (:func:`ovs.data.shards.shard_members`: a tar cut
+    short or corrupt raises :class:`~ovs.data.shards.ShardError` naming the file, never offsets
+    past its end)."""
     keys: list[str] = []
     offsets: list[int] = []
     sizes: list[int] = []
-    with tarfile.open(path, "r:") as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            key, _, member = info.name.rsplit("/", 1)[-1].partition(".")
-            if not keys or keys[-1] != key:
-                keys.append(key)
-                offsets.append(0)
-                sizes.append(0)
-            if member == ext:
-                offsets[-1], sizes[-1] = info.offset_data, info.size
+    for info in shard_members(path):
+        if not info.isfile():
+            continue
+        key, _, member = info.name.rsplit("/", 1)[-1].partition(".")
+        if not keys or keys[-1] != key:
+            keys.append(key)
+            offsets.append(0)
+            sizes.append(0)
+        if member == ext:
+            offsets[-1], sizes[-1] = info.offset_data, info.size
     return keys, np.asarray(offsets, np.int64), np.asarray(sizes, np.int64)
 
 

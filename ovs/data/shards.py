@@ -4,7 +4,8 @@ Only finished shards count: img2dataset writes ``<shard>_stats.json`` after the 
 so a shard without it is a partial write of a killed job and is never read. A finished shard
 whose tar is damaged on disk (cut short, not a tar) raises :class:`ShardError` naming the file
 when read, never a bare ``tarfile`` error deep inside a stage; :func:`check_shard` tests one
-without reading its payloads.
+without reading its payloads, and :func:`shard_members` (what readers that seek to members by
+offset use) raises it for the same damage.
 """
 
 from __future__ import annotations
@@ -40,6 +41,26 @@ def check_shard(tar_path: str | Path) -> str | None:
     except (tarfile.TarError, EOFError, OSError) as e:
         return f"{type(e).__name__}: {_first_line(e)}"
     return None
+
+
+def shard_members(tar_path: str | Path) -> list[tarfile.TarInfo]:
+    """The tar's member headers (one pass, no payload read), for readers that seek to members
+    by ``offset_data`` themselves; :class:`ShardError` naming the file when the tar is not one,
+    a member ends past the end of the file, or the end-of-archive marker is missing (the
+    checks of :func:`check_shard`)."""
+    size = Path(tar_path).stat().st_size
+    try:
+        with tarfile.open(tar_path, "r:") as tar:
+            members = tar.getmembers()
+            why = _end_error(tar, size)
+    except (tarfile.TarError, EOFError) as e:
+        raise _broken(tar_path, e) from None
+    for info in members:
+        if info.offset_data + info.size > size:
+            why = why or f"member {info.name} ends past the end of the file ({size} bytes)"
+    if why:
+        raise _broken(tar_path, tarfile.ReadError(why))
+    return members
 
 
 def _first_line(e: BaseException) -> str:

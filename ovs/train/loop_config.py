@@ -32,6 +32,7 @@ class LoopConfig:
         "checkpoint_every",
         "max_failures",
         "time_limit_s",
+        "memory_budget_mb",
     )
 
     num_workers: int = 1  # Ray Train workers (DDP ranks)
@@ -55,12 +56,19 @@ class LoopConfig:
     # Off by default: no wall clock decides a result. When set and hit (checked at log steps,
     # agreed across ranks) the loop checkpoints and the stage ends resumable, not complete.
     time_limit_s: float | None = None
+    # Memory one rank's training step may use (MiB), checked during the first step's forward
+    # (ovs.train.memory: parameters, gradients, optimiser state, saved activations); a batch
+    # that needs more fails naming <section>.batch_size. None: what the device has (CUDA free
+    # memory; the CPU's available RAM shared by the node's ranks).
+    memory_budget_mb: float | None = None
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field for a value the loop cannot run with (checked
         when the config loads, before any stage writes)."""
         section = self.SECTION
         check_choice(f"{section}.amp_dtype", self.amp_dtype, precision.CHOICES)
+        if self.memory_budget_mb is not None and self.memory_budget_mb <= 0:
+            raise ValueError(f"{section}.memory_budget_mb must be positive or null")
         for name in ("num_workers", "cpus_per_worker", "log_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{section}.{name} must be at least 1, got {getattr(self, name)}")

@@ -279,6 +279,8 @@ def test_pipeline_stops_at_an_incomplete_stage_with_exit_code_3(
 
     monkeypatch.setattr(graph, "STAGES", INCOMPLETE)
     monkeypatch.setattr(common, "init_ray", lambda cfg: None)  # these stages do not use Ray
+    # nor does the driver's resource check then (run alone, no earlier test started a Ray)
+    monkeypatch.setattr("ray.cluster_resources", lambda: {"CPU": 2.0})
     calls.clear()
     argv = [f"workdir={tmp_path / 'w'}", "world.num_train=2", "pipeline.stages=[after, i, a]"]
     assert common.main(argv=argv) == common.EXIT_INCOMPLETE == 3
@@ -336,6 +338,40 @@ def test_code_version_on_runs_and_manifests(env, caplog):
     )[0]
     assert "feedbeef" in skipped.data.tags["ovs.source_code_differs"]
     assert calls == ["a"]
+
+
+def test_other_code_refused_or_redone_as_configured(env, tmp_path):
+    """``pipeline.reuse_other_code``: ``refuse`` stops with the output and both versions named
+    (in the driver's check before anything is written, and in ``run_stage``); ``redo``
+    deletes the output (per-item files included) and recomputes it."""
+    from ovs import provenance
+    from pipelines.common import check_reuse
+
+    cfg, client, exp_id, parent = env
+    run_stage(STAGES, "a", cfg, False, client, exp_id, parent, "")
+    out = resolve(STAGES, "a", cfg).out_dir
+    write_manifest(out, {**read_manifest(out), "code": {"git_commit": "", "code_hash": "feedbeef"}})
+    (out / "left-by-old-code.txt").write_text("x")
+    refuse = load_config(
+        None, [f"workdir={tmp_path / 'w'}", "world.num_train=3", "pipeline.reuse_other_code=refuse"]
+    )
+    check_reuse(STAGES, refuse, ["a"], force=True)  # --force recomputes anyway
+    for check in (
+        lambda: check_reuse(STAGES, refuse, ["a", "b"], force=False),
+        lambda: run_stage(STAGES, "a", refuse, False, client, exp_id, parent, ""),
+    ):
+        with pytest.raises(PipelineError, match="made by other code: code hash feedbeef"):
+            check()
+    assert calls == ["a"] and read_manifest(out)["code"]["code_hash"] == "feedbeef"
+    redo = load_config(
+        None, [f"workdir={tmp_path / 'w'}", "world.num_train=3", "pipeline.reuse_other_code=redo"]
+    )
+    m = run_stage(STAGES, "a", redo, False, client, exp_id, parent, "")
+    assert calls == ["a", "a"] and m["code"] == provenance.current()
+    assert not (out / "left-by-old-code.txt").exists()
+    check_reuse(
+        STAGES, refuse, ["a"], force=False
+    )  # made by this code now: reused under any policy
 
 
 def test_stale_output_reruns_in_place(env):

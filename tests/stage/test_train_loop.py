@@ -290,3 +290,34 @@ def test_training_precision_defaults():
     assert "time_limit_s" in TrainConfig.UNHASHED and "time_limit_s" in SelfTrainConfig.UNHASHED
     assert training_dtype("auto", torch.device("cpu")) is None
     assert training_dtype("bfloat16", torch.device("cpu")) is torch.bfloat16
+
+
+def test_a_first_batch_over_the_memory_budget_stops_the_loop_naming_the_batch_key():
+    """The loop's own first step (``_train``: the task's inputs, the memory probe, the step)
+    on S-Seg's task: a batch whose step needs more than ``train.memory_budget_mb`` raises
+    :class:`ovs.train.memory.BatchTooLarge` in the forward, before any parameter changes."""
+    from ovs.data.train_data import Sample
+    from ovs.train.memory import BatchTooLarge
+    from pipelines.loop import _train, step_memory
+
+    torch.set_num_threads(1)
+    cfg = _tiny_train_cfg(batch_size=16, memory_budget_mb=110.0, steps=5)  # batch 4 fits
+    data = SSegData("", "", "", 32, 10, "local")
+    job = _job(cfg, SSegTaskFactory(cfg, SSegLossConfig(), data, None))
+    cpu = torch.device("cpu")
+    task, opt, sched, start = setup(job, cpu, 0, 1, None)
+    rng = np.random.default_rng(0)
+    batch = [
+        Sample(f"{i:09d}", rng.integers(0, 255, (32, 32, 3), np.uint8),
+               rng.integers(0, 4, (4, 4), np.uint8), "a cat on the grass", ("cat", "grass"))
+        for i in range(cfg.batch_size)
+    ]  # fmt: skip
+    before = [p.detach().clone() for p in task.model.parameters()]
+    probe = step_memory(cfg, task.model, opt, cpu, 1)
+    with pytest.raises(
+        BatchTooLarge,
+        match=r"^train\.batch_size=16 does not fit in memory: .* the limit is 110 MiB \(train\.memory_budget_mb=110\)",
+    ):
+        _train(job, task, task.objective(), opt, sched, iter([batch] * 5), start, cpu, 0, 1, probe)
+    assert probe.static < 110 * 2**20 < probe.total  # the batch's activations passed the budget
+    assert all(torch.equal(p, q) for p, q in zip(task.model.parameters(), before, strict=True))

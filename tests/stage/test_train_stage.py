@@ -112,3 +112,22 @@ def test_train_with_worker_failure_then_job_restart(tmp_path, mlflow_uri, ray_lo
     assert _same(_weights(out2), resumed), "the twice-resumed run differs from a fresh one"
     metrics = [{k: v for k, v in r["metrics"].items() if k not in TIMING} for r in (m2, fresh)]
     assert metrics[0] == metrics[1] and {"miou", "miou_at_init", "pixel_acc"} <= set(metrics[0])
+
+
+def test_a_batch_over_the_memory_budget_fails_the_stage_with_one_message(
+    tmp_path, mlflow_uri, ray_local
+):
+    """Through Ray Train: the workers' first step refuses the batch and the stage raises the
+    driver's one-line error naming ``train.batch_size``, with no model exported."""
+    from pipelines.common import PipelineError
+
+    cfg = _cfg(tmp_path, "train.memory_budget_mb=50", "train.max_failures=0")
+    client, exp_id, _ = connect_mlflow("train-stage")
+    parent = client.create_run(exp_id, run_name="p").info.run_id
+    run_upstream(UPSTREAM, cfg, client, exp_id, parent)
+    with pytest.raises(PipelineError, match=r"train\.batch_size=\d+ does not fit in memory: .*"
+                       r"the limit is 50 MiB \(train\.memory_budget_mb=50\)") as e:  # fmt: skip
+        run_stage(STAGES, "train", cfg, False, client, exp_id, parent, "")
+    assert "\n" not in str(e.value)
+    out = resolve(STAGES, "train", cfg).out_dir
+    assert read_manifest(out) is None and not (out / "model" / "latest.pt").exists()

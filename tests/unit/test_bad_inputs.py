@@ -8,13 +8,22 @@ exist). Adding a row is one line. README's "Reliability" section is generated fr
 (``python -m tests.unit.test_bad_inputs`` prints it) and checked against it below.
 
 Commands: ``pipeline`` = ``pipelines/full.py``'s ``main`` (fails in validation, before Ray
-starts); ``resources`` = the driver's check of a config's actor pools and Train jobs against
+starts; an ``ENV:NAME=value`` argument sets an environment variable for the row); ``resources`` = the driver's check of a config's actor pools and Train jobs against
 the joined cluster's ``ray.cluster_resources()`` (:data:`CLUSTER`: the tests' local Ray, no
 Ray started here); ``segment``,
-``runs``, ``bench`` = ``python -m tools.<name>``; ``clean`` = the download stage's URL-list
+``runs``, ``bench``, ``report``, ``serve`` = ``python -m tools.<name>``; ``clean`` = the download stage's URL-list
 pass (:func:`ovs.data.url_lists.clean`) on the ``download`` section the arguments configure;
 ``shard`` = reading a webdataset shard (:func:`ovs.data.shards.iter_shard`); ``resume`` = a
-download rerun's broken-shard sweep; ``shard_map`` = the shard mapper's finished-output test.
+download rerun's broken-shard sweep; ``shard_map`` = the shard mapper's finished-output test;
+``index`` = the training ingest's and OVSegmentor partners' header index of a shard
+(:func:`ovs.data.ingest.tar_index`); ``precision`` = the pairs stage's per-shard precision
+reader (:class:`ovs.pairs.precision.ShardPrecision`); ``items`` = the shard mapper's error for
+items that failed on a damaged shard (:func:`pipelines.shard_map.items_failed`, from the
+traceback an actor sends back); ``memory`` = the training loop's first-step memory check
+(:func:`pipelines.loop.step_memory` around :func:`ovs.train.step.train_step`) on the configured
+``train`` model and batch (``tests/unit/test_step_memory.py``); ``reuse`` = the driver's ``run_stage`` of the ``world``
+stage on real MLflow (sqlite) over an output whose manifest records other code (``old/``,
+made for the ``OLD`` arguments).
 """
 
 from __future__ import annotations
@@ -23,11 +32,12 @@ import atexit
 import contextlib
 import functools
 import io
+import os
 import shlex
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,10 +108,20 @@ FILES: dict[str, Callable[[], bytes]] = {
     "truncated/00000.tar": lambda: _tar()[:5000],
     "truncated/00000_stats.json": lambda: b'{"count": 3}',
     "cut_at_member/00000.tar": lambda: _tar()[: 512 * 8],
+    "at_boundary/00000.tar": lambda: _tar()[: 512 + 3072 + 512 + 512],  # after sample 0
+    "pairs/00000.parquet": lambda: _parquet(
+        pa.table({"key": ["000000000"], "noun": ["cat"], "mask_id": [0], "score": [0.9]})
+    ),
+    "pairs/masks.parquet": lambda: _parquet(
+        pa.table({"key": ["000000000"], "label_png": [b""], "k": [2], "status": ["ok"]})
+    ),
     "notatar/00000.tar": lambda: b"\x00garbage" * 10,
     "corrupt_output.parquet": lambda: b"PAR1\x00\x00 cut short by a kill",
+    "old/": lambda: b"",  # made by _old_output
 }
 
+OLD = "workdir={tmp}/old pipeline.stages=[world] world.num_train=16 world.num_eval=4"
+OLD_CODE = {"git_commit": "0123456789abcdef" * 2 + "01234567", "code_hash": "feedbeef"}
 DL = "pipeline.stages=[download]"  # only the download stage: no world, so the list is checked
 ONE = "download.header=false"
 
@@ -144,10 +164,13 @@ ROWS: list[Row] = [
     R("workdir-file", "workdir under a regular file", P, "workdir={tmp}/empty.csv/w", 2, "is not writable", "empty.csv"),
     R("ray-address", "ray.address nobody listens on", P, f"{W} ray.address=127.0.0.1:9", 2, "cannot reach the Ray cluster at 127.0.0.1:9"),
     R("ray-address-form", "ray.address that is not host:port", P, f"{W} ray.address=nowhere", 2, "is not host:port"),
+    R("mlflow-server", "MLflow tracking server nobody listens on", P, f"{W} ENV:MLFLOW_TRACKING_URI=http://127.0.0.1:9", 2, "MLflow tracking server http://127.0.0.1:9 is unreachable"),
+    R("mlflow-sqlite-dir", "MLflow sqlite store in a folder that does not exist", P, f"{W} ENV:MLFLOW_TRACKING_URI=sqlite:///{{tmp}}/nodir/m.db", 2, "nodir is not writable"),
     R("unknown-key", "unknown key (already caught; the speed reference)", P, f"{W} download.nope=1", 2, "download.nope: unknown key"),
     # --- resources: the driver's check against the joined cluster (here: 2 CPUs, no GPU)
     R("too-many-gpus", "more GPUs than the cluster has", "resources", "pipeline.stages=[pseudo_masks] pseudo_masks.num_gpus=1.0", 2, "pseudo_masks.num_actors: asks for 1 GPUs at once, the Ray cluster has 0"),
     R("too-many-workers", "more training workers than CPUs", "resources", "pipeline.stages=[train] train.num_workers=8", 2, "train.num_workers: asks for 8 CPUs at once, the Ray cluster has 2"),
+    R("batch-too-large", "training batch whose step needs more memory than the rank has", "memory", "train.memory_budget_mb=150", 2, "train.batch_size=32 does not fit in memory: one training step needs at least"),
     R("too-many-actors", "more evaluation actors than CPUs", "resources", "pipeline.stages=[evaluate] evaluate.num_actors=3", 2, "evaluate.num_actors: asks for 3 CPUs at once"),
     # --- URL-list rows: skipped and counted by the download stage (shown in its manifest counts)
     R("rows-duplicate", "duplicate URLs", "clean", f"{ONE} download.columns=[url,caption] download.url_list=[{{tmp}}/dup.tsv]", 0, "duplicate_url=1", "dup.tsv"),
@@ -161,6 +184,14 @@ ROWS: list[Row] = [
     R("shard-not-tar", "shard that is not a tar", "shard", "{tmp}/notatar/00000.tar", 2, "is truncated or corrupt", "notatar/00000.tar"),
     R("shard-resume", "truncated shard with _stats.json on a download rerun: redone", "resume", "{tmp}/truncated", 0, "00000_stats.json", "truncated/00000.tar", "truncated/00000_stats.json"),
     R("shard-no-stats", "shard without _stats.json (killed mid-write): never read", "resume", "{tmp}/cut_at_member", 0, "", "cut_at_member/00000.tar"),
+    R("index-truncated", "training ingest indexing a shard cut short", "index", "{tmp}/truncated/00000.tar", 2, "is truncated or corrupt", "truncated/00000.tar"),
+    R("index-cut-at-member", "training ingest indexing a shard cut at a member boundary", "index", "{tmp}/at_boundary/00000.tar", 2, "no end-of-archive marker", "at_boundary/00000.tar"),
+    R("precision-truncated", "pairs precision reading a shard cut short", "precision", "{tmp}/pairs/00000.parquet {tmp}/pairs/masks.parquet {tmp}/truncated/00000.tar", 2, "is truncated or corrupt", "pairs/00000.parquet", "pairs/masks.parquet", "truncated/00000.tar"),
+    R("shard-map-damaged", "shard mapper items failing on damaged shards: one line, no traceback", "items", "{tmp}/truncated/00000.tar", 2, "1 shards failed on damaged shards (00000); first, 00000: shard", "truncated/00000.tar"),
+    R("reuse-other-code-warn", "output made by other code, pipeline.reuse_other_code=warn (default)", "reuse", OLD, 0, "kept: [world] reusing", "old/", "m.db"),
+    R("reuse-other-code-redo", "output made by other code, pipeline.reuse_other_code=redo", "reuse", f"{OLD} pipeline.reuse_other_code=redo", 0, "recomputed: [world] redoing", "old/", "m.db"),
+    R("reuse-other-code-refuse", "output made by other code, pipeline.reuse_other_code=refuse", P, f"{OLD} pipeline.reuse_other_code=refuse", 2, "was made by other code: commit 0123456789ab", "old/"),
+    R("reuse-policy", "unknown pipeline.reuse_other_code", P, f"{W} pipeline.reuse_other_code=keep", 2, "pipeline.reuse_other_code must be one of ['warn', 'refuse', 'redo']"),
     R("output-corrupt", "stage output parquet left corrupt: deleted and redone", "shard_map", "{tmp}/corrupt_output.parquet", 0, "redo", "corrupt_output.parquet"),
     # --- command-line tools
     R("segment-no-classes", "segment: empty vocabulary", "segment", "{tmp}/image.png --classes , --method clip --out {tmp}/w", 2, "--classes is empty", "image.png"),
@@ -175,6 +206,14 @@ ROWS: list[Row] = [
     R("runs-experiment", "runs: experiment that does not exist", "runs", "compare --experiment nope --tracking-uri sqlite:///{tmp}/m.db", 2, "no MLflow experiment 'nope'", "m.db"),
     R("runs-store", "runs: tracking database that does not exist", "runs", "compare --tracking-uri sqlite:///{tmp}/none.db", 2, "no such database file"),
     R("runs-server", "runs: tracking server nobody listens on", "runs", "compare --tracking-uri http://127.0.0.1:9", 2, "MLflow store http://127.0.0.1:9"),
+    R("report-run-id", "report: run id that does not exist", "report", "0123456789abcdef0123456789abcdef --tracking-uri sqlite:///{tmp}/m.db --out {tmp}/w/r.html", 2, "Run with id=0123456789abcdef0123456789abcdef not found", "m.db"),
+    R("report-store", "report: tracking database that does not exist (not created)", "report", "--tracking-uri sqlite:///{tmp}/w/none.db --out {tmp}/w/r.html", 2, "no MLflow database at sqlite:///"),
+    R("report-no-runs", "report: store without pipeline runs", "report", "--tracking-uri sqlite:///{tmp}/m.db --out {tmp}/w/r.html", 2, "no pipeline run recorded in this MLflow store", "m.db"),
+    R("serve-checkpoint", "serve: checkpoint that does not exist", "serve", "--checkpoint {tmp}/nope.pt", 2, "does not exist"),
+    R("serve-garbage", "serve: checkpoint file that is not one (before Ray starts)", "serve", "--checkpoint {tmp}/garbage.pt", 2, "cannot load checkpoint", "garbage.pt"),
+    R("serve-run-id", "serve: MLflow run id that does not exist", "serve", "--checkpoint 0123456789abcdef0123456789abcdef --tracking-uri sqlite:///{tmp}/m.db", 2, "Run with id=0123456789abcdef0123456789abcdef not found", "m.db"),
+    R("serve-method", "serve: unknown method name", "serve", "--method nope", 2, "invalid choice: 'nope'"),
+    R("serve-port", "serve: port out of range", "serve", "--method clip --port 70000", 2, "serve.port must be 1..65535, got 70000"),
     R("bench-name", "bench: unknown benchmark name", "bench", "nope", 2, "usage: python -m tools.bench"),
 ]  # fmt: skip
 
@@ -185,7 +224,9 @@ ROWS: list[Row] = [
 def _make_files(tmp: Path, names: tuple[str, ...]) -> None:
     for name in names:
         path = tmp / name
-        if name.endswith("/"):
+        if name == "old/":  # the world stage's finished output (for OLD), made by other code
+            _old_output(tmp)
+        elif name.endswith("/"):
             path.mkdir(parents=True, exist_ok=True)
         elif name == "m.db":  # an MLflow store with only the default experiment
             shutil.copy(_empty_mlflow_db(), path)
@@ -203,6 +244,57 @@ def _empty_mlflow_db() -> Path:
     atexit.register(shutil.rmtree, path.parent, True)
     MlflowClient(f"sqlite:///{path}").search_experiments()
     return path
+
+
+def _old_output(tmp: Path) -> None:
+    from ovs.stage import resolve, write_manifest
+    from pipelines.graph import STAGES, load_config
+
+    args = [a.replace("{tmp}", str(tmp)) for a in shlex.split(OLD)]
+    out = resolve(STAGES, "world", load_config(DEFAULT_CONFIG, args)).out_dir
+    out.mkdir(parents=True)
+    (out / "left-by-old-code.txt").write_text("x")
+    write_manifest(out, {"stage": "world", "counts": {}, "metrics": {}, "code": OLD_CODE})
+
+
+def _reuse(args: list[str], tmp: Path) -> tuple[int, str]:
+    """``run_stage`` of ``world`` over ``old/``: ``kept``/``recomputed`` and the driver's log."""
+    import logging
+
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.common import run_stage
+    from pipelines.graph import STAGES, load_config
+
+    cfg = load_config(DEFAULT_CONFIG, args)
+    client = MlflowClient(f"sqlite:///{tmp / 'm.db'}")
+    parent = client.create_run("0").info.run_id
+    log = io.StringIO()
+    handler = logging.StreamHandler(log)
+    logger = logging.getLogger("ovs")
+    logger.addHandler(handler)
+    try:
+        m = run_stage(STAGES, "world", cfg, False, client, "0", parent, "")
+    finally:
+        logger.removeHandler(handler)
+    out = next((tmp / "old" / "world").iterdir())
+    kept = m["code"] == OLD_CODE and (out / "left-by-old-code.txt").exists()
+    assert kept or (m["code"] != OLD_CODE and not (out / "left-by-old-code.txt").exists())
+    return 0, ("kept: " if kept else "recomputed: ") + log.getvalue()
+
+
+@contextlib.contextmanager
+def _environ(env: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _call(fn: Callable[[], int | None]) -> int:
@@ -232,8 +324,10 @@ def run_row(row: Row, tmp: Path) -> tuple[int, str]:
     """``(exit code, stderr or the counted result)`` of one row, run in-process."""
     _make_files(tmp, row.files)
     args = [a.replace("{tmp}", str(tmp)) for a in row.args]
+    env = dict(a[len("ENV:") :].split("=", 1) for a in args if a.startswith("ENV:"))
+    args = [a for a in args if not a.startswith("ENV:")]
     err = io.StringIO()
-    with contextlib.redirect_stderr(err):
+    with contextlib.redirect_stderr(err), _environ(env):
         if row.command.startswith("pipeline"):
             from pipelines.common import main
 
@@ -246,6 +340,14 @@ def run_row(row: Row, tmp: Path) -> tuple[int, str]:
             from tools.runs import main as runs
 
             code = _call(lambda: runs(args))
+        elif row.command == "report":
+            from tools.report.__main__ import main as report
+
+            code = _call(lambda: report(args))
+        elif row.command == "serve":
+            from tools.serve.__main__ import main as serve
+
+            code = _call(lambda: serve(args))
         elif row.command == "bench":
             from tools.bench.__main__ import main as bench
 
@@ -270,6 +372,48 @@ def run_row(row: Row, tmp: Path) -> tuple[int, str]:
             except ShardError as e:
                 return 2, str(e)
             return 0, ""
+        elif row.command == "memory":
+            from ovs.train.memory import BatchTooLarge
+            from tests.unit.test_step_memory import first_step
+
+            try:
+                first_step(args)
+            except BatchTooLarge as e:
+                return 2, str(e)
+            return 0, ""
+        elif row.command == "precision":
+            from ovs.data.shards import ShardError
+            from ovs.pairs.precision import ShardPrecision
+
+            try:
+                ShardPrecision(str(tmp), {"cat": 0}, 0.0)(*args)
+            except ShardError as e:
+                return 2, str(e)
+            return 0, ""
+        elif row.command == "items":  # the traceback a shard-mapper actor sends back
+            import traceback
+
+            from ovs.data.shards import iter_shard
+            from pipelines.shard_map import DamagedShards, items_failed
+
+            try:
+                list(iter_shard(args[0]))
+                return 0, ""
+            except Exception:  # noqa: BLE001 - what the actor catches
+                error = items_failed({Path(args[0]).stem: traceback.format_exc()}, "shards")
+            assert isinstance(error, DamagedShards)
+            return 2, str(error)
+        elif row.command == "index":
+            from ovs.data.ingest import tar_index
+            from ovs.data.shards import ShardError
+
+            try:
+                tar_index(args[0])
+            except ShardError as e:
+                return 2, str(e)
+            return 0, ""
+        elif row.command == "reuse":
+            return _reuse(args, tmp)
         elif row.command == "resume":
             from ovs.data.download import _drop_broken_shards
             from ovs.data.shards import list_shards
@@ -320,7 +464,11 @@ def readme_block() -> str:
     for r in ROWS:
         if r.command == "clean" and r.code == 0:
             result = f"skipped, counted: `{r.expect}`"
-        elif r.command in ("clean", "shard") and r.code != 0:  # library calls: no exit code
+        elif r.command == "reuse":
+            result = "reused, warned naming both versions" if "kept" in r.expect else "redone"
+        elif r.command == "memory":
+            result = "refused in step 1's forward, one message naming the batch key"
+        elif r.command in ("clean", "shard", "index", "precision", "items") and r.code != 0:
             result = "refused, one message naming the file"
         elif r.code == 0:
             result = "redone" if r.command != "resume" or r.expect else "never read"

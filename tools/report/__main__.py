@@ -5,7 +5,8 @@
 
 ``RUN_ID`` defaults to the newest pipeline run (tag ``ovs.kind=pipeline``) of the MLflow store
 (``$MLFLOW_TRACKING_URI`` or ``./mlflow.db``). The page is one self-contained file (pictures
-embedded); open it in any browser.
+embedded); open it in any browser. A store or run that does not exist is one ``error:`` line,
+exit 2.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from pipelines.tracking import default_tracking_uri
@@ -36,11 +38,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--tracking-uri", default=None)
     args = p.parse_args(argv)
-    client = MlflowClient(args.tracking_uri or default_tracking_uri(Path.cwd()))
+    uri = args.tracking_uri or default_tracking_uri(Path.cwd())
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+        print(f"error: no MLflow database at {uri}", file=sys.stderr)  # not created empty
+        return 2
+    client = MlflowClient(uri)
     try:
         run_id = args.run_id or latest_pipeline_run(client)
-    except LookupError as e:
-        print(f"error: {e}", file=sys.stderr)
+        client.get_run(run_id)
+    except (LookupError, MlflowException) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: {first}", file=sys.stderr)
         return 2
     if args.readme:
         rewrite(args.readme, results_markdown(collect(client, run_id)))

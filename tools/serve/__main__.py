@@ -53,7 +53,11 @@ def resolve_model(args: argparse.Namespace) -> dict:
         from tools.segment import checkpoint_from_run
 
         ref = str(checkpoint_from_run(ref, args.tracking_uri or default_tracking_uri(REPO_ROOT)))
-    return {"checkpoint": str(resolve_checkpoint(ref).resolve()), "device": args.device}
+    path = resolve_checkpoint(ref).resolve()
+    from ovs.methods import load_checkpoint
+
+    load_checkpoint(path)  # ValueError naming the file now, not in a replica after Ray started
+    return {"checkpoint": str(path), "device": args.device}
 
 
 def start(model: dict, cfg: ServeConfig, name: str = "ovs") -> str:

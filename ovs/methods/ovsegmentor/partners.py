@@ -10,14 +10,13 @@ sample that has any (uniformly, from the caller's generator) and decodes its ima
 
 from __future__ import annotations
 
-import tarfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
-from ovs.data.shards import list_shards
+from ovs.data.shards import list_shards, shard_members
 from ovs.data.train_data import decode_image
 
 
@@ -44,11 +43,10 @@ class PartnerIndex:
         self.image_size = image_size
         self._where: dict[str, tuple[Path, int, int]] = {}
         for shard in list_shards(shard_dir):
-            with tarfile.open(shard, "r") as tar:
-                for info in tar.getmembers():
-                    key, _, ext = info.name.rsplit("/", 1)[-1].partition(".")
-                    if info.isfile() and ext == "jpg":
-                        self._where[key] = (shard, info.offset_data, info.size)
+            for info in shard_members(shard):  # ShardError naming a cut-short tar
+                key, _, ext = info.name.rsplit("/", 1)[-1].partition(".")
+                if info.isfile() and ext == "jpg":
+                    self._where[key] = (shard, info.offset_data, info.size)
 
     def entities(self, key: str) -> list[str]:
         """The sample's CC4M entities (folded classes); empty when it has none."""
