@@ -543,7 +543,8 @@ def main(only: str | None = None, argv: list[str] | None = None) -> int:
         init_ray(cfg)
         import ray
 
-        check_resources(cfg, names, ray.cluster_resources())
+        if ray.is_initialized():  # init_ray joined or started a cluster: check against it
+            check_resources(cfg, names, ray.cluster_resources())
     except (PipelineError, ConnectionError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"error: {first}", file=sys.stderr)

@@ -279,8 +279,6 @@ def test_pipeline_stops_at_an_incomplete_stage_with_exit_code_3(
 
     monkeypatch.setattr(graph, "STAGES", INCOMPLETE)
     monkeypatch.setattr(common, "init_ray", lambda cfg: None)  # these stages do not use Ray
-    # nor does the driver's resource check then (run alone, no earlier test started a Ray)
-    monkeypatch.setattr("ray.cluster_resources", lambda: {"CPU": 2.0})
     calls.clear()
     argv = [f"workdir={tmp_path / 'w'}", "world.num_train=2", "pipeline.stages=[after, i, a]"]
     assert common.main(argv=argv) == common.EXIT_INCOMPLETE == 3
