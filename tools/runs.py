@@ -1,15 +1,13 @@
 """Compare pipeline runs recorded in MLflow, and the methods of the newest one.
 
     python -m tools.runs compare [--experiment NAME] [--metrics a,b] [--limit N]
-    python -m tools.runs readme [--experiment compare] [--file README.md]
 
 ``compare`` prints one row per pipeline run (newest first) with its status, duration and the
 key metric of each stage (``<stage>.<metric>`` on the parent run), built on
 ``mlflow.search_runs``; then the method comparison of the newest ``evaluate`` stage
 (``comparison.json``: method x benchmark x protocol, mIoU and pixel accuracy, plus the S-Seg+
-row of the newest ``self_train`` stage). ``readme`` writes that comparison as Markdown between
-README's ``<!-- comparison:start -->`` / ``<!-- comparison:end -->`` markers (no hand-copied
-numbers).
+row of the newest ``self_train`` stage). README's comparison section is written from the same
+table by ``python -m tools.report --readme`` (:mod:`tools.report.readme`, no hand-copied numbers).
 
 Exit codes: 0 the table was printed; 2 bad arguments, an experiment that does not exist or a
 tracking store that cannot be reached (one line on stderr).
@@ -66,9 +64,6 @@ def compare_table(
     return rows
 
 
-README_START, README_END = "<!-- comparison:start -->", "<!-- comparison:end -->"
-
-
 def _newest_stage_runs(client, experiment: str, stage: str) -> list:
     from pipelines.tracking import TAG_STAGE
 
@@ -120,17 +115,6 @@ def method_comparison(experiment: str, tracking_uri: str) -> dict[str, list] | N
     return table
 
 
-def update_readme(text: str, table: dict[str, list]) -> str:
-    """``text`` with the Markdown of ``table`` between the comparison markers."""
-    from ovs.eval.comparison import markdown
-
-    if README_START not in text or README_END not in text:
-        raise ValueError(f"no {README_START} ... {README_END} section to regenerate")
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    return f"{head}{README_START}\n{markdown(table)}{README_END}{tail}"
-
-
 def format_table(rows: list[dict]) -> str:
     if not rows:
         return "(no pipeline runs)"
@@ -151,21 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--metrics", default="", help="comma-separated metric keys (default: key ones)")
     c.add_argument("--limit", type=int, default=20)
     c.add_argument("--tracking-uri", default=None)
-    r = sub.add_parser("readme", help="regenerate README's method comparison from MLflow")
-    r.add_argument("--experiment", default="compare")
-    r.add_argument("--file", default="README.md")
-    r.add_argument("--tracking-uri", default=None)
     args = p.parse_args(argv)
     uri = args.tracking_uri or default_tracking_uri(Path.cwd())
-    if args.cmd == "readme":
-        table = method_comparison(args.experiment, uri)
-        if table is None:
-            print(f"no comparison table in experiment {args.experiment!r}", file=sys.stderr)
-            return 1
-        path = Path(args.file)
-        path.write_text(update_readme(path.read_text(), table))
-        print(f"{path}: comparison section regenerated ({len(table['method'])} rows)")
-        return 0
     metrics = [m for m in args.metrics.split(",") if m] or None
     if args.limit < 1:
         p.error(f"--limit must be >= 1, got {args.limit}")

@@ -1,6 +1,6 @@
 """The method comparison of one evaluation: a method x benchmark x protocol table (mIoU and
 pixel accuracy), its grouped bar chart and its Markdown form (README's comparison section is
-regenerated from it by ``python -m tools.runs readme``; no hand-copied numbers).
+regenerated from it by ``python -m tools.report --readme``; no hand-copied numbers).
 
 A table is column lists, ``{"method", "benchmark", "protocol", "miou", "pixel_acc"}``, in the
 order the rows were given (the evaluate stage's method order): what ``mlflow``'s table

@@ -1,5 +1,5 @@
 """The comparison table (``ovs.eval.comparison``) from harness results, its Markdown and chart,
-and README's regenerated section (``tools.runs.update_readme``)."""
+and README's regenerated section (``tools.report.readme``, section ``comparison``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import pytest
 
 from ovs.eval.comparison import COLUMNS, comparison_chart, comparison_table, markdown, rows
 from ovs.eval.visualize import figure_to_png
-from tools.runs import README_END, README_START, update_readme
+from tools.report.readme import SECTIONS, splice
+
+README_START, README_END = SECTIONS["comparison"]
 
 RESULTS = [
     {"method": "sseg", "dataset": "world", "protocol": "tiny", "miou": 0.5, "acc": 0.8},
@@ -49,9 +51,10 @@ def test_chart_renders() -> None:
 
 def test_readme_section_is_replaced_between_markers() -> None:
     text = f"intro\n{README_START}\nold numbers\n{README_END}\nrest\n"
-    new = update_readme(text, comparison_table(RESULTS[:1]))
+    section = markdown(comparison_table(RESULTS[:1]))
+    new = splice(text, section, "comparison")
     assert new.startswith("intro\n") and new.endswith(f"{README_END}\nrest\n")
     assert "old numbers" not in new and "| S-Seg | 50.0 | 80.0 |" in new
-    assert update_readme(new, comparison_table(RESULTS[:1])) == new  # idempotent
+    assert splice(new, section, "comparison") == new  # idempotent
     with pytest.raises(ValueError, match="comparison"):
-        update_readme("no markers", comparison_table(RESULTS))
+        splice("no markers", section, "comparison")

@@ -1,12 +1,14 @@
-"""Write a pipeline run's HTML report, or rewrite README's results section from it.
+"""Write a pipeline run's HTML report, or rewrite README's generated sections.
 
     python -m tools.report [RUN_ID] [--out report.html] [--tracking-uri URI]
-    python -m tools.report [RUN_ID] --readme [README.md]
+    python -m tools.report [RUN_ID] --readme [README.md] [--compare-experiment compare]
 
 ``RUN_ID`` defaults to the newest pipeline run (tag ``ovs.kind=pipeline``) of the MLflow store
 (``$MLFLOW_TRACKING_URI`` or ``./mlflow.db``). The page is one self-contained file (pictures
-embedded); open it in any browser. A store or run that does not exist is one ``error:`` line,
-exit 2.
+embedded); open it in any browser. ``--readme`` rewrites README's results section from that run
+and its method comparison section from the newest compare run (``make compare``; left as it is,
+with a note, when there is none): the one command that writes figures into README
+(:mod:`tools.report.readme`). A store or run that does not exist is one ``error:`` line, exit 2.
 """
 
 from __future__ import annotations
@@ -34,7 +36,12 @@ def main(argv: list[str] | None = None) -> int:
         nargs="?",
         const="README.md",
         default=None,
-        help="rewrite this README's results section instead",
+        help="rewrite this README's generated sections instead",
+    )
+    p.add_argument(
+        "--compare-experiment",
+        default="compare",
+        help="experiment whose newest evaluate stage gives the comparison (%(default)s)",
     )
     p.add_argument("--tracking-uri", default=None)
     args = p.parse_args(argv)
@@ -51,8 +58,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {first}", file=sys.stderr)
         return 2
     if args.readme:
-        rewrite(args.readme, results_markdown(collect(client, run_id)))
+        from ovs.eval.comparison import markdown
+        from tools.runs import method_comparison
+
+        sections = {"results": results_markdown(collect(client, run_id))}
+        table = method_comparison(args.compare_experiment, uri)
+        if table is not None:
+            sections["comparison"] = markdown(table)
+        rewrite(args.readme, sections)
         print(f"rewrote the results section of {args.readme} from run {run_id}")
+        if table is None:
+            print(
+                f"no comparison table in experiment {args.compare_experiment!r}: "
+                "the comparison section is unchanged (make compare first)"
+            )
+        else:
+            print(f"rewrote its comparison section ({len(table['method'])} rows)")
     else:
         print(f"wrote {write_report(client, run_id, args.out)} (run {run_id})")
     return 0
