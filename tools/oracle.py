@@ -33,9 +33,8 @@ from typing import Any
 
 import numpy as np
 
-
-class _Refused(Exception):
-    """A bad argument or missing data: one ``error:`` line, exit code 2."""
+from tools import cli
+from tools.cli import UsageError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,17 +58,17 @@ def _benchmarks(cfg: Any, names: list[str]) -> list[tuple[Any, str]]:
     known = [d.name for d in entries]
     for n in names:
         if n not in known:
-            raise _Refused(f"--benchmark {n}: not among evaluate.datasets {known}")
+            raise UsageError(f"--benchmark {n}: not among evaluate.datasets {known}")
     chosen = [d for d in entries if not names or d.name in names]
     if not chosen:
-        raise _Refused("no benchmark: evaluate.datasets is empty")
+        raise UsageError("no benchmark: evaluate.datasets is empty")
     out = []
     for d in chosen:
         world_dir = None
         if d.from_stage == "world":
             world_dir = resolve(STAGES, "world", cfg).out_dir
             if not world_dir.is_dir():
-                raise _Refused(
+                raise UsageError(
                     f"benchmark {d.name}: from_stage world, but the world stage has not run "
                     f"({world_dir} does not exist): run `python pipelines/full.py "
                     f"pipeline.stages=[world]` with this config first"
@@ -77,7 +76,7 @@ def _benchmarks(cfg: Any, names: list[str]) -> list[tuple[Any, str]]:
         root = dataset_root(d, world_dir)
         why = missing_reason(d.name, root, d.split or None)
         if why is not None:
-            raise _Refused(f"benchmark {d.name} (root {root!r}): {why}")
+            raise UsageError(f"benchmark {d.name} (root {root!r}): {why}")
         out.append((d, root))
     return out
 
@@ -129,12 +128,7 @@ def oracle_on(
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return _run(args)
-    except _Refused as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return cli.run(_run, build_parser().parse_args(argv))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -142,15 +136,15 @@ def _run(args: argparse.Namespace) -> int:
     from pipelines.graph import load_config
 
     if args.limit is not None and args.limit < 1:
-        raise _Refused(f"--limit must be >= 1, got {args.limit}")
+        raise UsageError(f"--limit must be >= 1, got {args.limit}")
     try:
         cfg = load_config(args.config, args.overrides)
     except (ConfigError, OSError, ValueError) as e:
-        raise _Refused(str(e)) from e
+        raise UsageError(str(e)) from e
     benchmarks = _benchmarks(cfg, args.benchmark)
     out = Path(args.out)
     if not out.parent.is_dir():
-        raise _Refused(f"--out {out}: parent directory {out.parent} does not exist")
+        raise UsageError(f"--out {out}: parent directory {out.parent} does not exist")
 
     from ovs.eval.datasets import build_dataset
     from ovs.io import atomic_write_bytes

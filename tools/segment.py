@@ -38,6 +38,8 @@ from ovs.eval.protocol import build_classifier, get_protocol, predict_label
 from ovs.eval.visualize import legend, make_palette, overlay, with_legend
 from ovs.io import atomic_write_bytes
 from pipelines.tracking import default_tracking_uri
+from tools import cli
+from tools.cli import UsageError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The working resolution bound. The protocols classify at a short side of 448 (mask_free) and
@@ -125,10 +127,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class UsageError(ValueError):
-    """A bad argument: printed as one ``error:`` line, exit code 2."""
-
-
 def _check_out(out: Path) -> None:
     """``out`` exists as a writable directory or can be created (nothing is created here)."""
     probe = out
@@ -141,12 +139,7 @@ def _check_out(out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return _run(args)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return cli.run(_run, build_parser().parse_args(argv))
 
 
 def _run(args: argparse.Namespace) -> int:
