@@ -96,8 +96,8 @@ def find_datasets(
     if world_dir is not None:
         if any(d.name == "world" for d in wanted):
             raise ValueError("evaluate.datasets lists 'world', which comes from the world stage")
-        world = EvalDatasetConfig(
-            "world", str(world_dir), "eval", cfg.world_max_images, optional=True
+        world = EvalDatasetConfig(  # split "": the world's report_split (eval, or val to tune)
+            "world", str(world_dir), "", cfg.world_max_images, optional=True
         )
         wanted.insert(0, world)
     found, missing = [], []

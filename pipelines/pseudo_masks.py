@@ -57,9 +57,10 @@ def _oracle(ctx: StageContext, cfg: PseudoMaskConfig) -> dict[str, float]:
     from ovs.data import world
 
     root = ctx.inputs["world"]
-    samples = world.load_split(root, "eval", limit=cfg.oracle_images)
+    split = world.report_split(root)  # eval, or val in a tuning run
+    samples = world.load_split(root, split, limit=cfg.oracle_images)
     num_classes = len(world.class_names(root))
-    paths = [str(root / "eval" / "images" / f"{s['id']}.png") for s in samples]
+    paths = [str(root / split / "images" / f"{s['id']}.png") for s in samples]
     step = max(1, cfg.batch_size)
     items = [
         WorkItem(f"{i // step:05d}", {"paths": paths[i : i + step]})

@@ -318,7 +318,7 @@ def zero_shot(ctx: StageContext, checkpoint: Path) -> dict:
 
     cfg: TrainConfig = ctx.section
     model = load_trained(checkpoint)
-    dataset = synthetic_world(ctx.inputs["world"], "eval")
+    dataset = synthetic_world(ctx.inputs["world"])  # world.report_split
     n = len(dataset) if cfg.eval_limit is None else min(cfg.eval_limit, len(dataset))
     with torch.inference_mode():
         res = evaluate(model, dataset, get_protocol(cfg.eval_protocol), range(n))
@@ -332,7 +332,7 @@ def log_pictures(ctx: StageContext, checkpoint: Path, result: dict) -> None:
     from ovs.eval.visualize import comparison_grid, confusion_chart, iou_bar_chart
 
     model = load_trained(checkpoint)
-    dataset = synthetic_world(ctx.inputs["world"], "eval")
+    dataset = synthetic_world(ctx.inputs["world"])  # world.report_split
     protocol = get_protocol(ctx.section.eval_protocol)
     classifier = classifier_for(model, dataset, protocol)
     rows = []

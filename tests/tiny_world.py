@@ -14,6 +14,7 @@ def tiny_world(
         f"workdir={tmp_path / 'w'}",
         f"world.num_train={num_train}",
         f"world.num_eval={num_eval}",
+        f"world.num_val={num_eval}",
         "world.image_size=32",
         "download.image_size=32",
         f"download.number_sample_per_shard={per_shard}",

@@ -30,6 +30,7 @@ shifts objects to ``1..12``; :func:`to_background_labels` does the mapping.
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +39,9 @@ import numpy as np
 
 from ovs.codecs import png_bytes, read_image, read_label_png
 from ovs.io import atomic_write_bytes, atomic_write_json, atomic_write_parquet, atomic_write_text
+
+LABELLED_SPLITS = ("eval", "val")
+SPLITS = ("train", *LABELLED_SPLITS)
 
 
 @dataclass
@@ -48,6 +52,13 @@ class WorldConfig:
     image_size: int = 64
     num_train: int = 3000
     num_eval: int = 200
+    # A labelled split for choosing settings, disjoint from train and eval (its own seeds):
+    # tune on val (report_split: val), report on eval.
+    num_val: int = 200
+    # The labelled split every world metric is computed on (train's miou, evaluate's world
+    # row, the pseudo-mask oracle, S-Seg+'s evaluation): "eval" (reported figures) or "val"
+    # (tuning runs). It names the world's output, so a tuning run has its own stage hashes.
+    report_split: str = "eval"
     min_objects: int = 1
     max_objects: int = 3
     min_object_frac: float = 0.22  # object bounding size as a fraction of the image side
@@ -65,11 +76,18 @@ class WorldConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad ``world.*`` setting (called at config load)."""
-        if self.image_size < 8 or self.num_train < 1 or self.num_eval < 0:
+        if self.image_size < 8 or self.num_train < 1 or self.num_eval < 0 or self.num_val < 0:
             raise ValueError(
-                "world.image_size must be >= 8, world.num_train >= 1 and world.num_eval >= 0, got "
-                f"{self.image_size}, {self.num_train}, {self.num_eval}"
+                "world.image_size must be >= 8, world.num_train >= 1 and world.num_eval, "
+                f"world.num_val >= 0, got {self.image_size}, {self.num_train}, {self.num_eval}, "
+                f"{self.num_val}"
             )
+        if self.report_split not in LABELLED_SPLITS:
+            raise ValueError(
+                f"world.report_split must be one of {LABELLED_SPLITS}, got {self.report_split!r}"
+            )
+        if self.report_split == "val" and self.num_val < 1:
+            raise ValueError("world.report_split is val, but world.num_val is 0")
         if not 1 <= self.min_objects <= self.max_objects:
             raise ValueError(
                 "world.min_objects must be >= 1 and <= world.max_objects, got "
@@ -318,7 +336,7 @@ def render(cfg: WorldConfig, index: int, split: str) -> tuple[np.ndarray, np.nda
 
     Returns ``(image uint8 [S,S,3], label uint8 [S,S], object class ids in paint order)``.
     """
-    split_code = {"train": 0, "eval": 1}[split]
+    split_code = SPLITS.index(split)  # train 0, eval 1, val 2: one seed stream per split
     rng = np.random.default_rng([cfg.seed, split_code, index])
     size = cfg.image_size
     yy, xx = np.mgrid[0:size, 0:size]
@@ -469,7 +487,7 @@ def _write_one(cfg: WorldConfig, root: Path, split: str, index: int) -> dict:
     return {
         "id": sample_id,
         "url": img_path.resolve().as_uri(),
-        "caption": caption(cfg, index + (0 if split == "train" else 10**7), label, objects),
+        "caption": caption(cfg, index + SPLITS.index(split) * 10**7, label, objects),
     }
 
 
@@ -480,7 +498,7 @@ def generate(cfg: WorldConfig, root: str | Path, workers: int = 4, progress=None
     root = Path(root)
     rows: dict[str, list[dict]] = {}
     with ThreadPoolExecutor(workers) as pool:
-        for split, n in (("train", cfg.num_train), ("eval", cfg.num_eval)):
+        for split, n in (("train", cfg.num_train), ("eval", cfg.num_eval), ("val", cfg.num_val)):
             rows[split] = []
             for i, row in enumerate(
                 pool.map(lambda k, s=split: _write_one(cfg, root, s, k), range(n))
@@ -488,13 +506,15 @@ def generate(cfg: WorldConfig, root: str | Path, workers: int = 4, progress=None
                 rows[split].append(row)
                 if progress is not None and (i + 1) % 500 == 0:
                     progress(i + 1, n, f"{split} images")
-    for split in ("train", "eval"):
+    for split in SPLITS:
         table = pa.table({k: [r[k] for r in rows[split]] for k in ("url", "caption", "id")})
         atomic_write_parquet(root / split / "urls.parquet", table)
-    for split in ("train", "eval"):
+    for split in SPLITS:
         atomic_write_text(root / split / "classes.txt", "\n".join(class_lines()) + "\n")
         atomic_write_text(root / split / "classes_bg.txt", "\n".join(class_lines(True)) + "\n")
     counts = {"train_images": cfg.num_train, "eval_images": cfg.num_eval}
+    if cfg.num_val:
+        counts["val_images"] = cfg.num_val
     atomic_write_json(
         root / "world.json",
         {
@@ -505,6 +525,16 @@ def generate(cfg: WorldConfig, root: str | Path, workers: int = 4, progress=None
         },
     )
     return counts
+
+
+def report_split(root: str | Path) -> str:
+    """The labelled split world metrics are computed on (``world.report_split`` of the world
+    generated at ``root``; ``"eval"`` for a world written before the key existed, or laid out
+    by hand without a ``world.json``)."""
+    path = Path(root) / "world.json"
+    if not path.is_file():
+        return "eval"
+    return str(json.loads(path.read_text())["config"].get("report_split", "eval"))
 
 
 def class_names(root: str | Path, with_background: bool = False) -> list[list[str]]:

@@ -286,11 +286,16 @@ def cityscapes(root: str | Path, split: str = "val") -> SegDataset:
     )
 
 
-def synthetic_world(root: str | Path, split: str = "eval") -> SegDataset:
-    """The synthetic world's eval split (layout in the project contract).
+def synthetic_world(root: str | Path, split: str = "") -> SegDataset:
+    """A labelled split of the synthetic world (layout in the project contract): ``split``
+    ``"eval"`` or ``"val"``; ``""`` = the one the world reports on (``world.report_split``).
 
     Class 0 counts as background (thresholded) only if its first name is ``background``.
     """
+    if not split:
+        from ovs.data.world import report_split
+
+        split = report_split(root)
     base = Path(root) / split
     if not (base / "classes.txt").exists():
         raise FileNotFoundError(f"no {base / 'classes.txt'}")
@@ -323,7 +328,7 @@ DATASETS: dict[str, tuple[DatasetBuilder, str]] = {
     "coco_stuff171": (coco_stuff171, "val2017"),
     "ade150": (ade20k, "validation"),
     "cityscapes19": (cityscapes, "val"),
-    "world": (synthetic_world, "eval"),
+    "world": (synthetic_world, ""),  # "" = world.report_split
 }
 """Benchmark key → (builder(root, split), default split)."""
 

@@ -50,7 +50,7 @@ def test_captions_mention_subset_and_never_masks():
 
 
 def test_generate_layout(tmp_path):
-    cfg = WorldConfig(num_train=12, num_eval=5, image_size=32)
+    cfg = WorldConfig(num_train=12, num_eval=5, num_val=0, image_size=32)
     counts = world.generate(cfg, tmp_path)
     assert counts == {"train_images": 12, "eval_images": 5}
     urls = pq.read_table(tmp_path / "train" / "urls.parquet").to_pylist()
@@ -126,3 +126,43 @@ def test_export_real_layouts_round_trip(tmp_path):
     again = {p: p.read_bytes() for p in sorted((tmp_path / "x").rglob("*")) if p.is_file()}
     export(tmp_path / "w", tmp_path / "x")
     assert again == {p: p.read_bytes() for p in sorted((tmp_path / "x").rglob("*")) if p.is_file()}
+
+
+def test_val_split_is_disjoint_and_report_split_chooses_what_metrics_use(tmp_path):
+    """issue 16: a labelled ``val`` split for choosing settings, drawn from its own seeds (no
+    image shared with train or eval), and ``world.report_split`` names the split that the
+    world's metrics read (the ``world`` benchmark's default split)."""
+    import pytest
+
+    from ovs.eval.datasets import build_dataset
+
+    cfg = WorldConfig(num_train=6, num_eval=4, num_val=4, image_size=32)
+    counts = world.generate(cfg, tmp_path / "a")
+    assert counts == {"train_images": 6, "eval_images": 4, "val_images": 4}
+    splits = {s: world.load_split(tmp_path / "a", s) for s in ("train", "eval", "val")}
+    assert len(splits["val"]) == 4 and world.class_names(tmp_path / "a")
+    for a, b in (("val", "eval"), ("val", "train")):
+        for x in splits[a]:
+            assert not any(np.array_equal(x["image"], y["image"]) for y in splits[b]), (a, b)
+    urls = pq.read_table(tmp_path / "a" / "val" / "urls.parquet").to_pylist()
+    assert len(urls) == 4 and not set(u["caption"] for u in urls) & {
+        u["caption"] for u in pq.read_table(tmp_path / "a" / "eval" / "urls.parquet").to_pylist()
+    }
+    # train and eval do not depend on whether a val split exists
+    world.generate(WorldConfig(num_train=6, num_eval=4, num_val=0, image_size=32), tmp_path / "b")
+    for s in ("train", "eval"):
+        other = world.load_split(tmp_path / "b", s)
+        assert all(np.array_equal(x["image"], y["image"]) for x, y in zip(splits[s], other))
+    assert world.report_split(tmp_path / "a") == "eval"
+    assert [r.id for r in build_dataset("world", tmp_path / "a").samples] == [
+        x["id"] for x in splits["eval"]
+    ]
+    tune = WorldConfig(num_train=6, num_eval=4, num_val=3, image_size=32, report_split="val")
+    world.generate(tune, tmp_path / "c")
+    assert world.report_split(tmp_path / "c") == "val"
+    assert len(build_dataset("world", tmp_path / "c")) == 3
+    assert len(build_dataset("world", tmp_path / "c", "eval")) == 4
+    with pytest.raises(ValueError, match="report_split"):
+        WorldConfig(report_split="train").validate()
+    with pytest.raises(ValueError, match="num_val is 0"):
+        WorldConfig(report_split="val", num_val=0).validate()
