@@ -7,6 +7,11 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # 2 shared cores: 1 thread per process is fastest
+# Ray Train (v2) per job: the controller polls its workers every 2 s by default (a 2-step test
+# job waits up to that long for each report and for its end), and starts a preemption-watcher
+# actor (one more process start on 2 cores) that only logs node drains, which no test does.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
 @pytest.fixture

@@ -1,30 +1,38 @@
 """Several methods in one run: ``train.methods`` trains each a few steps through the real Ray
 Train loop beside S-Seg (each in the output of a run of it alone), ``evaluate`` evaluates every
-row of every trained method and writes the comparison table. To add a method, add its name to
-``EXTRA`` (and its tiny-world overrides to ``OVERRIDES``)."""
+row of every trained method and writes the comparison table.
+
+Only what is the stage's own is checked here, with the methods that need it: PACL bound to the
+checkpoint of the CLIP this run trained (a requirement trained first), OVSegmentor's own task
+(its cross-image partners reach the loss), and the table of every trained method's rows. Every
+method's spec (build, step, checkpoint, evaluation rows) is ``tests/unit/test_methods.py``, and
+every caption method's training task through the loop's pieces is
+``tests/stage/test_train_loop.py::test_every_caption_method_trains_through_its_task`` (a new
+method goes there; it needs a Ray Train job here only when the train stage treats it
+specially). The upstream stages are the session's shared tiny world (``tiny_trained``)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
-from ovs.methods import METHODS
+from ovs.methods import METHODS, load_checkpoint
 from ovs.stage import read_manifest, resolve
 from pipelines.common import connect_mlflow, run_stage
 from pipelines.graph import STAGES, load_config
-from tests.tiny_world import tiny_world
+from tests.tiny_world import tiny_trained
+from tests.upstream import run_upstream
 
 pytestmark = pytest.mark.slow
 
-EXTRA = ["clip", "pacl", "pmvit", "groupvit", "ovsegmentor"]  # methods trained beside S-Seg
-OVERRIDES = [  # the tiny world's 32-px crops and pseudo-masks
+# Trained beside S-Seg: PACL (with CLIP, its requirement, trained first) and OVSegmentor.
+EXTRA = ["clip", "pacl", "ovsegmentor"]
+OVERRIDES = [  # the tiny world's 32-px crops
     "train.clip.vision.image_size=32",
     "train.pacl.model.input_size=32",
-    "train.pmvit.model.input_size=32",
-    "train.pmvit.model.test_masks.image_size=32",
-    "train.groupvit.model.image.input_size=32",
     "train.ovsegmentor.model.image.input_size=32",
 ]
 UPSTREAM = ("world", "download", "entities", "pseudo_masks")
@@ -34,14 +42,11 @@ def _cfg(tmp_path, *extra):
     return load_config(
         None,
         [
-            *tiny_world(tmp_path, num_train=16, num_eval=3, per_shard=8),
+            *tiny_trained(tmp_path),
             *OVERRIDES,
             f"train.methods=[{', '.join(EXTRA)}]",
             "train.num_workers=1",
-            "train.steps=2",
-            "train.warmup_steps=1",
             "train.log_every=1",
-            "train.checkpoint_every=2",
             "train.eval_limit=1",
             "evaluate.num_actors=1",
             "evaluate.batch_size=3",
@@ -55,8 +60,7 @@ def test_train_and_evaluate_several_methods(tmp_path, mlflow_uri, ray_local):
     cfg = _cfg(tmp_path)
     client, exp_id, _ = connect_mlflow("compare-stage")
     parent = client.create_run(exp_id, run_name="p").info.run_id
-    for name in UPSTREAM:
-        run_stage(STAGES, name, cfg, False, client, exp_id, parent, "")
+    run_upstream(UPSTREAM, cfg, client, exp_id, parent)
     train = run_stage(STAGES, "train", cfg, False, client, exp_id, parent, "")
 
     # Each extra method trained its steps into the output a run of it alone has (reused by it).
@@ -66,6 +70,19 @@ def test_train_and_evaluate_several_methods(tmp_path, mlflow_uri, ray_local):
         assert manifest is not None and manifest["metrics"]["steps_done"] == 2, m
         assert (alone.out_dir / "model" / "latest.pt").is_file()
         assert train["metrics"][f"{m}.steps_done"] == 2 and f"{m}.miou" in train["metrics"]
+        if m == "pacl":  # bound to the CLIP this run trained: its frozen tower is that one
+            clip_dir = resolve(
+                STAGES, "train", _cfg(tmp_path, "train.method=clip", "train.methods=[]")
+            )
+            clip_ckpt = clip_dir.out_dir / "model" / "latest.pt"
+            assert manifest["config"]["pacl"]["model"]["clip_checkpoint"] == str(clip_ckpt)
+            _, clip = load_checkpoint(clip_ckpt)
+            _, init = load_checkpoint(clip_dir.out_dir / "model" / "init.pt")
+            _, pacl = load_checkpoint(alone.out_dir / "model" / "latest.pt")
+            want, got = clip.clip.state_dict(), pacl.clip.state_dict()
+            assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+            first = init.clip.state_dict()
+            assert not all(torch.equal(want[k], first[k]) for k in want), "CLIP was trained"
         if m == "ovsegmentor":  # the entities stage's partners reached its loss every step
             history = MlflowClient(mlflow_uri).get_metric_history(
                 manifest["mlflow_run_id"], "train/pairs"

@@ -1,7 +1,7 @@
 """The training loop's pieces that need no Ray: set-up order of both stages' tasks on a device
-stand-in, resume-state loading (``weights_only``), exact data-stream resume, device-side metric
-windows, the schedules, the section checks, the incomplete-stage rule and the training
-precision."""
+stand-in, every caption method's training task (what its Ray Train worker runs, in-process),
+resume-state loading (``weights_only``), exact data-stream resume, device-side metric windows,
+the schedules, the section checks, the incomplete-stage rule and the training precision."""
 
 from __future__ import annotations
 
@@ -17,12 +17,16 @@ import torch
 from PIL import Image
 
 from ovs.data.augment import AugmentConfig
+from ovs.eval.method import load_trained
+from ovs.methods import load_checkpoint
 from ovs.methods.sseg.config import SSegLossConfig
 from ovs.precision import training_dtype
+from ovs.pseudo_masks.masker import PseudoMaskConfig
 from ovs.selftrain.training import LabelledRow, SelfTrainConfig, batches
 from ovs.stage import StageIncomplete
 from ovs.train.loop_config import LoopConfig
 from ovs.train.schedules import cosine_schedule, poly_schedule, warmup_cosine, warmup_poly
+from ovs.train.step import train_step
 from ovs.training import SampleSource, TrainConfig
 from pipelines.loop import LoopJob, setup
 from pipelines.ray_train import Window, check_complete, load_state, rank_state
@@ -98,6 +102,114 @@ def test_self_train_setup_moves_model_before_loading_optimizer_state():
     task, opt, sched, start = setup(job, META, 0, 1, state)
     assert start == 1
     _assert_on(META, task.model, opt)
+
+
+# The train stage's caption methods on its SSegTask, at the tiny world's 32 px. OVSegmentor
+# brings its own task (masked captions, cross-image partners from the entities stage): it is
+# trained through the stage in tests/stage/test_compare_stage.py.
+SSEG_TASK = {
+    "sseg": ["train.sseg.model.input_size=32"],
+    "clip": ["train.clip.vision.image_size=32"],
+    "pacl": ["train.pacl.model.input_size=32"],
+    "pmvit": ["train.pmvit.model.input_size=32", "train.pmvit.model.test_masks.image_size=32"],
+    "groupvit": ["train.groupvit.model.image.input_size=32"],
+}
+
+
+def test_sseg_task_covers_every_caption_method():
+    assert {*SSEG_TASK, "ovsegmentor"} == set(TrainConfig.method_sections())
+
+
+@pytest.fixture
+def captioned(tmp_path) -> Path:
+    """2 shards of 4 captioned samples (random 16-px images, 4-class pseudo-masks, caption nouns
+    for the noun losses), laid out as the download, pseudo_masks and entities outputs."""
+    shards, masks, texts = tmp_path / "s", tmp_path / "m", tmp_path / "t"
+    for d in (shards, masks, texts):
+        d.mkdir()
+    rng = np.random.default_rng(0)
+    captions = [("a red boat on water", ["boat", "water"]), ("a cat on grass", ["cat", "grass"])]
+    for s in range(2):
+        keys = [f"{s:05d}{i:04d}" for i in range(4)]
+        text = [captions[i % 2][0] for i in range(4)]
+        nouns = [captions[i % 2][1] for i in range(4)]
+        jpgs = []
+        for _ in keys:
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(buf, "JPEG")
+            jpgs.append(buf.getvalue())
+        make_shard(
+            shards, f"{s:05d}", [(k, {"jpg": j, "txt": t}) for k, j, t in zip(keys, jpgs, text)]
+        )
+        labels = [_png(rng.integers(0, 4, (16, 16), dtype=np.uint8)) for _ in keys]
+        pq.write_table(
+            pa.table({"key": keys, "label_png": labels, "status": ["ok"] * 4}),
+            masks / f"{s:05d}.parquet",
+        )
+        pq.write_table(
+            pa.table(
+                {"key": keys, "text": text, "keep": [True] * 4, "status": ["ok"] * 4}
+                | {"nouns": nouns}
+            ),
+            texts / f"{s:05d}.parquet",
+        )
+    return tmp_path
+
+
+@pytest.mark.parametrize("method", sorted(SSEG_TASK))
+def test_every_caption_method_trains_through_its_task(method, captioned, tmp_path):
+    """What a ``train`` Ray Train worker of a caption method runs, in-process on the CPU: the
+    task the loop's :func:`setup` builds, two :func:`train_step` s on its in-memory batches
+    (noun prompts where the method's loss has them) that change the weights, its data state
+    (``weights_only``-loadable), its counts and its inference checkpoint, loaded back by the
+    generic loader and evaluated as each of its evaluation rows."""
+    from pipelines.graph import load_config
+
+    cfg = load_config(
+        None,
+        [
+            f"train.method={method}",
+            *SSEG_TASK[method],
+            "train.augment.size=32",
+            "train.batch_size=4",
+            "train.steps=2",
+            "train.warmup_steps=1",
+        ],
+    ).train
+    loss = cfg.sseg.loss if method == "sseg" else getattr(cfg.method_config, "loss", None)
+    data = SSegData(
+        str(captioned / "s"), str(captioned / "m"), str(captioned / "t"), 32, 4, "local"
+    )
+    job = _job(cfg, SSegTaskFactory(cfg, loss, data, None))
+    cpu = torch.device("cpu")
+    torch.set_num_threads(1)
+    task, opt, sched, start = setup(job, cpu, 0, 1, None)
+    assert start == 0
+    objective, batches = task.objective(), task.batches(start, None)
+    before = {k: v.clone() for k, v in task.model.state_dict().items()}
+    for _ in range(cfg.steps):
+        inputs, images = task.inputs(next(batches))
+        out, _ = train_step(objective, inputs, task.model, opt, sched, cfg.grad_clip, None, cpu)
+        assert images == 4 and torch.isfinite(out["loss"]), out
+    after = task.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before), "no weight moved"
+    buf = io.BytesIO()
+    torch.save(task.data_state(cfg.steps), buf)
+    buf.seek(0)
+    assert torch.load(buf, weights_only=True)["source"]["batches"] == 2
+    assert task.counts() == {"train/join_used": 8}
+
+    path = task.save_model(tmp_path / "latest.pt", {"step": cfg.steps})
+    spec, loaded = load_checkpoint(path)
+    assert spec.name == method
+    loaded_state = loaded.state_dict()
+    assert all(torch.equal(after[k], loaded_state[k]) for k in after)
+    images = torch.rand(2, 3, 32, 48)
+    for row in spec.evaluation_rows():
+        seg = load_trained(path, "cpu", row, PseudoMaskConfig(image_size=32))
+        with torch.no_grad():
+            probs = seg.dense_probs(images, seg.text_embeddings(["cat", "boat", "grass"]))
+        assert probs.shape == (2, 3, 32, 48) and torch.isfinite(probs).all(), row
 
 
 class Payload:
