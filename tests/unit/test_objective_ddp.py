@@ -104,7 +104,10 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 
 @pytest.mark.timeout(180)
 def test_wrap_ddp_and_one_gather_give_the_old_losses_and_gradients(tmp_path):
-    mp.spawn(_worker, args=(str(tmp_path / "rdzv"), str(tmp_path)), nprocs=_WORLD, join=True)
+    # fork, not spawn: the workers inherit the imported modules (a spawned worker re-imports
+    # torch and ovs.methods for many seconds on a loaded box); as in test_pacl.
+    args = (str(tmp_path / "rdzv"), str(tmp_path))
+    mp.start_processes(_worker, args=args, nprocs=_WORLD, join=True, start_method="fork")
     per_rank = [torch.load(tmp_path / f"{r}.pt") for r in range(_WORLD)]
     for got in per_rank:
         ref_loss, ref_grads = got["reference"]
