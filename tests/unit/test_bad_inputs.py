@@ -37,9 +37,10 @@ import shlex
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -283,20 +284,6 @@ def _reuse(args: list[str], tmp: Path) -> tuple[int, str]:
     return 0, ("kept: " if kept else "recomputed: ") + log.getvalue()
 
 
-@contextlib.contextmanager
-def _environ(env: dict[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def _call(fn: Callable[[], int | None]) -> int:
     try:
         return int(fn() or 0)
@@ -327,7 +314,7 @@ def run_row(row: Row, tmp: Path) -> tuple[int, str]:
     env = dict(a[len("ENV:") :].split("=", 1) for a in args if a.startswith("ENV:"))
     args = [a for a in args if not a.startswith("ENV:")]
     err = io.StringIO()
-    with contextlib.redirect_stderr(err), _environ(env):
+    with contextlib.redirect_stderr(err), mock.patch.dict(os.environ, env):
         if row.command.startswith("pipeline"):
             from pipelines.common import main
 
