@@ -190,7 +190,11 @@ def init_ray(cfg: ExperimentConfig) -> None:
         object_store_memory=store * 2**20 if store else None,
         include_dashboard=False,
         runtime_env={
-            "env_vars": {"PYTHONPATH": pythonpath, **ray_logs.driver_env()},
+            "env_vars": {
+                "PYTHONPATH": pythonpath,
+                **ray_logs.driver_env(),
+                **ray_logs.local_worker_env(),
+            },
             "worker_process_setup_hook": ray_logs.WORKER_HOOK,
         },
         log_to_driver=True,

@@ -15,6 +15,7 @@ with one message naming ``<section>.batch_size``).
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -107,6 +108,7 @@ class LoopJob:
     out_dir: str  # the stage's output directory (failure-drill marker, checkpoints)
     run: RunRef | None  # the stage's MLflow run, reopened by rank 0
     fail_at_step: int = -1  # the failure drill's step (pipelines/drills.py), never from a config
+    name: str = ""  # what is trained (the method, "sseg_plus"): the console progress lines say it
 
 
 def run_loop(job: LoopJob, name: str) -> tuple[Path, dict]:
@@ -115,7 +117,7 @@ def run_loop(job: LoopJob, name: str) -> tuple[Path, dict]:
     reported metrics (``step``: the steps done)."""
     from pipelines.drills import armed_step
 
-    job = replace(job, fail_at_step=armed_step(job.loop.SECTION))
+    job = replace(job, fail_at_step=armed_step(job.loop.SECTION), name=name)
     return fit_and_export(partial(train_worker, job), job.loop, name, Path(job.out_dir))
 
 
@@ -153,6 +155,23 @@ def train_worker(job: LoopJob) -> None:
         set_rng_state(own["torch"], device)
     probe = step_memory(job.loop, task.model, opt, device, ctx.get_local_world_size())
     _train(job, task, objective, opt, sched, batches, start, device, rank, world, probe)
+
+
+PROGRESS_EVERY_S = 30.0  # console progress lines from rank 0, at log steps at most this often
+
+
+def progress_line(
+    section: str, name: str, step: int, start: int, steps: int, seconds: float, loss: float
+) -> str:
+    """``[train] sseg steps: 600/2400 (25%, 2.0/s, eta 900s) loss 2.3456``: the rate counts
+    the steps of this attempt only (``start``: where it resumed)."""
+    rate = (step - start) / max(seconds, 1e-9)
+    eta = (steps - step) / rate if rate > 0 else float("inf")
+    what = f"{name} steps" if name else "steps"
+    return (
+        f"[{section}] {what}: {step}/{steps} ({100.0 * step / steps:.0f}%, {rate:.1f}/s, "
+        f"eta {eta:.0f}s) loss {loss:.4f}"
+    )
 
 
 def step_memory(
@@ -197,6 +216,7 @@ def _train(
     amp_dtype = training_dtype(cfg.amp_dtype, device)
     marker = Path(job.out_dir) / ".injected_failure"
     t_start = time.monotonic()
+    first_step, last_line = step, 0.0
     window, window_t = Window(), time.monotonic()
     wait_fractions: list[float] = []
     while step < cfg.steps:
@@ -232,7 +252,15 @@ def _train(
             wait_fractions.append(metrics[f"{task.metric_prefix}data_wait_fraction"])
             if tracker is not None:
                 tracker.log_metrics(metrics, step=step)
-            window, window_t = Window(), time.monotonic()
+            now = time.monotonic()
+            if rank == 0 and (now - last_line >= PROGRESS_EVERY_S or step >= cfg.steps):
+                loss = metrics.get(f"{task.metric_prefix}loss", float("nan"))
+                line = progress_line(
+                    cfg.SECTION, job.name, step, first_step, cfg.steps, now - t_start, loss
+                )
+                print(line, file=sys.stderr, flush=True)  # Ray forwards it to the console
+                last_line = now
+            window, window_t = Window(), now
         if step % cfg.checkpoint_every == 0 or step >= cfg.steps or out_of_time:
             metrics = dict(metrics or {"step": step})
             metrics["data_wait_fraction"] = float(np.mean(wait_fractions or [0.0]))

@@ -34,6 +34,14 @@ def driver_env() -> dict[str, str]:
     return {"RAY_DATA_LOGGING_CONFIG": str(RAY_DATA_LOGGING)}
 
 
+def local_worker_env() -> dict[str, str]:
+    """Extra environment of a local (single-machine) Ray's workers: no Ray Train preemption
+    watcher. It only reports node drains, which a local Ray never has, and costs each training
+    job one more actor start and an error-level core-worker line on the console about its
+    constructor arguments. A cluster (``ray.address`` / ``RAY_ADDRESS``) keeps it."""
+    return {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
 def route_ray_logger(log_file: Path | None, level: int = CONSOLE_LEVEL) -> None:
     """Ray's ``ray`` logger in this process: console handlers only at ``level`` and above,
     every record (INFO and up) appended to ``log_file`` when given."""
@@ -63,9 +71,27 @@ def session_log_dir() -> Path | None:
         return None
 
 
+def pin_ray_address() -> None:
+    """Point this worker's ``RAY_ADDRESS`` at the Ray it runs in, unless already set.
+
+    Ray Train's ``PlacementGroupCleaner`` asks the state API about the controller without an
+    address; on a box where a second Ray runs (another user's pipeline, a test) that lookup
+    raises "Found multiple active Ray instances" every second, a traceback on the console."""
+    if os.environ.get("RAY_ADDRESS"):
+        return
+    try:
+        import ray
+
+        os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    except Exception:  # noqa: BLE001 - not connected: nothing to pin
+        return
+
+
 def quiet_worker() -> None:
     """``worker_process_setup_hook`` of local Ray workers: the ``ray`` logger's records go to
     ``ray-python-<pid>.log`` in the session's log directory; only errors reach the worker's
-    stderr (which ``log_to_driver`` forwards to the console)."""
+    stderr (which ``log_to_driver`` forwards to the console). The worker's ``RAY_ADDRESS`` is
+    pinned to its own Ray (:func:`pin_ray_address`)."""
+    pin_ray_address()
     log_dir = session_log_dir()
     route_ray_logger(log_dir / f"ray-python-{os.getpid()}.log" if log_dir else None)

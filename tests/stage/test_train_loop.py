@@ -28,7 +28,7 @@ from ovs.train.loop_config import LoopConfig
 from ovs.train.schedules import cosine_schedule, poly_schedule, warmup_cosine, warmup_poly
 from ovs.train.step import train_step
 from ovs.training import SampleSource, TrainConfig
-from pipelines.loop import LoopJob, setup
+from pipelines.loop import LoopJob, progress_line, setup
 from pipelines.ray_train import Window, check_complete, load_state, rank_state
 from pipelines.self_train import SegmenterTaskFactory
 from pipelines.train import SSegData, SSegTaskFactory
@@ -347,6 +347,16 @@ def test_window_sums_on_device_equal_a_float_loop():
     assert means["grad_norm"] == expected / len(values)  # bit for bit, not approximately
     assert means["loss"] == sum(float(v * 2) for v in values) / len(values)
     assert window.images == 20 and window.n == 5
+
+
+def test_progress_line_counts_this_attempts_steps():
+    """Rank 0's console line: a run resumed at step 1000 that did 200 steps in 100 s runs at
+    2 steps/s with 1200 to go (not 12 steps/s from step 0)."""
+    line = progress_line("train", "sseg", 1200, 1000, 2400, 100.0, 2.34567)
+    assert line == "[train] sseg steps: 1200/2400 (50%, 2.0/s, eta 600s) loss 2.3457"
+    assert progress_line("self_train", "", 10, 10, 20, 0.0, 1.0).startswith(
+        "[self_train] steps: 10/20 (50%, 0.0/s, eta inf"
+    )
 
 
 def test_check_complete_raises_stage_incomplete_with_steps_done():

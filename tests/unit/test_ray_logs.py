@@ -73,3 +73,24 @@ def test_stage_run_names_say_what_ran():
     assert stage_run_name("train", Train(), "skipped") == "train (sseg, skipped)"
     assert stage_run_name("evaluate", object()) == "evaluate"
     assert stage_run_name("pairs", None, "skipped") == "pairs (skipped)"
+
+
+def test_pin_ray_address_points_a_worker_at_its_own_ray(ray_local, monkeypatch):
+    """A worker's state-API lookups (Ray Train's PlacementGroupCleaner) must not depend on how
+    many other Rays run on the machine: the setup hook pins ``RAY_ADDRESS`` to the worker's own."""
+    import ray
+
+    @ray.remote
+    def pinned() -> tuple[str | None, str | None]:
+        import os
+
+        before = os.environ.pop("RAY_ADDRESS", None)
+        ray_logs.pin_ray_address()
+        return before, os.environ.get("RAY_ADDRESS")
+
+    _, after = ray.get(pinned.remote())
+    assert after == ray.get_runtime_context().gcs_address
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # a user's choice is kept
+    ray_logs.pin_ray_address()
+    assert ray_logs.os.environ["RAY_ADDRESS"] == "10.0.0.1:6379"
+    assert ray_logs.local_worker_env() == {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}

@@ -5,6 +5,7 @@ loss over its own rows; DDP's averaging gives the global batch's gradient)."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -29,6 +30,12 @@ class ClipObjective(nn.Module):
         exists only inside the training workers)."""
         if self._loss is None:
             from open_clip.loss import ClipLoss
+
+            # open_clip gathers with ``torch.distributed.nn.all_gather``, which torch deprecates
+            # with a FutureWarning on every rank's console; the call itself is correct.
+            warnings.filterwarnings(
+                "ignore", r"torch\.distributed\.nn\.functional\.all_gather", FutureWarning
+            )
 
             from ovs.train.contrastive import is_distributed
 
