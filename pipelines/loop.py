@@ -258,7 +258,10 @@ def _train(
                 line = progress_line(
                     cfg.SECTION, job.name, step, first_step, cfg.steps, now - t_start, loss
                 )
-                print(line, file=sys.stderr, flush=True)  # Ray forwards it to the console
+                # Not print(): Ray Train patches it into the root logger *and* the stream,
+                # which shows every line twice. Ray forwards the worker's stderr to the console.
+                sys.stderr.write(line + "\n")
+                sys.stderr.flush()
                 last_line = now
             window, window_t = Window(), now
         if step % cfg.checkpoint_every == 0 or step >= cfg.steps or out_of_time:
