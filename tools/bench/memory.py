@@ -286,6 +286,23 @@ def _figures(peak: Peak, driver_base: int, t0: float) -> dict:
     }
 
 
+def rows_only(size: int, shard: int, interval: float, label_px: int, tmp: Path) -> dict:
+    """Only the ``self_train_rows`` probe at one size (``--only-rows``: no Ray, ~1 min)."""
+    with RssSampler(os.getpid(), interval=interval) as sampler:
+        import numpy  # noqa: F401 - imports outside the window, as after the stages
+        import torch  # noqa: F401
+
+        import ovs.selftrain.training  # noqa: F401
+
+        driver_base = rss_bytes(os.getpid())
+        t0 = time.perf_counter()
+        with sampler.window() as peak:
+            self_train_rows(size, shard, label_px, False, tmp)
+        stages = {"self_train_rows": _figures(peak, driver_base, t0)}
+    print(f"[{size}] self_train_rows: {json.dumps(stages['self_train_rows'])}", flush=True)
+    return {"size": size, "driver_baseline_mb": round(driver_base / MB, 1), "stages": stages}
+
+
 def run_size(size: int, shard: int, steps: int, interval: float, label_px: int, tmp: Path) -> dict:
     """Run the stages at one size in this process; per-stage peaks and seconds."""
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
@@ -366,7 +383,12 @@ def machine() -> dict:
 
 def _child(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as d:
-        result = run_size(args.child, args.shard, args.steps, args.interval, args.label_px, Path(d))
+        if args.only_rows:
+            result = rows_only(args.child, args.shard, args.interval, args.label_px, Path(d))
+        else:
+            result = run_size(
+                args.child, args.shard, args.steps, args.interval, args.label_px, Path(d)
+            )
     Path(args.out).write_text(json.dumps(result))
     return 0
 
@@ -386,6 +408,10 @@ def main(argv: list[str]) -> int:
         "--label-px", type=int, default=512,
         help="self_train_rows: label size of the rank's rows probe (0: skip it)",
     )  # fmt: skip
+    p.add_argument(
+        "--only-rows", action="store_true",
+        help="run only the self_train_rows probe (no Ray, no pipeline; ~1 min per size)",
+    )  # fmt: skip
     p.add_argument("--floor-mb", type=float, default=16.0, help="growth below this is noise")
     p.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--out", default="", help=argparse.SUPPRESS)
@@ -400,7 +426,8 @@ def main(argv: list[str]) -> int:
             out = Path(d) / f"{size}.json"
             cmd = [sys.executable, "-m", "tools.bench", "memory", "--child", str(size),
                    "--out", str(out), "--shard", str(args.shard), "--steps", str(args.steps),
-                   "--interval", str(args.interval), "--label-px", str(args.label_px)]  # fmt: skip
+                   "--interval", str(args.interval), "--label-px", str(args.label_px),
+                   *(["--only-rows"] if args.only_rows else [])]  # fmt: skip
             rc = subprocess.run(cmd, check=False).returncode
             if rc != 0:
                 print(f"size {size}: child exited {rc}", file=sys.stderr)
@@ -419,6 +446,8 @@ def main(argv: list[str]) -> int:
         "sizes": args.sizes,
         "shard": args.shard,
         "steps": args.steps,
+        "only_rows": args.only_rows,
+        "label_px": args.label_px,
         "floor_mb": args.floor_mb,
         "driver_baseline_mb": {str(r["size"]): r["driver_baseline_mb"] for r in runs},
         "stages": table,
