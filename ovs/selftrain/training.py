@@ -61,7 +61,9 @@ class SelfTrainConfig(LoopConfig):
     # box), no gradient clipping and poly decay to 0 (mmseg's UperNet).
     layer_decay: float = 1.0  # lr scale decay ** (L - layer) for backbone layers (paper 0.7)
     poly_power: float = 1.0  # the schedule: warm-up, then (1 - t) ** poly_power
-    cache_in_memory: bool = True  # keep decoded images in RAM (small datasets)
+    # Decode every image and label map of the rank into RAM once (small datasets); false:
+    # images read and label PNGs decoded per batch (LabelStore), RAM flat in the data.
+    cache_in_memory: bool = True
     eval_limit: int | None = None  # evaluate on the first N held-out images (None = all)
 
 
