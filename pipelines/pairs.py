@@ -145,7 +145,6 @@ def _gallery(ctx: StageContext, shards: list[Path], out_dir: Path) -> None:
 
 
 def run(ctx: StageContext) -> dict:
-    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -157,16 +156,19 @@ def run(ctx: StageContext) -> dict:
     counts: Counter = Counter({"shards": len(shards), "shards_resumed": len(shards) - ran})
     for s in shards:  # totals over every shard, resumed ones included
         counts.update(shard_counts(out_dir / f"{s.stem}.parquet"))
-    nouns = pa.concat_arrays(
-        [
-            pq.read_table(out_dir / f"{s.stem}.parquet", columns=["noun"])
-            .column("noun")
-            .combine_chunks()
-            for s in shards
-        ]
-        or [pa.array([], pa.string())]
-    )
-    freq = pc.value_counts(nouns).to_pylist() if len(nouns) else []
+    # Noun counts shard by shard (one shard's column in memory at a time, one counter entry
+    # per distinct noun), not every pair's noun concatenated on the driver.
+    noun_counts: Counter = Counter()
+    for s in shards:
+        column = pq.read_table(out_dir / f"{s.stem}.parquet", columns=["noun"]).column("noun")
+        if len(column):
+            noun_counts.update(
+                {
+                    r["values"]: r["counts"]
+                    for r in pc.value_counts(column.combine_chunks()).to_pylist()
+                }
+            )
+    freq = [{"values": k, "counts": v} for k, v in noun_counts.items()]
     freq.sort(key=lambda r: (-r["counts"], r["values"]))
     counts["unique_nouns"] = len(freq)
     samples = max(counts.get("samples", 0), 1)

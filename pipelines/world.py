@@ -39,8 +39,10 @@ def run(ctx: StageContext) -> dict:
     ctx.tracker.log_image(grid, "world_samples.png")
     import pyarrow.parquet as pq
 
-    captions = pq.read_table(ctx.out_dir / "train" / "urls.parquet").column("caption").to_pylist()
-    ctx.tracker.log_table({"caption": captions[:16]}, "world_captions.json")
+    urls = pq.ParquetFile(ctx.out_dir / "train" / "urls.parquet")  # the first 16, not all
+    first = next(urls.iter_batches(batch_size=16, columns=["caption"]), None)
+    captions = first.column("caption").to_pylist() if first is not None else []
+    ctx.tracker.log_table({"caption": captions}, "world_captions.json")
     return {"counts": counts}
 
 

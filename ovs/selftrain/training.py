@@ -8,6 +8,8 @@ single-process and unit-tested.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -59,7 +61,9 @@ class SelfTrainConfig(LoopConfig):
     # box), no gradient clipping and poly decay to 0 (mmseg's UperNet).
     layer_decay: float = 1.0  # lr scale decay ** (L - layer) for backbone layers (paper 0.7)
     poly_power: float = 1.0  # the schedule: warm-up, then (1 - t) ** poly_power
-    cache_in_memory: bool = True  # keep decoded images in RAM (small datasets)
+    # Decode every image and label map of the rank into RAM once (small datasets); false:
+    # images read and label PNGs decoded per batch (LabelStore), RAM flat in the data.
+    cache_in_memory: bool = True
     eval_limit: int | None = None  # evaluate on the first N held-out images (None = all)
 
 
@@ -88,29 +92,94 @@ def paper_self_train(dataset: str, root: str) -> SelfTrainConfig:
 # ----------------------------------------------------------------------------- data
 
 
+class LabelStore:
+    """Label maps of streamed rows (``cache_in_memory: false``), kept out of RAM: the rank's
+    pseudo-label shards are read one at a time and each ``ok`` row's ``label_png`` and
+    ``conf_png`` bytes are appended to an anonymous temp file; RAM holds two offsets per row.
+    :meth:`read` decodes one row's pair and applies the confidence rule, per batch; reads are
+    ``os.pread`` (no mmap, so touched pages are not the process's RSS)."""
+
+    def __init__(self, thresholds: np.ndarray) -> None:
+        self.thresholds = np.asarray(thresholds)
+        self._file = tempfile.TemporaryFile(prefix="ovs-labels-")
+        self._starts: list[int] = []  # byte offset of each row's label PNG; conf follows it
+        self._splits: list[int] = []  # byte offset of each row's conf PNG
+        self._end = 0
+        self._offsets: np.ndarray | None = None  # int64 [n + 1, 2] once :meth:`seal`-ed
+
+    def append(self, label_png: bytes, conf_png: bytes) -> int:
+        """Store one row's pair; returns its index."""
+        self._file.write(label_png)
+        self._file.write(conf_png)
+        self._starts.append(self._end)
+        self._splits.append(self._end + len(label_png))
+        self._end += len(label_png) + len(conf_png)
+        return len(self._starts) - 1
+
+    def seal(self) -> None:
+        """Done appending: the offsets become one int64 array (16 bytes per row)."""
+        self._file.flush()
+        starts = np.array([*self._starts, self._end], dtype=np.int64)
+        splits = np.array([*self._splits, self._end], dtype=np.int64)
+        self._offsets = np.stack([starts, splits], axis=1)
+        self._starts, self._splits = [], []
+
+    def read(self, index: int) -> np.ndarray:
+        """Row ``index``'s label map after the confidence rule (``uint8[H, W]``, 255 = ignore)."""
+        assert self._offsets is not None, "LabelStore.read before seal"
+        start, split = (int(v) for v in self._offsets[index])
+        end = int(self._offsets[index + 1, 0])
+        data = os.pread(self._file.fileno(), end - start, start)
+        label, conf = data[: split - start], data[split - start :]
+        return apply_confidence_rule(
+            decode_label_png(label), decode_label_png(conf), self.thresholds
+        )
+
+    def close(self) -> None:
+        self._file.close()
+
+
 @dataclass
 class LabelledRow:
-    """One pseudo-labelled image: path + its label map after the confidence rule."""
+    """One pseudo-labelled image: path + its label map after the confidence rule, in RAM
+    (``label``) or read per batch from ``store`` (row ``index``)."""
 
     key: str
     image_path: str
-    label: np.ndarray  # uint8[H, W], 255 = ignore
+    label: np.ndarray | None  # uint8[H, W], 255 = ignore; None = in ``store``
     image: np.ndarray | None = None  # decoded once when caching in memory
+    store: LabelStore | None = None
+    index: int = -1
+
+    def label_map(self) -> np.ndarray:
+        """The label map (``uint8[H, W]``, 255 = ignore), decoded now if it is in a store."""
+        if self.label is not None:
+            return self.label
+        assert self.store is not None
+        return self.store.read(self.index)
+
+
+SHARD_COLUMNS = ["key", "image_path", "label_png", "conf_png", "status"]
 
 
 def load_rows(
     shard_files: list[Path], thresholds: np.ndarray, cache_images: bool
 ) -> tuple[list[LabelledRow], dict[str, int]]:
     """Read pseudo-label shards (``key, image_path, label_png, conf_png, status``), apply the
-    confidence rule; rows without a label or with an unreadable image are skipped, counted."""
+    confidence rule; rows without a label or with an unreadable image are skipped, counted.
+
+    ``cache_images`` (``cache_in_memory: true``): every image and label map decoded into RAM
+    now. Else the rows stream: keys and paths in RAM, the label PNG pairs in a
+    :class:`LabelStore` decoded per batch, one shard's table in memory at a time; the same
+    rows, counts and label maps (images are read per batch either way)."""
+    if not cache_images:
+        return _stream_rows(shard_files, thresholds)
     import pyarrow.parquet as pq
 
     rows: list[LabelledRow] = []
     counts = {"rows": 0, "used": 0, "skipped_status": 0, "skipped_image": 0}
     for path in shard_files:
-        table = pq.read_table(
-            path, columns=["key", "image_path", "label_png", "conf_png", "status"]
-        )
+        table = pq.read_table(path, columns=SHARD_COLUMNS)
         for r in table.to_pylist():
             counts["rows"] += 1
             if r["status"] != "ok":
@@ -119,15 +188,44 @@ def load_rows(
             label = apply_confidence_rule(
                 decode_label_png(r["label_png"]), decode_label_png(r["conf_png"]), thresholds
             )
-            image = None
-            if cache_images:
-                try:
-                    image = read_image(r["image_path"])
-                except (OSError, ValueError):
-                    counts["skipped_image"] += 1
-                    continue
+            try:
+                image = read_image(r["image_path"])
+            except (OSError, ValueError):
+                counts["skipped_image"] += 1
+                continue
             rows.append(LabelledRow(r["key"], r["image_path"], label, image))
             counts["used"] += 1
+    return rows, counts
+
+
+def _stream_rows(
+    shard_files: list[Path], thresholds: np.ndarray
+) -> tuple[list[LabelledRow], dict[str, int]]:
+    """:func:`load_rows` without the cache: label PNGs into a :class:`LabelStore`, shard by
+    shard (row group by row group), nothing decoded."""
+    import pyarrow.parquet as pq
+
+    store = LabelStore(thresholds)
+    rows: list[LabelledRow] = []
+    counts = {"rows": 0, "used": 0, "skipped_status": 0, "skipped_image": 0}
+    for path in shard_files:
+        shard = pq.ParquetFile(path)
+        for group in range(shard.num_row_groups):
+            table = shard.read_row_group(group, columns=SHARD_COLUMNS)
+            cols = {c: table.column(c).to_pylist() for c in ("key", "image_path", "status")}
+            labels, confs = table.column("label_png"), table.column("conf_png")
+            for i, status in enumerate(cols["status"]):
+                counts["rows"] += 1
+                if status != "ok":
+                    counts["skipped_status"] += 1
+                    continue
+                index = store.append(labels[i].as_py(), confs[i].as_py())
+                rows.append(
+                    LabelledRow(cols["key"][i], cols["image_path"][i], None, None, store, index)
+                )
+                counts["used"] += 1
+            del table, labels, confs
+    store.seal()
     return rows, counts
 
 
@@ -181,7 +279,7 @@ class BatchStream:
                 except (OSError, ValueError):  # vanished/corrupt since labelling: skip it
                     continue
                 img = torch.from_numpy(image).permute(2, 0, 1)
-                lab = torch.from_numpy(row.label.astype(np.int64))
+                lab = torch.from_numpy(row.label_map().astype(np.int64))
                 img, lab = augment_pair(img, lab, self.augment, self.rng)
                 images.append(img)
                 labels.append(lab)

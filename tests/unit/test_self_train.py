@@ -400,3 +400,45 @@ def test_load_rows_and_batches(tmp_path):
     images, labels = next(it)
     assert images.shape == (3, 3, 16, 16) and labels.shape == (3, 16, 16)
     assert labels.dtype == torch.int64 and set(labels.unique().tolist()) <= {0, 1, 2, 255}
+
+
+def test_streamed_rows_give_the_cached_rows_batches(tmp_path):
+    """``cache_in_memory: false`` (labels in a ``LabelStore``, decoded per batch; two shards,
+    one of two row groups) yields the same batches as the cached rows for the same seed."""
+    ds = _world_like(tmp_path, "train", 7)
+    rng = np.random.default_rng(1)
+    files = []
+    for shard, idx in enumerate([range(0, 4), range(4, 7)]):
+        rows = []
+        for i in idx:
+            label = rng.integers(0, 3, ds[i]["label"].shape).astype(np.uint8)
+            rows.append(
+                {
+                    "key": ds.samples[i].id,
+                    "image_path": str(ds.samples[i].image),
+                    "label_png": png_bytes(label),
+                    "conf_png": png_bytes(rng.integers(0, 256, label.shape).astype(np.uint8)),
+                    "status": "ok" if i != 5 else "bad_image",
+                }
+            )
+        table = pa.table(
+            {c: pa.array([r[c] for r in rows], pa.binary() if "png" in c else pa.string())
+             for c in rows[0]}
+        )  # fmt: skip
+        files.append(tmp_path / f"{shard:05d}.parquet")
+        pq.write_table(table, files[-1], row_group_size=2 if shard == 0 else None)
+    assert pq.ParquetFile(files[0]).num_row_groups == 2
+    thresholds = np.array([60, 120, 180])
+    cached, c_counts = load_rows(files, thresholds, True)
+    streamed, s_counts = load_rows(files, thresholds, False)
+    assert c_counts == s_counts == {"rows": 7, "used": 6, "skipped_status": 1, "skipped_image": 0}
+    assert all(r.label is None and r.image is None for r in streamed)
+    assert [r.key for r in streamed] == [r.key for r in cached]
+    for a, b in zip(cached, streamed, strict=True):
+        np.testing.assert_array_equal(a.label_map(), b.label_map())
+    aug = AugmentConfig(size=16, scale=(0.5, 1.0))
+    one = batches(cached, 4, aug, np.random.default_rng(3))
+    two = batches(streamed, 4, aug, np.random.default_rng(3))
+    for _ in range(5):  # across an epoch boundary
+        (ia, la), (ib, lb) = next(one), next(two)
+        assert torch.equal(ia, ib) and torch.equal(la, lb)

@@ -12,6 +12,7 @@ BENCHMARKS = {
     "evaluate": "tools.bench.evaluate",
     "ingest": "tools.bench.ingest",
     "serve": "tools.bench.serve",
+    "memory": "tools.bench.memory",
 }
 
 

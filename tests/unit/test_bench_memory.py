@@ -1,0 +1,61 @@
+"""The memory benchmark's RSS sampling (``tools/bench/memory.py``): a child process that holds
+N MB shows a peak of at least N MB; the ratio and the stage table."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from tools.bench.memory import RssSampler, compare, descendants, is_worker, ratio, rss_bytes
+
+MB = 2**20
+HOLD = (
+    "import sys, time; b = bytearray({n} * 2**20); b[::4096] = b'x' * len(b[::4096]); "
+    "print('ready', flush=True); time.sleep(30)"
+)
+
+
+def test_child_allocation_shows_in_the_worker_peak():
+    n = 96
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLD.format(n=n)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        with RssSampler(os.getpid(), worker_prefix="", interval=0.05) as sampler:
+            with sampler.window() as peak:
+                assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+                time.sleep(0.2)
+        assert child.pid in descendants(os.getpid())
+        assert peak.samples >= 2
+        assert peak.worker >= n * MB and peak.workers_total >= peak.worker
+        assert peak.driver >= rss_bytes(os.getpid()) // 2 > 0
+    finally:
+        child.kill()
+        child.wait()
+    with RssSampler(os.getpid(), interval=0.05) as sampler, sampler.window() as after:
+        pass
+    assert after.worker < n * MB  # window closed on a dead child: nothing of it counted
+    assert rss_bytes(child.pid) == 0
+
+
+def test_workers_are_ray_processes_and_other_children_not_ray_daemons():
+    assert is_worker("ray::MapWorker(MapBatches(ShardMasker))", "ray::")
+    assert is_worker("/venv/bin/python -c from multiprocessing.spawn import spawn_main", "ray::")
+    assert not is_worker(
+        "/venv/lib/python3.11/site-packages/ray/core/src/ray/raylet/raylet", "ray::"
+    )
+    assert not is_worker("", "ray::")
+
+
+def test_ratio_and_table():
+    assert ratio(4.0, 8.0, 16.0) == 1.0  # both under the noise floor
+    assert ratio(100.0, 150.0, 16.0) == 1.5
+    stage = {"seconds": 1.0, "driver_peak_mb": 500.0, "driver_mb": 20.0, "workers_peak_mb": 900.0,
+             "workers_mb": 300.0, "workers_total_peak_mb": 2000.0, "peak_worker": "ray::x",
+             "samples": 5}  # fmt: skip
+    big = {**stage, "driver_mb": 80.0, "workers_mb": 330.0}
+    table = compare({"stages": {"train": stage}}, {"stages": {"train": big}}, 16.0)
+    assert table["train"]["driver_ratio"] == 4.0 and table["train"]["workers_ratio"] == 1.1
+    assert table["train"]["driver_mb"] == [20.0, 80.0]
