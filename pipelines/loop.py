@@ -28,6 +28,7 @@ import torch
 
 from ovs.train.loop_config import LoopConfig
 from ovs.train.memory import MiB, StepMemory, device_limit, out_of_memory
+from pipelines.ray_logs import quiet_train_reports
 from pipelines.ray_train import (
     RunRef,
     Window,
@@ -140,6 +141,7 @@ def train_worker(job: LoopJob) -> None:
 
     from ovs.cpu import keep_freed_memory
 
+    quiet_train_reports()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, job.loop.cpus_per_worker))

@@ -87,6 +87,18 @@ def pin_ray_address() -> None:
         return
 
 
+def quiet_train_reports() -> None:
+    """Ray Train (v2) logs "Reporting training result N: TrainingReport(...)" at INFO on every
+    rank for every ``ray.train.report``, under a logger named by its source file's path (outside
+    the ``ray`` hierarchy, so :func:`route_ray_logger` does not reach it): two console lines per
+    checkpoint. Called in each training worker; warnings and errors still show."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout: its lines stay as they are
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def quiet_worker() -> None:
     """``worker_process_setup_hook`` of local Ray workers: the ``ray`` logger's records go to
     ``ray-python-<pid>.log`` in the session's log directory; only errors reach the worker's

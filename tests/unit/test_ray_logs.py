@@ -94,3 +94,17 @@ def test_pin_ray_address_points_a_worker_at_its_own_ray(ray_local, monkeypatch):
     ray_logs.pin_ray_address()
     assert ray_logs.os.environ["RAY_ADDRESS"] == "10.0.0.1:6379"
     assert ray_logs.local_worker_env() == {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
+def test_quiet_train_reports_reaches_ray_trains_per_report_logger():
+    """The logger Ray Train's per-report INFO line goes through is the one quieted."""
+    from ray.train.v2._internal.execution import context
+
+    logger = logging.getLogger(context.__file__)
+    saved = logger.level
+    try:
+        ray_logs.quiet_train_reports()
+        assert not logger.isEnabledFor(logging.INFO) and logger.isEnabledFor(logging.WARNING)
+        assert context.logger is logger  # the module logs through this very logger
+    finally:
+        logger.setLevel(saved)
