@@ -9,11 +9,12 @@ by ``pipelines.train.trained_checkpoints``) and ``world`` (when ``world`` is in
 ``pipeline.stages``; its eval split is always evaluated). Methods: every evaluation row of
 every trained method (``MethodSpec.evaluation_rows``: ``sseg``; ``clip``, ``maskclip``,
 ``pm_clip`` of a trained CLIP; the main method's first), then ``evaluate.baselines``. For each,
-one Ray Data pass covers every protocol
+one Ray Data pass covers every method × protocol
 (``evaluate.protocols``) × dataset task: the shard mapper (:mod:`pipelines.shard_map`) runs
-``num_actors`` :class:`~ovs.eval.runner.ShardEvaluator` actors (each loads the method once)
-over batches of global image ids → rows summed per task with ``combine_rows`` →
-``shard_metrics``. A
+one pool of ``num_actors`` :class:`~ovs.eval.runner.MethodsEvaluator` actors (each keeps the
+method it loaded last; the items, batches of one method's global image ids, come ordered by
+method, so each loads a method about once) → rows summed per task with ``combine_rows`` →
+``shard_metrics``, each method's outputs written as soon as its batches are back. A
 configured benchmark without data fails the pipeline before it starts
 (``pipelines/common.py::preflight``) unless its entry says ``optional: true``: then it is
 skipped with one warning and counted (``datasets_missing``), and once its data appears the
@@ -43,6 +44,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -167,27 +169,57 @@ def methods(ctx: StageContext, device: str) -> list[tuple[str, MethodRef]]:
 
 
 def evaluate_sharded(
-    spec: MethodRef, tasks: list[EvalTask], cfg: EvalConfig, seed: int, progress
-) -> list[tuple[EvalShard, dict]]:
-    """Evaluate one method on every task with one pool of ``cfg.num_actors`` actors (each
-    loads the method once), ``cfg.batch_size`` images per call. Every ``task.num_images`` must
-    be set.
+    methods: list[tuple[str, MethodRef, list[EvalTask]]],
+    cfg: EvalConfig,
+    seed: int,
+    progress,
+    on_method: Callable[[int, list[tuple[EvalShard, dict]]], None],
+) -> None:
+    """Evaluate every ``(name, reference, tasks)`` of ``methods`` with one pool of
+    ``cfg.num_actors`` actors, ``cfg.batch_size`` images of one method per call: the items
+    are ordered by method, and each actor keeps the method it loaded last
+    (:class:`~ovs.eval.runner.MethodsEvaluator`), so it loads each method about once and the
+    pool starts once per stage, not once per method. Every ``task.num_images`` must be set.
 
-    Returns, per task, the summed :class:`EvalShard` and ``{index: uint8[H, W] prediction}``
-    for its first ``task.num_examples`` images.
+    As soon as all items of method ``j`` are back, ``on_method(j, per_task)`` is called with,
+    per task, the summed :class:`EvalShard` and ``{index: uint8[H, W] prediction}`` for its
+    first ``task.num_examples`` images (so a killed run keeps the methods finished before).
     """
-    from ovs.eval.runner import ShardEvaluator, combine_rows, decode_examples
+    from ovs.eval.runner import MethodsEvaluator
 
-    total = sum(int(t.num_images or 0) for t in tasks)
     step = max(1, cfg.batch_size)
-    items = [
-        WorkItem(f"{i // step:05d}", {"ids": list(range(i, min(i + step, total)))})
-        for i in range(0, total, step)
-    ]
+    keys: list[list[str]] = []
+    items: list[WorkItem] = []
+    for j, (name, _, tasks) in enumerate(methods):
+        total = sum(int(t.num_images or 0) for t in tasks)
+        mine = [
+            WorkItem(
+                f"{name}/{i // step:05d}",
+                {"method": j, "ids": list(range(i, min(i + step, total)))},
+            )
+            for i in range(0, total, step)
+        ]
+        keys.append([it.key for it in mine])
+        items.extend(mine)
+    owner = {key: j for j, ks in enumerate(keys) for key in ks}
+    got: list[dict[str, dict]] = [{} for _ in methods]
+
+    def arrived(key: str, row: dict) -> None:
+        j = owner[key]
+        got[j][key] = row
+        if len(got[j]) == len(keys[j]):
+            rows = [got[j][k] for k in keys[j]]  # id order: deterministic skip lists
+            on_method(j, _per_task(methods[j][2], rows))
+
     resources = ActorResources(cfg.num_actors, num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus)
-    init = {"spec": spec, "tasks": tasks, "seed": seed}
-    done = map_items(items, ShardEvaluator, init, resources, progress, "batches")
-    rows = [done.results[it.key] for it in items]  # id order: deterministic skip lists
+    init = {"methods": [(spec, tasks) for _, spec, tasks in methods], "seed": seed}
+    map_items(items, MethodsEvaluator, init, resources, progress, "batches", arrived)
+
+
+def _per_task(tasks: list[EvalTask], rows: list[dict]) -> list[tuple[EvalShard, dict]]:
+    """One method's rows summed per task (and its example predictions), in task order."""
+    from ovs.eval.runner import combine_rows, decode_examples
+
     shards: list[EvalShard | None] = [None] * len(tasks)
     examples: list[dict] = [{} for _ in tasks]
     for t in {int(t) for row in rows for t in row["task"]}:
@@ -244,20 +276,14 @@ def metric_prefix(
     return "".join(f"{p}." for p in parts if p)
 
 
-def evaluate_method(
+def finished_and_todo(
     ctx: StageContext,
     method: str,
-    spec: MethodRef,
     protocols: list[ProtocolConfig],
     found: list[tuple[EvalDatasetConfig, int]],
-) -> tuple[dict[tuple[str, str], dict], int]:
-    """Results of one method, keyed by ``(protocol, dataset)``, and the images evaluated now.
-
-    Combinations whose ``result.json`` exists are read back (resume), the rest evaluated in
-    one sharded pass and written (pictures first, ``result.json`` last).
-    """
-    from ovs.eval.protocol import shard_metrics
-
+) -> tuple[dict[tuple[str, str], dict], list[EvalTask]]:
+    """One method's results read back, keyed by ``(protocol, dataset)``, from the
+    combinations whose ``result.json`` exists (resume), and the tasks of the rest."""
     cfg: EvalConfig = ctx.section
     results, todo = {}, []
     for protocol in protocols:
@@ -267,17 +293,21 @@ def evaluate_method(
                 results[protocol.name, dataset.name] = json.loads((out / RESULT).read_text())
             else:
                 todo.append(EvalTask(dataset, protocol, n, min(cfg.num_examples, n)))
-    if not todo:
-        return results, 0
-    log.info(
-        "[evaluate] %s: %s",
-        method,
-        ", ".join(f"{t.protocol.name}/{t.dataset.name} ({t.num_images} images)" for t in todo),
-    )
-    images = 0
-    for task, (shard, examples) in zip(
-        todo, evaluate_sharded(spec, todo, cfg, ctx.cfg.seed, ctx.progress)
-    ):
+    return results, todo
+
+
+def write_method(
+    ctx: StageContext,
+    method: str,
+    todo: list[EvalTask],
+    per_task: list[tuple[EvalShard, dict]],
+) -> tuple[dict[tuple[str, str], dict], int]:
+    """Metrics and outputs (pictures first, ``result.json`` last) of one method's evaluated
+    tasks: its results keyed by ``(protocol, dataset)``, and the images evaluated."""
+    from ovs.eval.protocol import shard_metrics
+
+    results, images = {}, 0
+    for task, (shard, examples) in zip(todo, per_task):
         d, p = task.dataset, task.protocol
         ds = build_dataset(d.name, d.root, d.split or None)
         result = shard_metrics(shard, ds)
@@ -292,6 +322,43 @@ def evaluate_method(
         write_outputs(out, ds, result, examples, f"{method} / {p.name} / {d.name}")
         results[p.name, d.name] = result
         images += shard.num_images
+    return results, images
+
+
+def evaluate_methods(
+    ctx: StageContext,
+    rows: list[tuple[str, MethodRef]],
+    protocols: list[ProtocolConfig],
+    found: list[tuple[EvalDatasetConfig, int]],
+) -> tuple[dict[str, dict[tuple[str, str], dict]], int]:
+    """Every method's results, keyed by method then ``(protocol, dataset)``, and the images
+    evaluated now. Combinations whose ``result.json`` exists are read back (resume); the rest
+    of every method are evaluated in one sharded pass, each method's outputs written as soon
+    as its items are back."""
+    results: dict[str, dict[tuple[str, str], dict]] = {}
+    pending: list[tuple[str, MethodRef, list[EvalTask]]] = []
+    for method, spec in rows:
+        results[method], todo = finished_and_todo(ctx, method, protocols, found)
+        if todo:
+            log.info(
+                "[evaluate] %s: %s",
+                method,
+                ", ".join(
+                    f"{t.protocol.name}/{t.dataset.name} ({t.num_images} images)" for t in todo
+                ),
+            )
+            pending.append((method, spec, todo))
+    images = 0
+
+    def written(j: int, per_task: list[tuple[EvalShard, dict]]) -> None:
+        nonlocal images
+        method, _, todo = pending[j]
+        done, n = write_method(ctx, method, todo, per_task)
+        results[method].update(done)
+        images += n
+
+    if pending:
+        evaluate_sharded(pending, ctx.section, ctx.cfg.seed, ctx.progress, written)
     return results, images
 
 
@@ -327,13 +394,14 @@ def run(ctx: StageContext) -> dict:
         log.warning("[evaluate] nothing to evaluate: no world stage and no benchmark data")
     metrics: dict[str, float] = {}
     counts: dict[str, int] = {"datasets_evaluated": len(found), "datasets_missing": len(missing)}
-    start, images = time.perf_counter(), 0
+    start = time.perf_counter()
     root: ExperimentConfig = ctx.cfg
     main = root.train.method
     compared: list[dict] = []
-    for method, spec in methods(ctx, "cuda" if cfg.num_gpus > 0 else "cpu"):
-        results, done = evaluate_method(ctx, method, spec, protocols, found)
-        images += done
+    rows = methods(ctx, "cuda" if cfg.num_gpus > 0 else "cpu")
+    every, images = evaluate_methods(ctx, rows, protocols, found)
+    for method, _ in rows:
+        results = every[method]
         for protocol in protocols:
             for dataset, _ in found:
                 result = results[protocol.name, dataset.name]

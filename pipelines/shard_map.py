@@ -190,13 +190,16 @@ def map_items(
     resources: ActorResources,
     progress: Callable[..., None],
     what: str = "shards",
+    on_result: Callable[[str, Any], None] | None = None,
 ) -> MapResult:
     """Run ``worker(**init)(**item.args)`` for every item without an output yet.
 
     ``worker`` is a class (built once per actor: load models in ``__init__``) whose call
     returns a ``pyarrow.Table`` for items with an ``output`` (written there atomically) and
     any picklable value for items without one. ``progress(done, total, what)`` is called as
-    items finish. Raises :class:`ItemsFailed` after the pool drains if any item raised.
+    items finish, and ``on_result(key, value)`` (if given) as each item's result arrives, in
+    completion order, so a caller can write what a group of items makes while the pool runs
+    on. Raises :class:`ItemsFailed` after the pool drains if any item raised.
     """
     if len({it.key for it in items}) != len(items):
         raise ValueError("work item keys must be unique")
@@ -228,6 +231,8 @@ def map_items(
             log.error("%s %s failed: %s", what, key, failed[key].strip().splitlines()[-1])
         else:
             result.results[key] = pickle.loads(bytes(row["result"]))
+            if on_result is not None:
+                on_result(key, result.results[key])
         progress(done, len(todo), what)
     result.seconds = time.perf_counter() - start
     if failed:

@@ -27,11 +27,20 @@ def tiny_world(
     ]
 
 
+def tiny_upstream(tmp_path: Path) -> list[str]:
+    """The session's one tiny world (24 training images in 2 shards, 4 eval images, the
+    pseudo-mask oracle on those 4): every stage test that only needs world -> download ->
+    entities -> pseudo_masks as input uses it, so ``tests/upstream.py`` builds them once a
+    session (train, train_stream, evaluate, self_train, pairs, compare, the SIGKILL train
+    drill)."""
+    return tiny_world(tmp_path, num_train=24, num_eval=4, per_shard=12, oracle_images=4)
+
+
 def tiny_trained(tmp_path: Path) -> list[str]:
     """The tiny world and 2-step S-Seg model the evaluate, self_train and pairs stage tests
     consume: one config, so ``tests/upstream.py`` computes these upstream stages once a session."""
     return [
-        *tiny_world(tmp_path, num_train=24, num_eval=4, per_shard=12),
+        *tiny_upstream(tmp_path),
         "train.steps=2",
         "train.warmup_steps=1",
         "train.checkpoint_every=2",

@@ -10,6 +10,6 @@
 - ``baselines``: CLIP and MaskCLIP dense baselines on open_clip.
 - ``visualize``: palettes, overlays, grids, IoU bar charts.
 - ``config``: ``EvalConfig``, the evaluation stage's config section.
-- ``runner``: ``EvalTask`` + ``ShardEvaluator`` (the sharded evaluation's per-item function)
-  and ``combine_rows``.
+- ``runner``: ``EvalTask`` + ``ShardEvaluator`` (the sharded evaluation's per-item function),
+  ``MethodsEvaluator`` (one pool for several methods) and ``combine_rows``.
 """

@@ -1,7 +1,9 @@
 """Sharded evaluation, the library side of an eval stage: the per-item function and its rows.
 
 One method is evaluated on several *tasks* (a benchmark under a protocol) by one pool of
-workers, so each worker loads the method once. The tasks' images are numbered globally:
+workers, so each worker loads the method once (:class:`ShardEvaluator`); a stage's several
+methods share one pool (:class:`MethodsEvaluator`: items name their method, each worker keeps
+the method it loaded last). The tasks' images are numbered globally:
 task 0 owns ids ``0..n_0-1``, task 1 the next ``n_1`` and so on. A pipeline hands batches of
 ids to :class:`ShardEvaluator` workers (``pipelines/shard_map.py``), sums the returned rows
 per task with :func:`combine_rows` and calls :func:`~ovs.eval.protocol.shard_metrics`.
@@ -128,6 +130,29 @@ class ShardEvaluator:
         buf = io.BytesIO()
         np.savez_compressed(buf, **preds)
         return buf.getvalue()
+
+
+class MethodsEvaluator:
+    """Callable: ``(method, ids)`` → :class:`ShardEvaluator`'s rows for ``ids`` of method
+    number ``method`` of ``methods`` (each a reference and its tasks).
+
+    One pool of these evaluates every method of a stage: a method's :class:`ShardEvaluator`
+    is built (``seed`` reseeding torch first, as in a fresh worker) on its first item and kept
+    until an item of another method arrives, so items ordered by method load each method
+    about once per worker, and only one method is in memory at a time.
+    """
+
+    def __init__(self, methods: list[tuple[MethodRef, list[EvalTask]]], seed: int = 0) -> None:
+        self.methods = methods
+        self.seed = seed
+        self.current: tuple[int, ShardEvaluator] | None = None
+
+    def __call__(self, method: int, ids: Sequence[int]) -> dict[str, np.ndarray]:
+        if self.current is None or self.current[0] != method:
+            self.current = None  # free the previous method before building the next
+            spec, tasks = self.methods[method]
+            self.current = (method, ShardEvaluator(spec, tasks, seed=self.seed))
+        return self.current[1](ids)
 
 
 def _column(row: dict, key: str) -> list:

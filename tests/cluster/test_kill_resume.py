@@ -29,7 +29,7 @@ from ovs.data.shards import iter_shard, list_shards
 from ovs.stage import MANIFEST, resolve
 from pipelines.common import connect_mlflow, run_stage
 from pipelines.graph import STAGES, load_config
-from tests.tiny_world import tiny_world
+from tests.tiny_world import tiny_upstream
 from tests.upstream import run_upstream
 
 REPO = Path(__file__).resolve().parents[2]
@@ -170,9 +170,9 @@ SMOKE = str(REPO / "conf" / "smoke.yaml")
 
 
 def train_overrides(root: Path) -> list[str]:
-    """One DDP rank, 16 steps, a checkpoint every 2, on a 24-image world."""
+    """One DDP rank, 16 steps, a checkpoint every 2, on the session's shared 24-image world."""
     return [
-        *tiny_world(root, num_train=24, num_eval=4, per_shard=12),
+        *tiny_upstream(root),
         "train.num_workers=1",
         "train.steps=16",
         "train.warmup_steps=2",

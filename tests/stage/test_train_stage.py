@@ -15,7 +15,7 @@ from ovs.stage import StageIncomplete, read_manifest, resolve
 from pipelines.common import connect_mlflow, run_stage
 from pipelines.drills import fail_worker_at
 from pipelines.graph import STAGES, load_config
-from tests.tiny_world import tiny_world
+from tests.tiny_world import tiny_upstream
 from tests.upstream import run_upstream
 
 pytestmark = pytest.mark.slow
@@ -27,7 +27,7 @@ def _cfg(tmp_path, *extra):
     return load_config(
         None,
         [
-            *tiny_world(tmp_path, num_train=40, num_eval=6, per_shard=10, oracle_images=6),
+            *tiny_upstream(tmp_path),  # the session's shared upstream (tests/upstream.py)
             "train.num_workers=2",
             "train.steps=6",
             "train.warmup_steps=2",

@@ -104,14 +104,14 @@ def test_streaming_train_stage_resumed_equals_uninterrupted(tmp_path, mlflow_uri
     from ovs.stage import StageIncomplete, read_manifest, resolve
     from pipelines.common import connect_mlflow, run_stage
     from pipelines.graph import STAGES, load_config
-    from tests.tiny_world import tiny_world
+    from tests.tiny_world import tiny_upstream
     from tests.upstream import run_upstream
 
     def cfg(*extra):
         return load_config(
             None,
             [
-                *tiny_world(tmp_path, num_train=40, num_eval=6, per_shard=10, oracle_images=6),
+                *tiny_upstream(tmp_path),
                 "train.cache_in_memory=false",
                 "train.shuffle_buffer=20",
                 "train.steps=4",
@@ -125,7 +125,7 @@ def test_streaming_train_stage_resumed_equals_uninterrupted(tmp_path, mlflow_uri
 
     client, exp_id, _ = connect_mlflow("train-stream")
     parent = client.create_run(exp_id, run_name="p").info.run_id
-    # the train stage test's world (tests/upstream.py: computed once per session)
+    # the session's shared tiny world (tests/upstream.py: computed once per session)
     run_upstream(("world", "download", "entities", "pseudo_masks"), cfg(), client, exp_id, parent)
     with pytest.raises(StageIncomplete, match="stopped at step 2 of 4"):
         run_stage(

@@ -282,3 +282,28 @@ def test_shard_evaluator_adapter(tmp_path, method):
     np.testing.assert_array_equal(examples[1], predict_label(method, ds[1]["image"], clf, proto))
     assert decode_examples(rows, task=1) == {}
     assert EvalConfig().datasets == [] and EvalConfig().resolved_protocols() == [tiny()]
+
+
+def test_methods_evaluator_equals_one_worker_per_method(tmp_path):
+    """The evaluate stage's one pool for all methods: a worker that switches between methods
+    (and back) returns exactly the rows a fresh worker of each method returns, its random-init
+    baselines rebuilt from the seed, with one method held at a time."""
+    from ovs.eval.config import EvalDatasetConfig
+    from ovs.eval.method import MethodRef
+    from ovs.eval.runner import EvalTask, MethodsEvaluator, ShardEvaluator
+
+    _world(tmp_path)
+    proto = ProtocolConfig(name="t", short_side=32, window=32, stride=16)
+    cfg = EvalDatasetConfig(name="world", root=str(tmp_path / "world"))
+    refs = [MethodRef(method=m, model="tiny", pretrained=None) for m in ("maskclip", "clip")]
+    tasks = [[EvalTask(cfg, proto, 5, 2)], [EvalTask(cfg, proto, 3, 1)]]
+    pool = MethodsEvaluator(list(zip(refs, tasks)), seed=3)
+    calls = [(0, [0, 1]), (1, [0, 2]), (0, [2, 3, 4]), (1, [1])]
+    got = [pool(j, ids) for j, ids in calls]
+    assert pool.current is not None and pool.current[0] == 1
+    fresh = [ShardEvaluator(r, t, seed=3) for r, t in zip(refs, tasks)]
+    for (j, ids), row in zip(calls, got):
+        want = fresh[j](ids)
+        assert row.keys() == want.keys()
+        for k in want:
+            np.testing.assert_array_equal(row[k], want[k])
