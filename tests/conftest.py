@@ -12,6 +12,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # 2 shared cores: 1 thread per pr
 # actor (one more process start on 2 cores) that only logs node drains, which no test does.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+# On a loaded box (CI runners are shared) the raylet's wait for its dashboard/runtime-env agents
+# (~15 s) can run out before they start, and the raylet aborts: give them 90 s.
+os.environ.setdefault("RAY_agent_register_timeout_ms", "90000")
 
 
 @pytest.fixture
