@@ -181,6 +181,20 @@ def render(d: ReportData) -> str:
 """
 
 
+README_METRICS = (  # the parent run's ``<stage>.<metric>`` summaries README lists under the table
+    "pseudo_masks.oracle_miou",
+    "train.miou_at_init",
+    "train.miou",
+    "train.steps_done",
+    "train.data_wait_fraction",
+    "self_train.miou",
+    "self_train.steps_done",
+    "pairs.pair_precision",
+    "pairs.pair_precision_random",
+    "pairs.pair_precision_oracle",
+)
+
+
 def results_markdown(d: ReportData) -> str:
     """README's results section: the results table of run ``d`` with where it ran."""
     started = time.strftime("%Y-%m-%d", time.gmtime(d.started_ms / 1000))
@@ -196,7 +210,8 @@ def results_markdown(d: ReportData) -> str:
         f"| {_fmt(r.macc)} | {r.num_images} |"
         for r in d.results
     ]
-    for key in ("pseudo_masks.oracle_miou", "train.miou_at_init", "train.miou"):
+    for key in README_METRICS:
         if key in d.metrics:
-            lines.append(f"\n`{key}` = {_fmt(d.metrics[key])}")
+            v = d.metrics[key]
+            lines.append(f"\n`{key}` = {int(v) if v >= 1 and v == int(v) else _fmt(v)}")
     return "\n".join(lines) + "\n"
