@@ -4,6 +4,7 @@ N MB shows a peak of at least N MB; the ratio and the stage table."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,29 +16,43 @@ HOLD = (
     "import sys, time; b = bytearray({n} * 2**20); b[::4096] = b'x' * len(b[::4096]); "
     "print('ready', flush=True); time.sleep(30)"
 )
+PARENT = (
+    "import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', {hold!r}]); "
+    "print(c.pid, flush=True); c.wait(); time.sleep(30)"
+)
 
 
 def test_child_allocation_shows_in_the_worker_peak():
+    """Sampled below a parent the test owns: processes an earlier test left under pytest (idle
+    Ray workers of a local Ray) are not in the tree."""
     n = 96
-    child = subprocess.Popen(
-        [sys.executable, "-c", HOLD.format(n=n)], stdout=subprocess.PIPE, text=True
-    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT.format(hold=HOLD.format(n=n))],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
     try:
-        with RssSampler(os.getpid(), worker_prefix="", interval=0.05) as sampler:
+        assert parent.stdout is not None
+        with RssSampler(parent.pid, worker_prefix="", interval=0.05) as sampler:
             with sampler.window() as peak:
-                assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+                child = int(parent.stdout.readline())
+                assert parent.stdout.readline().strip() == "ready"
                 time.sleep(0.2)
-        assert child.pid in descendants(os.getpid())
+        assert descendants(parent.pid) == [child]
         assert peak.samples >= 2
         assert peak.worker >= n * MB and peak.workers_total >= peak.worker
-        assert peak.driver >= rss_bytes(os.getpid()) // 2 > 0
+        assert peak.driver >= rss_bytes(parent.pid) // 2 > 0
+        assert peak.driver < n * MB  # the parent holds none of the child's memory
+        os.kill(child, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while descendants(parent.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with RssSampler(parent.pid, interval=0.05) as sampler, sampler.window() as after:
+            pass
+        assert after.worker < n * MB  # window opened on a dead child: nothing of it counted
+        assert rss_bytes(child) == 0
     finally:
-        child.kill()
-        child.wait()
-    with RssSampler(os.getpid(), interval=0.05) as sampler, sampler.window() as after:
-        pass
-    assert after.worker < n * MB  # window closed on a dead child: nothing of it counted
-    assert rss_bytes(child.pid) == 0
+        parent.kill()
+        parent.wait()
 
 
 def test_workers_are_ray_processes_and_other_children_not_ray_daemons():
