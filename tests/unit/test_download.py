@@ -247,3 +247,22 @@ def test_headerless_config_validation(tmp_path: Path) -> None:
         ).validate()
     with pytest.raises(ValueError, match="only for header: false"):
         DownloadConfig(url_list=["/x/a.tsv"], columns=["url", "caption"]).validate()
+
+
+def test_url_set_finds_the_duplicates_a_python_set_finds():
+    """``UrlSet`` (sorted hash runs, 8 bytes per URL) against a plain ``set``: 60 batches of
+    random URLs from a small pool (duplicates within and across batches), the same rows new."""
+    from ovs.data.url_lists import UrlSet
+
+    rng = np.random.default_rng(0)
+    pool = [f"https://x.example/{i}.jpg" for i in range(3000)]
+    urls, ref = UrlSet(), set()
+    for b in range(60):
+        batch = [pool[i] for i in rng.integers(0, len(pool), int(rng.integers(0, 200)))]
+        want = []
+        for u in batch:
+            want.append(u not in ref)
+            ref.add(u)
+        assert urls.add_new(batch).tolist() == want, f"batch {b}"
+        assert len(urls) == len(ref)
+    assert len(urls._runs) <= 12  # merged: O(log batches) runs, not one per batch
