@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +58,22 @@ def atomic_write_parquet(path: str | os.PathLike, table: Any) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+@contextmanager
+def atomic_parquet_writer(path: str | os.PathLike, schema: Any) -> Iterator[Any]:
+    """A ``pyarrow.parquet.ParquetWriter`` whose file appears at ``path`` only when the
+    ``with`` body ends without an error (tables written batch by batch: memory stays one
+    batch whatever the row count)."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            yield writer
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

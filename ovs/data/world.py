@@ -38,10 +38,16 @@ from pathlib import Path
 import numpy as np
 
 from ovs.codecs import png_bytes, read_image, read_label_png
-from ovs.io import atomic_write_bytes, atomic_write_json, atomic_write_parquet, atomic_write_text
+from ovs.io import (
+    atomic_parquet_writer,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+)
 
 LABELLED_SPLITS = ("eval", "val")
 SPLITS = ("train", *LABELLED_SPLITS)
+CHUNK = 1024  # images rendered, and URL rows buffered, at a time
 
 
 @dataclass
@@ -496,19 +502,23 @@ def generate(cfg: WorldConfig, root: str | Path, workers: int = 4, progress=None
     import pyarrow as pa
 
     root = Path(root)
-    rows: dict[str, list[dict]] = {}
+    columns = ("url", "caption", "id")
+    schema = pa.schema([(c, pa.string()) for c in columns])
+    sizes = {"train": cfg.num_train, "eval": cfg.num_eval, "val": cfg.num_val}
     with ThreadPoolExecutor(workers) as pool:
-        for split, n in (("train", cfg.num_train), ("eval", cfg.num_eval), ("val", cfg.num_val)):
-            rows[split] = []
-            for i, row in enumerate(
-                pool.map(lambda k, s=split: _write_one(cfg, root, s, k), range(n))
-            ):
-                rows[split].append(row)
-                if progress is not None and (i + 1) % 500 == 0:
-                    progress(i + 1, n, f"{split} images")
-    for split in SPLITS:
-        table = pa.table({k: [r[k] for r in rows[split]] for k in ("url", "caption", "id")})
-        atomic_write_parquet(root / split / "urls.parquet", table)
+        for split in SPLITS:
+            n = sizes[split]
+            # URL rows go to the parquet CHUNK at a time, and only CHUNK renders are queued:
+            # memory does not grow with the split
+            with atomic_parquet_writer(root / split / "urls.parquet", schema) as writer:
+                for start in range(0, n, CHUNK):
+                    ids = range(start, min(start + CHUNK, n))
+                    rows = list(pool.map(lambda k, s=split: _write_one(cfg, root, s, k), ids))
+                    writer.write_table(
+                        pa.table({c: [r[c] for r in rows] for c in columns}, schema=schema)
+                    )
+                    if progress is not None:
+                        progress(ids.stop, n, f"{split} images")
     for split in SPLITS:
         atomic_write_text(root / split / "classes.txt", "\n".join(class_lines()) + "\n")
         atomic_write_text(root / split / "classes_bg.txt", "\n".join(class_lines(True)) + "\n")

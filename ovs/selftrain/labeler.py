@@ -103,7 +103,8 @@ def label_statistics(files: list[Path], num_classes: int) -> dict:
     stats: dict = {"hist": np.zeros((num_classes, 256), dtype=np.int64), "joint": None}
     stats.update(ok=0, bad=0)
     for f in files:
-        for r in pq.read_table(f, columns=LABEL_SCHEMA.names[2:]).to_pylist():
+        batches = pq.ParquetFile(f).iter_batches(batch_size=64, columns=LABEL_SCHEMA.names[2:])
+        for r in (row for b in batches for row in b.to_pylist()):  # 64 rows in RAM at a time
             if r["status"] != STATUS_OK:
                 stats["bad"] += 1
                 continue
