@@ -53,6 +53,16 @@ class Tracker(Protocol):
     def log_table(self, table: dict[str, list], name: str) -> None: ...
 
 
+def progress_text(stage: str, what: str, done: int, total: int | None, rate: float) -> str:
+    """``[stage] what: done/total (pct%, rate/s, eta Ns)`` (``done (rate/s)`` without a total):
+    the one format of every progress line, the stages' and the training loop's."""
+    msg = f"[{stage}] {what}: {done}"
+    if total:
+        eta = (total - done) / rate if rate > 0 else float("inf")
+        return msg + f"/{total} ({100.0 * done / total:.0f}%, {rate:.1f}/s, eta {eta:.0f}s)"
+    return msg + f" ({rate:.1f}/s)"
+
+
 class Progress:
     """Rate-limited progress lines: ``[stage] what: done/total (rate/s, eta)``."""
 
@@ -67,14 +77,7 @@ class Progress:
         if now - self._last < self.every_s and not final:
             return
         self._last = now
-        rate = done / max(now - self._start, 1e-9)
-        msg = f"[{self.stage}] {what}: {done}"
-        if total:
-            eta = (total - done) / rate if rate > 0 else float("inf")
-            msg += f"/{total} ({100.0 * done / total:.0f}%, {rate:.1f}/s, eta {eta:.0f}s)"
-        else:
-            msg += f" ({rate:.1f}/s)"
-        log.info(msg)
+        log.info(progress_text(self.stage, what, done, total, done / max(now - self._start, 1e-9)))
 
 
 @dataclass

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from ovs.stage import progress_text
 from ovs.train.loop_config import LoopConfig
 from ovs.train.memory import MiB, StepMemory, device_limit, out_of_memory
 from pipelines.ray_logs import quiet_train_reports
@@ -168,12 +169,8 @@ def progress_line(
     """``[train] sseg steps: 600/2400 (25%, 2.0/s, eta 900s) loss 2.3456``: the rate counts
     the steps of this attempt only (``start``: where it resumed)."""
     rate = (step - start) / max(seconds, 1e-9)
-    eta = (steps - step) / rate if rate > 0 else float("inf")
     what = f"{name} steps" if name else "steps"
-    return (
-        f"[{section}] {what}: {step}/{steps} ({100.0 * step / steps:.0f}%, {rate:.1f}/s, "
-        f"eta {eta:.0f}s) loss {loss:.4f}"
-    )
+    return f"{progress_text(section, what, step, steps, rate)} loss {loss:.4f}"
 
 
 def step_memory(

@@ -6,9 +6,10 @@ download shards; the kill lands after its first per-shard output is written and 
 manifest. The rerun must skip the shards already written, redo the rest, and leave outputs
 equal to the uninterrupted run's: same shard files, same rows, every sample exactly once.
 
-``pipelines/train.py`` likewise, killed after its second checkpoint: the rerun resumes from the
-last checkpoint and ends with weights (and per-step losses after the resume point) equal to an
-uninterrupted run's, bit for bit.
+``pipelines/train.py`` likewise (two DDP ranks), killed after its second checkpoint: the rerun
+resumes from the last checkpoint and ends with weights (and per-step losses after the resume
+point) equal to an uninterrupted run's, bit for bit, and the same metrics: the same config run
+twice gives identical results.
 """
 
 from __future__ import annotations
@@ -170,16 +171,17 @@ SMOKE = str(REPO / "conf" / "smoke.yaml")
 
 
 def train_overrides(root: Path) -> list[str]:
-    """One DDP rank, 16 steps, a checkpoint every 2, on the session's shared 24-image world."""
+    """Two DDP ranks (each resumes its own data state), 16 steps, a checkpoint every 2, on the
+    session's shared 24-image world."""
     return [
         *tiny_upstream(root),
-        "train.num_workers=1",
+        "train.num_workers=2",
         "train.steps=16",
         "train.warmup_steps=2",
         "train.log_every=2",
         "train.checkpoint_every=2",
         "train.eval_limit=1",
-        "ray.num_cpus=1",
+        "ray.num_cpus=2",
         "ray.object_store_memory_mb=100",
     ]
 
@@ -224,4 +226,8 @@ def test_sigkill_train_then_rerun_equals_uninterrupted(tmp_path, mlflow_uri, ray
     ref = torch.load(ref_out / "model" / "latest.pt", weights_only=True)["model"]
     assert got.keys() == ref.keys()
     assert all(torch.equal(got[k], ref[k]) for k in ref), "final weights differ"
-    assert resumed["metrics"]["miou"] == reference["metrics"]["miou"]
+    timing = {"train_seconds", "data_wait_fraction"}  # how fast, not what
+    same = [
+        {k: v for k, v in m["metrics"].items() if k not in timing} for m in (resumed, reference)
+    ]
+    assert same[0] == same[1] and {"miou", "miou_at_init", "pixel_acc"} <= set(same[0])
