@@ -59,28 +59,33 @@ def _world_dir(ctx: StageContext) -> Path | None:
 def _label_shards(ctx: StageContext, label_dir: Path) -> tuple[list[Path], dict[str, int], float]:
     """Run the labelling actors over the shards not labelled yet; returns (all shard files,
     counts, seconds)."""
+    import ray
+
     from ovs.selftrain.labeler import PseudoLabeler
-    from ovs.selftrain.pseudo_labels import target_dataset, target_images
+    from ovs.selftrain.pseudo_labels import write_target_list
 
     cfg: SelfTrainConfig = ctx.section
-    refs, dataset = target_images(cfg.target, _world_dir(ctx))
-    names_ds = dataset or target_dataset(cfg.target, _world_dir(ctx), cfg.target.eval_split)
     size = max(1, cfg.label.shard_size)
-    files = [label_dir / f"{i // size:05d}.parquet" for i in range(0, len(refs), size)]
-    items = [
-        WorkItem(
-            f.stem,
-            {"refs": [{"id": r.id, "path": r.path, "index": r.index} for r in refs[i : i + size]]},
-            f,
+    world = _world_dir(ctx)
+    targets = ctx.out_dir / "targets.parquet"
+    # the listing (one row per target image: 118k for COCO) is made in a task, not here
+    try:
+        listed = ray.get(
+            ray.remote(write_target_list).remote(
+                cfg.target, str(world) if world else None, str(targets), size
+            )
         )
-        for f, i in zip(files, range(0, len(refs), size), strict=True)
-    ]
+    except ray.exceptions.RayTaskError as e:  # a missing target folder: its own error, no trace
+        raise (e.cause if isinstance(e.cause, Exception) else e) from None
+    n = int(listed.pop("count"))
+    files = [label_dir / f"{k:05d}.parquet" for k in range(-(-n // size))]
+    items = [WorkItem(f.stem, {"group": k}, f) for k, f in enumerate(files)]
     init = {
         "checkpoint": str(ctx.inputs["train"] / "model" / "latest.pt"),
-        "dataset": dataset,
-        "class_names": names_ds.class_names,
-        "has_background": names_ds.has_background,
-        "dataset_key": names_ds.name,
+        "target": cfg.target,
+        "world_dir": str(world) if world else None,
+        "targets": str(targets),
+        **listed,
         "protocol": _protocol_name(ctx.cfg),
         "num_threads": int(cfg.label.num_cpus),
     }
@@ -89,7 +94,7 @@ def _label_shards(ctx: StageContext, label_dir: Path) -> tuple[list[Path], dict[
     )
     start = time.perf_counter()
     done = map_items(items, PseudoLabeler, init, resources, ctx.progress, "label shards")
-    counts = {"target_images": len(refs), "shards": len(items), "shards_resumed": len(done.resumed)}
+    counts = {"target_images": n, "shards": len(items), "shards_resumed": len(done.resumed)}
     return files, counts, time.perf_counter() - start
 
 

@@ -1,8 +1,8 @@
 """The pseudo-label shards of S-Seg+: their row schema, the per-shard labeller that writes
 them, and the one pass over them that the confidence rule and its diagnostics need.
 
-A shard is a list of target images (:class:`~ovs.selftrain.pseudo_labels.TargetImage` as
-``{"id", "path", "index"}`` dicts); its table has one ``LABEL_SCHEMA`` row per image:
+A shard is one row group of the target list (``write_target_list``: ``id``, ``path``,
+``index`` per target image); its table has one ``LABEL_SCHEMA`` row per image:
 ``label_png`` / ``conf_png`` (uint8 PNGs of the label map and the quantised confidence),
 ``gt_png`` (the target's ground truth when it has one, else empty) and ``status`` (``ok`` or
 ``bad_image``, with empty PNGs).
@@ -37,14 +37,17 @@ class PseudoLabeler:
 
     Loads the trained S-Seg once (in ``__init__``, one per Ray actor) on CUDA when there is
     one, and builds the text classifier of the dataset's class names under ``protocol``.
-    ``dataset`` (a :class:`~ovs.eval.datasets.SegDataset`, or None for a plain image folder)
-    resolves the refs that carry an ``index``; the others are read from ``path``.
+    ``targets`` is the target list (:func:`~ovs.selftrain.pseudo_labels.write_target_list`);
+    the actor builds the target dataset (``target``; none for a plain image folder) to resolve
+    the rows that carry an ``index``; the others are read from ``path``.
     """
 
     def __init__(
         self,
         checkpoint: str,
-        dataset: Any,
+        target: Any,
+        world_dir: str | None,
+        targets: str,
         class_names: list[list[str]],
         has_background: bool,
         dataset_key: str,
@@ -53,6 +56,7 @@ class PseudoLabeler:
     ) -> None:
         from ovs.eval.method import load_trained
         from ovs.eval.protocol import build_classifier, get_protocol
+        from ovs.selftrain.pseudo_labels import target_dataset
 
         torch.set_num_threads(max(1, num_threads))
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -61,7 +65,9 @@ class PseudoLabeler:
         self.classifier = build_classifier(
             self.method, class_names, has_background, self.protocol, dataset_key
         )
-        self.dataset = dataset
+        world = Path(world_dir) if world_dir else None
+        self.dataset = None if target.image_dir else target_dataset(target, world, target.split)
+        self.targets = targets
 
     def _one(self, ref: dict) -> dict:
         from ovs.codecs import png_bytes, read_image
@@ -70,7 +76,7 @@ class PseudoLabeler:
         row = {"key": ref["id"], "image_path": ref["path"], "status": STATUS_OK}
         row.update(label_png=b"", conf_png=b"", gt_png=b"")
         try:
-            if ref["index"] is not None:
+            if ref["index"] is not None and self.dataset is not None:
                 sample = self.dataset[ref["index"]]
                 image, gt = sample["image"], sample["label"]
             else:
@@ -84,7 +90,10 @@ class PseudoLabeler:
             row["gt_png"] = png_bytes(gt)
         return row
 
-    def __call__(self, refs: list[dict]) -> pa.Table:
+    def __call__(self, group: int) -> pa.Table:
+        import pyarrow.parquet as pq
+
+        refs = pq.ParquetFile(self.targets).read_row_group(group).to_pylist()
         rows = [self._one(r) for r in refs]
         return pa.table(
             {name: [r[name] for r in rows] for name in LABEL_SCHEMA.names}, schema=LABEL_SCHEMA

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -112,6 +112,40 @@ def target_images(
         where = cfg.image_dir or f"{cfg.dataset} split {cfg.split!r}"
         raise FileNotFoundError(f"no target images found in {where}")
     return refs, dataset
+
+
+TARGET_LIST_SCHEMA = (("id", "string"), ("path", "string"), ("index", "int64"))
+
+
+def write_target_list(
+    cfg: TargetConfig, world_dir: str | None, path: str, shard_size: int
+) -> dict[str, Any]:
+    """:func:`target_images` into the parquet file ``path`` (columns ``id``, ``path``,
+    ``index``; row group ``k`` = label shard ``k``, ``shard_size`` rows each, in order), written
+    atomically. Returns ``count`` and the class names the labeller prompts with
+    (``class_names``, ``has_background``, ``dataset_key``: the target dataset's, or its
+    evaluation split's for an ``image_dir``). The self_train driver runs this in a Ray task, so
+    the per-image listing never lives in the driver."""
+    import pyarrow as pa
+
+    from ovs.io import atomic_parquet_writer
+
+    world = Path(world_dir) if world_dir else None
+    refs, dataset = target_images(cfg, world)
+    names = dataset or target_dataset(cfg, world, cfg.eval_split)
+    schema = pa.schema([(n, getattr(pa, t)()) for n, t in TARGET_LIST_SCHEMA])
+    with atomic_parquet_writer(path, schema) as writer:
+        for i in range(0, len(refs), shard_size):
+            part = refs[i : i + shard_size]
+            cols: dict[str, list[Any]] = {"id": [r.id for r in part]}
+            cols.update(path=[r.path for r in part], index=[r.index for r in part])
+            writer.write_table(pa.table(cols, schema=schema), row_group_size=shard_size)
+    return {
+        "count": len(refs),
+        "class_names": names.class_names,
+        "has_background": names.has_background,
+        "dataset_key": names.name,
+    }
 
 
 def quantize(conf: torch.Tensor | np.ndarray) -> np.ndarray:

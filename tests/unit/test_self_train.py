@@ -326,6 +326,31 @@ def test_target_images(tmp_path):
         target_images(TargetConfig(split="empty"), tmp_path)
 
 
+def test_target_list_has_one_row_group_per_label_shard(tmp_path):
+    """The list the labelling actors read their shard from: the refs of ``target_images`` in
+    order, ``shard_size`` per row group, and the class names they prompt with."""
+    from ovs.selftrain.pseudo_labels import write_target_list
+
+    _world_like(tmp_path, "train", 5)
+    out = tmp_path / "targets.parquet"
+    listed = write_target_list(TargetConfig(), str(tmp_path), str(out), 2)
+    assert listed == {"count": 5, "class_names": [["red"], ["green"], ["blue"]],
+                      "has_background": False, "dataset_key": "world"}  # fmt: skip
+    f = pq.ParquetFile(out)
+    assert f.num_row_groups == 3 and [f.metadata.row_group(k).num_rows for k in range(3)] == [
+        2,
+        2,
+        1,
+    ]
+    refs, _ = target_images(TargetConfig(), tmp_path)
+    assert f.read_row_group(1).to_pylist() == [
+        {"id": r.id, "path": r.path, "index": r.index} for r in refs[2:4]
+    ]
+    folder = TargetConfig(image_dir=str(tmp_path / "train" / "images"), eval_split="train")
+    listed = write_target_list(folder, str(tmp_path), str(out), 4)
+    assert listed["count"] == 5 and pq.read_table(out).column("index").null_count == 5
+
+
 def test_pseudo_label_with_sseg(tmp_path):
     from ovs.eval.protocol import build_classifier
 
