@@ -14,9 +14,10 @@ Two halves, both pure library code:
   mis-handle are dropped and counted by reason (:data:`SKIP_REASONS`): no URL, no caption
   (null, empty or ``NaN``), a duplicate of an earlier URL (across all lists of the run), a
   caption longer than :data:`MAX_CAPTION_CHARS` characters, or bytes that are not UTF-8.
-  Lists that need no change (and have a header) are given to img2dataset as they are; the
-  others are written, per source file and in order (so shard ids stay positional), to
-  ``<out>/_url_lists/<i>.parquet``. The result is cached in ``_url_lists/_clean.json`` by
+  Lists that need no change (have a header, and at most ``download.list_chunk_rows`` rows)
+  are given to img2dataset as they are; the others are written, per source file and in order
+  (so shard ids stay positional), to ``<out>/_url_lists/<i>-<part>.parquet``, in parts of
+  whole shards (img2dataset reads a list file whole: parts bound its memory). The result is cached in ``_url_lists/_clean.json`` by
   the sources' sizes and mtimes, so a resumed download does not reread a 12M-row list.
 """
 
@@ -303,13 +304,27 @@ class UrlSet:
 
 
 def _clean_file(
-    src: str, dst: Path, fmt: str, cfg: DownloadConfig, seen: UrlSet, skipped: dict[str, int]
-) -> int:
-    """Write the kept rows of ``src`` to ``dst`` (atomic); returns the number of rows dropped."""
-    dropped = 0
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    writer = None
+    src: str,
+    dst: Path,
+    fmt: str,
+    cfg: DownloadConfig,
+    seen: UrlSet,
+    skipped: dict[str, int],
+    part_rows: int,
+) -> tuple[int, int]:
+    """Write the kept rows of ``src`` to ``dst``'s parts ``<stem>-00000.parquet``, ... of
+    ``part_rows`` rows each (each atomic); returns ``(rows dropped, rows kept)``."""
+    dropped = kept_rows = 0
     has_caption = bool(cfg.caption_col)
+    writer, tmp, part, in_part = None, None, 0, 0
+
+    def close() -> None:
+        nonlocal writer, part, in_part
+        if writer is not None:
+            writer.close()
+            os.replace(tmp, dst.with_name(f"{dst.stem}-{part:05d}.parquet"))
+            writer, part, in_part = None, part + 1, 0
+
     try:
         for batch in _batches(src, fmt, cfg):
             urls = batch.column(cfg.url_col).to_pylist()
@@ -342,20 +357,33 @@ def _clean_file(
                 if name not in cols:
                     cols[name] = rows.column(name)
             table = pa.table({n: cols[n] for n in _needed(cfg)})
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema)
-            writer.write_table(table)
+            kept_rows += table.num_rows
+            while table.num_rows:
+                if writer is None:
+                    tmp = dst.with_name(f".{dst.stem}-{part:05d}.parquet.tmp")
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                take = min(table.num_rows, part_rows - in_part)
+                writer.write_table(table.slice(0, take))
+                table, in_part = table.slice(take), in_part + take
+                if in_part == part_rows:
+                    close()
     except (pa.ArrowException, OSError, KeyError) as e:
         if writer is not None:
             writer.close()
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UrlListError(f"{KEY}: {src}: cannot read as {fmt}: {first}") from None
-    if writer is None:
-        raise UrlListError(f"{KEY}: {src}: no rows")
-    writer.close()
-    os.replace(tmp, dst)
-    return dropped
+    close()
+    return dropped, kept_rows
+
+
+def part_rows(cfg: DownloadConfig) -> int:
+    """Rows per cleaned list file: ``download.list_chunk_rows`` rounded down to whole shards
+    (img2dataset reads one list file whole and cuts it into shards; whole-shard parts keep
+    the shard layout of one file and bound what it holds in memory)."""
+    per_shard = max(1, cfg.number_sample_per_shard)
+    return max(1, cfg.list_chunk_rows // per_shard) * per_shard
 
 
 def _signature(files: list[str], cfg: DownloadConfig) -> dict:
@@ -395,12 +423,16 @@ def clean(cfg: DownloadConfig, out_dir: Path) -> tuple[str, str, dict[str, int]]
         old.unlink()
     seen = UrlSet()
     skipped: dict[str, int] = {}
-    dropped = 0
+    dropped, longest, rows = 0, 0, part_rows(cfg)
     for i, f in enumerate(files):
-        dropped += _clean_file(f, conv / f"{i:05d}.parquet", fmt, cfg, seen, skipped)
-        if pq.ParquetFile(conv / f"{i:05d}.parquet").metadata.num_rows == 0:
+        lost, kept = _clean_file(f, conv / f"{i:05d}.parquet", fmt, cfg, seen, skipped, rows)
+        if kept == 0:
+            if not lost:
+                raise UrlListError(f"{KEY}: {f}: no rows")
             raise UrlListError(f"{KEY}: {f}: every row was skipped ({skipped})")
-    converted = dropped > 0 or not cfg.header
+        dropped, longest = dropped + lost, max(longest, kept)
+    # a list longer than one part is given in parts even when nothing was dropped
+    converted = dropped > 0 or not cfg.header or longest > rows
     if not converted:
         for old in conv.iterdir():
             old.unlink()

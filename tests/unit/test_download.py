@@ -216,7 +216,7 @@ def test_headerless_tsv_through_img2dataset(server: str, tmp_path: Path) -> None
     assert counts["skipped_duplicate_url"] == 1  # in the download manifest's counts
     want = {cap: [hashlib.sha256(b).hexdigest()] for cap, b in good.items()}
     assert _arrived(out) == want
-    converted = out / "_url_lists" / "00000.parquet"
+    converted = out / "_url_lists" / "00000-00000.parquet"
     assert pq.read_table(converted).column_names == ["url", "caption"]
     assert pq.read_table(converted).num_rows == 11  # the first line is a sample, not a header
     mtime = converted.stat().st_mtime_ns
@@ -266,3 +266,22 @@ def test_url_set_finds_the_duplicates_a_python_set_finds():
         assert urls.add_new(batch).tolist() == want, f"batch {b}"
         assert len(urls) == len(ref)
     assert len(urls._runs) <= 12  # merged: O(log batches) runs, not one per batch
+
+
+def test_a_long_url_list_reaches_img2dataset_in_whole_shard_parts(tmp_path):
+    """``download.list_chunk_rows``: a 23-row list with nothing to drop is still given to
+    img2dataset in parts (img2dataset reads each list file whole), of 8 rows (10 rounded down to
+    whole 4-sample shards), in order, every row once; a short list goes as it is."""
+    from ovs.data.url_lists import clean
+
+    urls = [f"https://x.example/{i}.jpg" for i in range(23)]
+    src = tmp_path / "list.parquet"
+    pq.write_table(pa.table({"url": urls, "caption": [f"c {i}" for i in range(23)]}), src)
+    cfg = DownloadConfig(url_list=[str(src)], number_sample_per_shard=4, list_chunk_rows=10)
+    folder, fmt, skipped = clean(cfg, tmp_path / "out")
+    parts = sorted(Path(folder).glob("*.parquet"))
+    assert fmt == "parquet" and skipped == {}
+    assert [pq.ParquetFile(p).metadata.num_rows for p in parts] == [8, 8, 7]
+    assert [u for p in parts for u in pq.read_table(p).column("url").to_pylist()] == urls
+    short = DownloadConfig(url_list=[str(src)], number_sample_per_shard=4, list_chunk_rows=100)
+    assert clean(short, tmp_path / "out2") is None
