@@ -303,7 +303,9 @@ def _clean(args: list[str], tmp: Path) -> tuple[int, str]:
     except UrlListError as e:
         return 2, str(e)
     skipped = result[2] if result else {}
-    assert result is not None and pq.read_table(Path(result[0]) / "00000-00000.parquet").num_rows > 0
+    assert (
+        result is not None and pq.read_table(Path(result[0]) / "00000-00000.parquet").num_rows > 0
+    )
     return 0, ",".join(f"{k}={v}" for k, v in sorted(skipped.items()))
 
 
