@@ -46,18 +46,9 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 def atomic_write_parquet(path: str | os.PathLike, table: Any) -> Path:
     """Write a ``pyarrow.Table`` atomically."""
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    with atomic_parquet_writer(path, table.schema) as writer:
+        writer.write_table(table)
+    return Path(path)
 
 
 @contextmanager

@@ -17,8 +17,9 @@ Two halves, both pure library code:
   Lists that need no change (have a header, and at most ``download.list_chunk_rows`` rows)
   are given to img2dataset as they are; the others are written, per source file and in order
   (so shard ids stay positional), to ``<out>/_url_lists/<i>-<part>.parquet``, in parts of
-  whole shards (img2dataset reads a list file whole: parts bound its memory). The result is cached in ``_url_lists/_clean.json`` by
-  the sources' sizes and mtimes, so a resumed download does not reread a 12M-row list.
+  whole shards (img2dataset reads a list file whole: parts bound its memory). The result is
+  cached in ``_url_lists/_clean.json`` by the sources' sizes and mtimes, so a resumed
+  download does not reread a 12M-row list.
 """
 
 from __future__ import annotations
