@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from ovs.data.download import DownloadConfig
 
 KEY = "download.url_list"
+BATCH_ROWS = 65_536  # rows of a list in memory at once while cleaning (at most a part)
 MAX_CAPTION_CHARS = 10_000  # CC12M's longest captions are ~1k; 10k+ is a broken row
 SKIP_REASONS = ("missing_url", "missing_caption", "duplicate_url", "caption_too_long", "not_utf8")
 CLEANABLE = ("parquet", "csv", "csv.gz", "tsv", "tsv.gz", "jsonl", "jsonl.gz")
@@ -207,38 +208,52 @@ def check(cfg: DownloadConfig, produced: tuple[str, ...] = ()) -> None:
 # ----------------------------------------------------------------------------- cleaning
 
 
-def _batches(path: str, fmt: str, cfg: DownloadConfig) -> Iterator[pa.RecordBatch]:
-    """The needed columns of one list in batches; url and caption as raw ``binary`` for text
-    formats (so non-UTF-8 bytes are counted, not fatal)."""
+def _batches(path: str, fmt: str, cfg: DownloadConfig, rows: int) -> Iterator[pa.RecordBatch]:
+    """The needed columns of one list in batches of at most ``rows`` rows, streamed (a list is
+    never read whole); url and caption as raw ``binary`` for text formats (so non-UTF-8 bytes
+    are counted, not fatal). Text formats are read in 16 MB blocks, then cut to ``rows``."""
     keep = _needed(cfg)
     if fmt == "parquet":
-        yield from pq.ParquetFile(path).iter_batches(batch_size=65536, columns=keep)
+        yield from pq.ParquetFile(path).iter_batches(batch_size=rows, columns=keep)
         return
+    reader: Iterator[pa.RecordBatch]
     if fmt.startswith("jsonl"):
         import pyarrow.json as pjson
 
-        table = pjson.read_json(path).select(keep)
-        yield from table.to_batches(max_chunksize=65536)
-        return
-    import pyarrow.csv as pcsv
+        # url and caption typed up front: a streamed reader infers types from its first block,
+        # and a first block of null captions would make every later text caption an error
+        text = [cfg.url_col, *([cfg.caption_col] if cfg.caption_col else [])]
+        reader = pjson.open_json(
+            path,
+            read_options=pjson.ReadOptions(block_size=1 << 24),
+            parse_options=pjson.ParseOptions(
+                explicit_schema=pa.schema([(c, pa.string()) for c in text])
+            ),
+        )
+    else:
+        import pyarrow.csv as pcsv
 
-    text = [cfg.url_col, *([cfg.caption_col] if cfg.caption_col else [])]
-    reader = pcsv.open_csv(
-        path,
-        read_options=pcsv.ReadOptions(
-            column_names=None if cfg.header else list(cfg.columns), block_size=1 << 24
-        ),
-        parse_options=(
-            pcsv.ParseOptions(delimiter="\t", quote_char=False)
-            if fmt.startswith("tsv")
-            else pcsv.ParseOptions(delimiter=",")
-        ),
-        convert_options=pcsv.ConvertOptions(
-            include_columns=keep,
-            column_types={c: (pa.binary() if c in text else pa.string()) for c in keep},
-        ),
-    )
-    yield from reader
+        text = [cfg.url_col, *([cfg.caption_col] if cfg.caption_col else [])]
+        reader = pcsv.open_csv(
+            path,
+            read_options=pcsv.ReadOptions(
+                column_names=None if cfg.header else list(cfg.columns), block_size=1 << 24
+            ),
+            parse_options=(
+                pcsv.ParseOptions(delimiter="\t", quote_char=False)
+                if fmt.startswith("tsv")
+                else pcsv.ParseOptions(delimiter=",")
+            ),
+            convert_options=pcsv.ConvertOptions(
+                include_columns=keep,
+                column_types={c: (pa.binary() if c in text else pa.string()) for c in keep},
+            ),
+        )
+    for block in reader:
+        if fmt.startswith("jsonl"):
+            block = pa.RecordBatch.from_arrays([block.column(k) for k in keep], names=keep)
+        for start in range(0, block.num_rows, rows):
+            yield block.slice(start, rows)
 
 
 def _text(v: Any) -> str | None:
@@ -327,7 +342,7 @@ def _clean_file(
             writer, part, in_part = None, part + 1, 0
 
     try:
-        for batch in _batches(src, fmt, cfg):
+        for batch in _batches(src, fmt, cfg, min(BATCH_ROWS, part_rows)):
             urls = batch.column(cfg.url_col).to_pylist()
             caps = batch.column(cfg.caption_col).to_pylist() if has_caption else [None] * len(urls)
             mask, new_urls, new_caps = [], [], []

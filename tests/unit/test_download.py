@@ -285,3 +285,52 @@ def test_a_long_url_list_reaches_img2dataset_in_whole_shard_parts(tmp_path):
     assert [u for p in parts for u in pq.read_table(p).column("url").to_pylist()] == urls
     short = DownloadConfig(url_list=[str(src)], number_sample_per_shard=4, list_chunk_rows=100)
     assert clean(short, tmp_path / "out2") is None
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "tsv.gz", "jsonl", "jsonl.gz"])
+def test_a_url_list_is_cleaned_in_batches_of_bounded_rows(tmp_path, fmt):
+    """``url_lists._batches`` streams a list in batches of at most the asked rows in every
+    format (a list is never held whole), every row once and in order; a jsonl list whose first
+    block has only null captions still reads its later text captions."""
+    import gzip
+
+    from ovs.data.url_lists import _batches
+
+    n = 2000
+    urls = [f"https://x.example/{i}.jpg" for i in range(n)]
+    caps = [None] * 1500 + [f"a caption {i}" for i in range(1500, n)]
+    src = tmp_path / f"list.{fmt}"
+    if fmt == "parquet":
+        pq.write_table(pa.table({"url": urls, "caption": caps}), src)
+    else:
+        if fmt.startswith("jsonl"):
+            lines = [
+                json.dumps({"url": u, "caption": c, "n": i})
+                for i, (u, c) in enumerate(zip(urls, caps))
+            ]
+        else:
+            sep = "\t" if fmt.startswith("tsv") else ","
+            lines = ["url" + sep + "caption"] + [f"{u}{sep}{c or ''}" for u, c in zip(urls, caps)]
+        data = ("\n".join(lines) + "\n").encode()
+        src.write_bytes(gzip.compress(data) if fmt.endswith(".gz") else data)
+    cfg = DownloadConfig(url_list=[str(src)], header=True)
+    if fmt.startswith("jsonl"):  # a small block: the first block holds only null captions
+        import pyarrow.json as pjson
+
+        real = pjson.ReadOptions
+        pjson.ReadOptions = lambda block_size: real(block_size=4096)  # type: ignore[assignment]
+        try:
+            batches = list(_batches(str(src), fmt, cfg, 300))
+        finally:
+            pjson.ReadOptions = real  # type: ignore[assignment]
+    else:
+        batches = list(_batches(str(src), fmt, cfg, 300))
+    assert batches and max(b.num_rows for b in batches) <= 300
+    got = [
+        u.decode() if isinstance(u, bytes) else u
+        for b in batches
+        for u in b.column("url").to_pylist()
+    ]
+    assert got == urls
+    last = batches[-1].column("caption").to_pylist()[-1]
+    assert (last.decode() if isinstance(last, bytes) else last) == f"a caption {n - 1}"
