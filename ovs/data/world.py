@@ -30,7 +30,10 @@ shifts objects to ``1..12``; :func:`to_background_labels` does the mapping.
 
 from __future__ import annotations
 
+import heapq
 import json
+import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -554,17 +557,26 @@ def class_names(root: str | Path, with_background: bool = False) -> list[list[st
     return [[s.strip() for s in line.split(",") if s.strip()] for line in lines if line.strip()]
 
 
+def split_ids(root: str | Path, split: str, limit: int | None = None) -> list[str]:
+    """The sample ids of a split (its ``images/*.png`` stems), sorted; with ``limit`` the first
+    ``limit`` found in one pass that holds no more than ``limit`` names."""
+    folder = Path(root) / split / "images"
+    with os.scandir(folder) as entries:
+        names = (e.name[:-4] for e in entries if e.name.endswith(".png"))
+        return sorted(names) if limit is None else heapq.nsmallest(limit, names)
+
+
+def iter_split(root: str | Path, split: str, limit: int | None = None) -> Iterator[dict]:
+    """The samples of a split one at a time, sorted by id (see :func:`load_split`)."""
+    folder = Path(root) / split
+    for sid in split_ids(root, split, limit):
+        yield {
+            "id": sid,
+            "image": read_image(folder / "images" / f"{sid}.png"),
+            "label": read_label_png(folder / "labels" / f"{sid}.png"),
+        }
+
+
 def load_split(root: str | Path, split: str, limit: int | None = None) -> list[dict]:
     """Load a split as ``[{"id", "image": uint8 [H,W,3], "label": uint8 [H,W]}]``, sorted by id."""
-    root = Path(root) / split
-    paths = sorted((root / "images").glob("*.png"))[:limit]
-    out = []
-    for p in paths:
-        out.append(
-            {
-                "id": p.stem,
-                "image": read_image(p),
-                "label": read_label_png(root / "labels" / p.name),
-            }
-        )
-    return out
+    return list(iter_split(root, split, limit))

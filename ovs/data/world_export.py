@@ -26,12 +26,13 @@ written atomically; the export is deterministic and idempotent.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ovs.data.world import CLASSES, IGNORE_INDEX, load_split
+from ovs.data.world import CLASSES, IGNORE_INDEX, iter_split
 from ovs.eval.names import load_class_names
 from ovs.io import atomic_write_bytes, atomic_write_text
 
@@ -93,7 +94,7 @@ def write_url_list(world_root: Path, out: Path) -> int:
 
 
 def _write_split(
-    samples: list[dict], prefix: str, images: Path, labels: Path, suffix: str, lut, palette
+    samples: Iterable[dict], prefix: str, images: Path, labels: Path, suffix: str, lut, palette
 ) -> list[str]:
     ids = []
     for s in samples:
@@ -107,7 +108,14 @@ def _write_split(
 def export(world_root: str | Path, out: str | Path) -> dict[str, int]:
     """Write the world generated under ``world_root`` in the layouts above; returns counts."""
     world_root, out = Path(world_root), Path(out)
-    train, evals = load_split(world_root, "train"), load_split(world_root, "eval")
+
+    # one image in memory at a time: each layout streams the split again
+    def train() -> Iterator[dict]:
+        return iter_split(world_root, "train")
+
+    def evals() -> Iterator[dict]:
+        return iter_split(world_root, "eval")
+
     counts = {"url_list_rows": write_url_list(world_root, out)}
 
     voc = out / "VOCdevkit" / "VOC2012"
@@ -115,14 +123,14 @@ def export(world_root: str | Path, out: str | Path) -> dict[str, int]:
     sets = voc / "ImageSets" / "Segmentation"
     for name, split, prefix in (("train", train, "t"), ("val", evals, "e")):
         ids = _write_split(
-            split, prefix, voc / "JPEGImages", voc / "SegmentationClass", ".png", lut, pal
+            split(), prefix, voc / "JPEGImages", voc / "SegmentationClass", ".png", lut, pal
         )
         atomic_write_text(sets / f"{name}.txt", "".join(i + "\n" for i in ids))
         counts[f"voc21_{name}"] = len(ids)
 
     ctx = out / "VOCdevkit" / "VOC2010"
     ids = _write_split(
-        evals,
+        evals(),
         "e",
         ctx / "JPEGImages",
         ctx / "SegmentationClassContext",
@@ -137,7 +145,7 @@ def export(world_root: str | Path, out: str | Path) -> dict[str, int]:
 
     coco = out / "coco_stuff164k"
     ids = _write_split(
-        evals,
+        evals(),
         "e",
         coco / "images" / "val2017",
         coco / "annotations" / "val2017",

@@ -166,3 +166,25 @@ def test_val_split_is_disjoint_and_report_split_chooses_what_metrics_use(tmp_pat
         WorldConfig(report_split="train").validate()
     with pytest.raises(ValueError, match="num_val is 0"):
         WorldConfig(report_split="val", num_val=0).validate()
+
+
+def test_the_first_ids_of_a_split_are_found_without_listing_it_whole(tmp_path):
+    """``split_ids(limit=16)`` (the world stage's sample grid, the oracle's images) gives the
+    16 smallest ids of a 5,000-image split and holds about 16 names while it scans, not 5,000
+    paths (1 MB here; 10 MB at 25k images, the memory benchmark's world stage)."""
+    import tracemalloc
+
+    images = tmp_path / "train" / "images"
+    images.mkdir(parents=True)
+    for i in reversed(range(5000)):
+        (images / f"{i:06d}.png").touch()
+    (images / "notes.txt").touch()
+    tracemalloc.start()
+    try:
+        first = world.split_ids(tmp_path, "train", limit=16)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert first == [f"{i:06d}" for i in range(16)]
+    assert peak < 100_000, peak
+    assert world.split_ids(tmp_path, "train") == [f"{i:06d}" for i in range(5000)]
