@@ -71,13 +71,15 @@ def _make_pairs(ctx: StageContext, shards: list[Path], out_dir: Path) -> tuple[i
 
 
 def _world_metrics(ctx: StageContext, shards: list[Path], out_dir: Path) -> dict[str, float]:
+    import numpy as np
     import ray
 
     from ovs.data import world
     from ovs.pairs.precision import (
+        SCORE_BINS,
         ShardPrecision,
         noun_classes,
-        precision_curve,
+        precision_curve_binned,
         precision_metrics,
     )
 
@@ -105,16 +107,17 @@ def _world_metrics(ctx: StageContext, shards: list[Path], out_dir: Path) -> dict
         items, ShardPrecision, init, ActorResources(cpus), ctx.progress, "precision shards"
     )
     total: Counter = Counter()
-    scores: list[float] = []
-    hits: list[bool] = []
-    for r in (done.results[it.key] for it in items):  # shard order: a deterministic curve
-        scores += r.pop("scores")
-        hits += r.pop("hits")
+    score_hist = np.zeros(SCORE_BINS, np.int64)  # a fixed size per stage, not a score per pair
+    hit_hist = np.zeros(SCORE_BINS, np.int64)
+    for r in done.results.values():
+        score_hist += r.pop("score_hist")
+        hit_hist += r.pop("hit_hist")
         total.update(r)
     metrics = precision_metrics(total)
     metrics["eval_class_pairs"] = float(total.get("class_pairs", 0))
     metrics["eval_no_gt_pairs"] = float(total.get("no_gt", 0))
-    ctx.tracker.log_table(precision_curve(scores, hits), "precision_vs_threshold.json")
+    curve = precision_curve_binned(score_hist, hit_hist)
+    ctx.tracker.log_table(curve, "precision_vs_threshold.json")
     return metrics
 
 

@@ -151,8 +151,9 @@ def evaluate_shard(
 
     A sample's ground truth is ``gt_dir/<id>.png`` where ``id`` is the world id the download
     stage kept in the sample's ``.json``; samples without one are counted in ``no_gt``.
-    Returns the summed :func:`score_sample` counts plus ``scores`` / ``hits`` (one entry per
-    class-noun pair, for precision-vs-threshold curves).
+    Returns the summed :func:`score_sample` counts plus ``score_hist`` / ``hit_hist``
+    (:func:`score_histograms` of the class-noun pairs: the shard's share of the
+    precision-vs-threshold curve, a fixed size whatever the shard holds).
     """
     from ovs.data.shards import iter_shard
 
@@ -185,7 +186,8 @@ def evaluate_shard(
             if hit is not None:
                 scores.append(float(score))
                 hits.append(hit)
-    return {**dict(total), "scores": scores, "hits": hits}
+    score_hist, hit_hist = score_histograms(scores, hits)
+    return {**dict(total), "score_hist": score_hist, "hit_hist": hit_hist}
 
 
 class ShardPrecision:
@@ -199,11 +201,64 @@ class ShardPrecision:
         return evaluate_shard(pairs, masks, tar, self.gt_dir, self.noun_to_class, self.min_area)
 
 
+SCORE_BINS = 2000  # pair scores are cosines in [-1, 1]: bins 0.001 wide
+
+
+def _bin(scores: np.ndarray) -> np.ndarray:
+    """Bin of each score: ``[-1 + i w, -1 + (i + 1) w)``, ``w = 2 / SCORE_BINS`` (1.0 in the last)."""
+    idx = np.floor((scores.astype(np.float64) + 1.0) * (SCORE_BINS / 2.0)).astype(np.int64)
+    return np.clip(idx, 0, SCORE_BINS - 1)
+
+
+def bin_edge(i: int | np.ndarray) -> np.ndarray:
+    """The lower edge of score bin ``i``."""
+    return -1.0 + np.asarray(i, dtype=np.float64) * (2.0 / SCORE_BINS)
+
+
+def score_histograms(
+    scores: Sequence[float], hits: Sequence[bool]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(pairs, correct pairs)`` per score bin (int64 ``[SCORE_BINS]`` each): what a shard
+    sends for the precision curve, so the driver sums two fixed arrays per shard instead of
+    holding a score per pair of the whole dataset."""
+    b = _bin(np.asarray(scores, dtype=np.float64))
+    h = np.asarray(hits, dtype=bool)
+    return (
+        np.bincount(b, minlength=SCORE_BINS).astype(np.int64),
+        np.bincount(b[h], minlength=SCORE_BINS).astype(np.int64),
+    )
+
+
+def precision_curve_binned(
+    score_hist: np.ndarray, hit_hist: np.ndarray, num: int = 11
+) -> dict[str, list[float]]:
+    """:func:`precision_curve` from summed :func:`score_histograms`: each threshold is the
+    lower edge of the bin holding the score of rank ``floor(q (n - 1))`` (``np.quantile``
+    interpolates from that score to the next: the threshold is at most one bin, 0.001, below
+    that score and never above the exact quantile), and precision / kept are exact for that
+    threshold."""
+    n = int(score_hist.sum())
+    if n == 0:
+        return {"threshold": [], "precision": [], "kept": []}
+    below = np.concatenate([[0], np.cumsum(score_hist)])  # pairs in bins < i
+    at_or_above = n - below[:-1]
+    hits_above = int(hit_hist.sum()) - np.concatenate([[0], np.cumsum(hit_hist)])[:-1]
+    ths, prec, kept = [], [], []
+    for q in np.linspace(0.0, 0.95, num):
+        # the bin of the q-quantile: the last bin whose lower edge has <= q * (n - 1) pairs below
+        i = int(np.searchsorted(below[:-1], q * (n - 1), side="right") - 1)
+        ths.append(float(bin_edge(i)))
+        prec.append(float(hits_above[i] / at_or_above[i]))
+        kept.append(float(at_or_above[i] / n))
+    return {"threshold": ths, "precision": prec, "kept": kept}
+
+
 def precision_curve(
     scores: Sequence[float], hits: Sequence[bool], num: int = 11
 ) -> dict[str, list[float]]:
     """Precision and kept fraction of class-noun pairs when the threshold is raised to each of
-    ``num`` score quantiles (``{"threshold", "precision", "kept"}``)."""
+    ``num`` score quantiles (``{"threshold", "precision", "kept"}``). The reference for
+    :func:`precision_curve_binned`, which the stage logs."""
     s = np.asarray(scores, dtype=np.float64)
     h = np.asarray(hits, dtype=bool)
     if s.size == 0:

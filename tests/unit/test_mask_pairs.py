@@ -347,3 +347,34 @@ def test_config_validation():
         PairMaker(PairsConfig(scorer="nope"), DenseScorer(_tiny_sseg(), 32, CPU))
     with pytest.raises(ValueError, match="noun_column"):
         PairMaker(PairsConfig(noun_column="text"), DenseScorer(_tiny_sseg(), 32, CPU))
+
+
+def test_binned_precision_curve_matches_the_exact_one_at_its_thresholds():
+    """The stage's curve from per-shard histograms (two fixed arrays per shard, summed): each
+    threshold within one bin below the score at the quantile's rank and never above the exact
+    quantile; precision and kept equal the exact computation at that threshold; the sum of two
+    shards' histograms gives the curve of their pairs together."""
+    from ovs.pairs.precision import precision_curve_binned, score_histograms
+
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(-0.2, 0.9, 3001).astype(np.float32)
+    hits = rng.random(3001) < (scores + 0.2) / 1.1  # higher scores are right more often
+    a, b = (
+        score_histograms(scores[:1000], hits[:1000]),
+        score_histograms(scores[1000:], hits[1000:]),
+    )
+    curve = precision_curve_binned(a[0] + b[0], a[1] + b[1])
+    exact = precision_curve(scores.tolist(), hits.tolist())
+    s = np.sort(scores.astype(np.float64))
+    for q, t, t_exact, p, kept in zip(
+        np.linspace(0, 0.95, 11), curve["threshold"], exact["threshold"], curve["precision"],
+        curve["kept"], strict=True,
+    ):  # fmt: skip
+        low = s[int(np.floor(q * (len(s) - 1)))]
+        assert low - 0.001 - 1e-12 <= t <= t_exact + 1e-12
+        keep = scores.astype(np.float64) >= t
+        assert p == pytest.approx(hits[keep].mean()) and kept == pytest.approx(keep.mean())
+    assert curve["precision"][-1] > curve["precision"][0]
+    assert precision_curve_binned(*score_histograms([], [])) == {
+        "threshold": [], "precision": [], "kept": []
+    }  # fmt: skip
