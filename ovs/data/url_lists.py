@@ -216,13 +216,13 @@ def _batches(path: str, fmt: str, cfg: DownloadConfig, rows: int) -> Iterator[pa
     if fmt == "parquet":
         yield from pq.ParquetFile(path).iter_batches(batch_size=rows, columns=keep)
         return
+    text = [cfg.url_col, *([cfg.caption_col] if cfg.caption_col else [])]
     reader: Iterator[pa.RecordBatch]
     if fmt.startswith("jsonl"):
         import pyarrow.json as pjson
 
         # url and caption typed up front: a streamed reader infers types from its first block,
         # and a first block of null captions would make every later text caption an error
-        text = [cfg.url_col, *([cfg.caption_col] if cfg.caption_col else [])]
         reader = pjson.open_json(
             path,
             read_options=pjson.ReadOptions(block_size=1 << 24),
@@ -233,7 +233,6 @@ def _batches(path: str, fmt: str, cfg: DownloadConfig, rows: int) -> Iterator[pa
     else:
         import pyarrow.csv as pcsv
 
-        text = [cfg.url_col, *([cfg.caption_col] if cfg.caption_col else [])]
         reader = pcsv.open_csv(
             path,
             read_options=pcsv.ReadOptions(

@@ -26,7 +26,7 @@ written atomically; the export is deterministic and idempotent.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -108,29 +108,28 @@ def _write_split(
 def export(world_root: str | Path, out: str | Path) -> dict[str, int]:
     """Write the world generated under ``world_root`` in the layouts above; returns counts."""
     world_root, out = Path(world_root), Path(out)
-
-    # one image in memory at a time: each layout streams the split again
-    def train() -> Iterator[dict]:
-        return iter_split(world_root, "train")
-
-    def evals() -> Iterator[dict]:
-        return iter_split(world_root, "eval")
-
+    # one image in memory at a time: each layout streams its split again
     counts = {"url_list_rows": write_url_list(world_root, out)}
 
     voc = out / "VOCdevkit" / "VOC2012"
     lut, pal = class_lut("voc21"), voc_palette()
     sets = voc / "ImageSets" / "Segmentation"
-    for name, split, prefix in (("train", train, "t"), ("val", evals, "e")):
+    for name, split, prefix in (("train", "train", "t"), ("val", "eval", "e")):
         ids = _write_split(
-            split(), prefix, voc / "JPEGImages", voc / "SegmentationClass", ".png", lut, pal
+            iter_split(world_root, split),
+            prefix,
+            voc / "JPEGImages",
+            voc / "SegmentationClass",
+            ".png",
+            lut,
+            pal,
         )
         atomic_write_text(sets / f"{name}.txt", "".join(i + "\n" for i in ids))
         counts[f"voc21_{name}"] = len(ids)
 
     ctx = out / "VOCdevkit" / "VOC2010"
     ids = _write_split(
-        evals(),
+        iter_split(world_root, "eval"),
         "e",
         ctx / "JPEGImages",
         ctx / "SegmentationClassContext",
@@ -145,7 +144,7 @@ def export(world_root: str | Path, out: str | Path) -> dict[str, int]:
 
     coco = out / "coco_stuff164k"
     ids = _write_split(
-        evals(),
+        iter_split(world_root, "eval"),
         "e",
         coco / "images" / "val2017",
         coco / "annotations" / "val2017",
