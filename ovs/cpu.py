@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -31,6 +32,7 @@ MMAP_THRESHOLD = 32 * 2**20  # glibc's maximum; blocks above it are still mmap-e
 TRIM_THRESHOLD = 2**30  # free heap kept before it is returned to the OS
 
 
+@functools.cache  # find_library runs ldconfig; trim() is called after every shard
 def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     if name is None:

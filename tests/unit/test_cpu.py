@@ -11,10 +11,7 @@ import pytest
 
 from ovs import cpu
 
-GLIBC = ctypes.util.find_library("c") is not None and hasattr(
-    ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), "malloc_trim"
-)
-pytestmark = pytest.mark.skipif(not GLIBC, reason="glibc malloc")
+pytestmark = pytest.mark.skipif(cpu._libc() is None, reason="glibc malloc")
 
 
 def _rss_mb() -> float:

@@ -139,8 +139,9 @@ def compact() -> None:
     earlier stage freed but the allocator kept is reused without a page fault, and a stage's
     growth depends on the stages before it (the self_train driver read +-5 MB between runs of
     one size for this)."""
-    import ctypes
     import gc
+
+    from ovs.cpu import trim
 
     gc.collect()
     try:
@@ -149,10 +150,7 @@ def compact() -> None:
         pa.default_memory_pool().release_unused()
     except ImportError:
         pass
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
+    trim()
 
 
 class RssSampler:
