@@ -1,5 +1,6 @@
 """The fingerprint golden numerics are tied to: float results are bit-identical only on the same
-instruction set (oneDNN and ATen pick kernels by ISA) and thread count."""
+instruction set (oneDNN and ATen pick kernels by ISA) and thread count; and the CPU kernel family,
+which picks the golden record to compare with."""
 
 from __future__ import annotations
 
@@ -25,3 +26,12 @@ def fingerprint() -> str:
         pass
     isa = "+".join(f for f in _FLAGS if f in flags) or "none"
     return f"{platform.machine()}-{isa}-torch{torch.__version__.split('+')[0]}"
+
+
+def kernel_family() -> str:
+    """ATen's CPU kernel family on this machine (``torch.backends.cpu.get_cpu_capability()``:
+    ``AVX2``, ``AVX512``, ...). It picks the golden record to compare with: the smoke run's
+    self-training figures differ by more than any useful tolerance between the AVX2 and the
+    AVX512 kernels (float32 everywhere: on an AVX512 box the smoke figures are the same with
+    ``pseudo_masks.autocast`` at ``auto`` (bf16 there) and at ``float32``)."""
+    return torch.backends.cpu.get_cpu_capability()
