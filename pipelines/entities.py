@@ -7,13 +7,16 @@ The shard mapper (:mod:`pipelines.shard_map`) runs one
 call takes one shard, reads only its ``.txt`` members, and its table becomes
 ``<out>/entities/<stem>.parquet``, written atomically, so a rerun after a kill skips the shards
 already written. The driver then builds,
-over all shards, ``pairs.parquet`` (cross-image partners), ``entity_freq.parquet`` and
-``subset.parquet`` (keys passing the CC4M filter), and logs counts, the kept fraction and the
-top entities (table + bar chart) to MLflow.
+over all shards, ``pairs.parquet`` (cross-image partners, :func:`ovs.text.cross_image.write_pairs`:
+bucketed passes over scratch files, never the whole dataset's rows in memory),
+``entity_freq.parquet`` and ``subset.parquet`` (keys passing the CC4M filter), reading one
+shard at a time, and logs counts, the kept fraction and the top entities (table + bar chart)
+to MLflow.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -23,9 +26,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ovs.data.shards import list_shards
-from ovs.io import atomic_write_parquet
+from ovs.io import atomic_parquet_writer, atomic_write_parquet
 from ovs.stage import Stage, StageContext
-from ovs.text.cross_image import build_pairs, entity_frequency
+from ovs.text.cross_image import PAIRS_SCHEMA, entity_frequency, write_pairs
 from ovs.text.entities import EntitiesConfig, ShardEntities, summarize
 from pipelines.shard_map import ActorResources, WorkItem, map_items
 
@@ -67,40 +70,47 @@ def run(ctx: StageContext) -> dict:
     seconds = time.time() - started
 
     counts: dict[str, int] = {"shards": len(shards), "shards_run": ran}
-    kept = []
-    for s in shards:
-        path = ent_dir / f"{s.stem}.parquet"
-        for k, v in summarize(
-            pq.read_table(path, columns=["caption", "status", "keep"]), cfg.max_chars
-        ).items():
-            counts[k] = counts.get(k, 0) + v
-        t = pq.read_table(path, columns=["key", "entities", "keep"])
-        kept.append(t.filter(t.column("keep")))
-    table = (
-        pa.concat_tables(kept)
-        if kept
-        else pa.table(
-            {
-                "key": pa.array([], pa.string()),
-                "entities": pa.array([], pa.list_(pa.string())),
-                "keep": pa.array([], pa.bool_()),
-            }
-        )
-    )
-    atomic_write_parquet(ctx.out_dir / "subset.parquet", table.select(["key"]))
-    freq = entity_frequency(table)
-    atomic_write_parquet(ctx.out_dir / "entity_freq.parquet", freq)
-    pairs = build_pairs(table, n=cfg.pairs_per_sample, seed=cfg.seed)
-    atomic_write_parquet(ctx.out_dir / "pairs.parquet", pairs)
+    paths = [ent_dir / f"{s.stem}.parquet" for s in shards]
+    rows = 0
+    with atomic_parquet_writer(
+        ctx.out_dir / "subset.parquet", pa.schema([("key", pa.string())])
+    ) as subset:
+        for path in paths:  # one shard's table at a time
+            t = pq.read_table(path, columns=["key", "caption", "status", "keep"])
+            for k, v in summarize(t.select(["caption", "status", "keep"]), cfg.max_chars).items():
+                counts[k] = counts.get(k, 0) + v
+            subset.write_table(t.filter(pc.fill_null(t.column("keep"), False)).select(["key"]))
+            rows += t.num_rows
 
-    n_partners = pc.list_value_length(pairs.column("partner_keys")).to_numpy(zero_copy_only=False)
+    def entity_tables():
+        for path in paths:
+            yield path.stem, pq.read_table(path, columns=["key", "entities", "keep"])
+
+    pair_rows, paired, partners = 0, 0, 0
+
+    def write(part: pa.Table) -> None:
+        nonlocal pair_rows, paired, partners
+        lens = pc.list_value_length(part.column("partner_keys")).to_numpy(zero_copy_only=False)
+        pair_rows += part.num_rows
+        paired, partners = paired + int((lens > 0).sum()), partners + int(lens.sum())
+        writer.write_table(part)
+
+    scratch = ctx.out_dir / "_cross_image"  # bucket files; a killed run's are cleared here
+    shutil.rmtree(scratch, ignore_errors=True)
+    with atomic_parquet_writer(ctx.out_dir / "pairs.parquet", PAIRS_SCHEMA) as writer:
+        entity_counts = write_pairs(
+            entity_tables, write, scratch, n=cfg.pairs_per_sample, seed=cfg.seed, rows=rows
+        )
+    shutil.rmtree(scratch)
+    freq = entity_frequency(entity_counts)
+    atomic_write_parquet(ctx.out_dir / "entity_freq.parquet", freq)
     counts["entities_distinct"] = freq.num_rows
-    counts["paired_samples"] = int((n_partners > 0).sum())
+    counts["paired_samples"] = paired
     rows = max(counts.get("rows", 0), 1)
     metrics = {
         "kept_fraction": counts.get("kept", 0) / rows,
         "ok_fraction": counts.get("status_ok", 0) / rows,
-        "mean_partners": float(n_partners.mean()) if len(n_partners) else 0.0,
+        "mean_partners": partners / pair_rows if pair_rows else 0.0,
     }
     if ran:
         metrics["captions_per_s"] = counts["rows"] * ran / max(len(shards), 1) / max(seconds, 1e-9)

@@ -1,27 +1,47 @@
-"""Cross-image pairs (OVSegmentor): samples that share an entity, and entity frequencies.
+"""Cross-image pairs (OVSegmentor): samples that share an entity, and entity frequencies, built
+in memory bounded by a bucket of rows, not by the dataset.
 
-Input is the concatenation of the per-shard entity tables (``key`` + ``entities`` list
-column, optionally ``keep``). Everything is arrow/numpy vectorised so CC12M's ~12M rows fit:
-the inverted index entity -> samples is a CSR (``offsets``, ``members``) built by sorting the
-flattened (entity, row) pairs, never a Python dict of lists.
+Input is a sequence of per-shard entity tables (``key`` + ``entities`` list column, optionally
+``keep``), read twice. Sampling, per kept sample and partner slot: pick one of the sample's
+entities that some other kept sample also has, then a uniformly random *other* kept sample of
+that entity (as OVSegmentor's ``construct_crossimage``, minus self-pairs); repeated partners are
+dropped, so a sample gets up to ``n`` distinct partners, listed in key order.
 
-Sampling, per kept sample and partner slot: pick one of the sample's entities that some other
-sample also has, then a uniformly random *other* sample of that entity (as OVSegmentor's
-``construct_crossimage``, minus self-pairs); repeated partners are dropped, so a sample gets
-up to ``n`` distinct partners. Rows are put in key order first and the generator is seeded
-per fixed-size block of that order, so the result depends only on the set of rows and the
-seed, not on shard or worker order.
+No pass holds more than one shard or one bucket (:func:`bucket_count`: about
+``bucket_rows`` samples each) of per-sample rows, in four passes over files in ``work_dir``:
+
+1. per shard: count every entity over kept samples (a dict the size of the vocabulary), write
+   the ``(entity, key)`` rows to entity buckets (``crc32(entity) % B``) and each kept key to
+   its key bucket (``crc32(key) % B``);
+2. per shard, with the global counts: draw each sample's ``n`` (entity, rank fraction)
+   requests (the generator seeded by ``(seed, crc32(shard name))``, rows in key order) and
+   write them to the entity's bucket;
+3. per entity bucket: sort its rows by (entity, key) and resolve every request to the partner
+   at that rank among the entity's other members; write the answers to the requester's key
+   bucket;
+4. per key bucket: group by key, drop repeated partners, and yield ``PAIRS_SCHEMA`` rows
+   (samples nobody shares an entity with get empty lists).
+
+The largest bucket of pass 3 holds the most frequent entity's whole member list (a fraction of
+the dataset: at CC12M scale "man" or "people" is a few percent of the captions). The result
+depends on the shards' contents and names and the seed, not on ``bucket_rows`` or machine.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+import tempfile
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-_BLOCK_ROWS = 1 << 20  # rows per RNG block; fixed so results never depend on machine size
+BUCKET_ROWS = 1 << 18  # samples per bucket, about (a pass's working set ~100 B per sample)
 
 PAIRS_SCHEMA = pa.schema(
     [
@@ -30,160 +50,276 @@ PAIRS_SCHEMA = pa.schema(
         ("shared_entity", pa.list_(pa.string())),
     ]
 )
+_ENTITY_ROWS = pa.schema([("entity", pa.string()), ("key", pa.string())])
+_KEYS = pa.schema([("key", pa.string())])
+_REQUESTS = pa.schema(
+    [("entity", pa.string()), ("key", pa.string()), ("slot", pa.int32()), ("u", pa.float64())]
+)
+_ANSWERS = pa.schema(
+    [("key", pa.string()), ("partner", pa.string()), ("slot", pa.int32()), ("entity", pa.string())]
+)
+
+# A zero-argument callable giving ``(shard name, entity table)`` pairs; called once per pass.
+Shards = Callable[[], Iterable[tuple[str, pa.Table]]]
 
 
-@dataclass
-class InvertedIndex:
-    """Entity -> rows CSR over a key-sorted table.
-
-    keys: ``[N]`` sample keys (sorted). entities: ``[E]`` entity names (sorted).
-    offsets: ``[E+1]`` int64, rows of entity ``e`` are ``members[offsets[e]:offsets[e+1]]``
-    (ascending). pair_row / pair_entity: ``[P]`` the deduplicated (row, entity) pairs in
-    that same entity-major order.
-    """
-
-    keys: pa.Array
-    entities: np.ndarray
-    offsets: np.ndarray
-    members: np.ndarray
-    pair_entity: np.ndarray
-
-    @property
-    def counts(self) -> np.ndarray:
-        """``[E]`` number of samples per entity."""
-        return np.diff(self.offsets)
-
-
-def _kept_sorted(table: pa.Table) -> pa.Table:
+def kept_rows(table: pa.Table) -> pa.Table:
+    """``key`` + ``entities`` of the kept rows (``keep`` true; all rows without the column) in
+    key order, each entity list without nulls and repeats (first occurrence order)."""
     t = table.select(["key", "entities"] + (["keep"] if "keep" in table.column_names else []))
     if "keep" in t.column_names:
         t = t.filter(pc.fill_null(t.column("keep"), False)).drop_columns(["keep"])
-    t = t.sort_by("key")
-    if pc.count_distinct(t.column("key")).as_py() != t.num_rows:
-        raise ValueError("duplicate sample keys in the entity table")
-    return t.combine_chunks()
-
-
-def build_index(table: pa.Table) -> InvertedIndex:
-    """Inverted index of the kept rows of ``table`` (columns ``key``, ``entities`` [, ``keep``])."""
-    t = _kept_sorted(table)
+    t = t.sort_by("key").combine_chunks()
     ents = t.column("entities").chunk(0) if t.num_rows else pa.array([], pa.list_(pa.string()))
     parent = pc.list_parent_indices(ents).to_numpy().astype(np.int64)
     flat = pc.list_flatten(ents)
     valid = pc.is_valid(flat).to_numpy(zero_copy_only=False)
     parent, flat = parent[valid], flat.filter(pa.array(valid))
-    enc = pc.dictionary_encode(flat) if len(flat) else None
-    if enc is None:
-        names = np.array([], dtype=object)
-        ent_id = np.zeros(0, np.int64)
-    else:
-        names_unsorted = np.array(enc.dictionary.to_pylist(), dtype=object)
-        order = np.argsort(names_unsorted, kind="stable")  # entity ids in name order
-        rank = np.empty_like(order)
-        rank[order] = np.arange(len(order))
-        names = names_unsorted[order]
-        ent_id = rank[enc.indices.to_numpy().astype(np.int64)]
-    srt = np.lexsort((parent, ent_id))
-    ent_id, parent = ent_id[srt], parent[srt]
-    if len(ent_id):  # a caption listing an entity twice counts once
-        first = np.ones(len(ent_id), bool)
-        first[1:] = (ent_id[1:] != ent_id[:-1]) | (parent[1:] != parent[:-1])
-        ent_id, parent = ent_id[first], parent[first]
-    offsets = np.zeros(len(names) + 1, np.int64)
-    np.cumsum(np.bincount(ent_id, minlength=len(names)), out=offsets[1:])
-    return InvertedIndex(
-        keys=t.column("key").chunk(0) if t.num_rows else pa.array([], pa.string()),
-        entities=names,
-        offsets=offsets,
-        members=parent,
-        pair_entity=ent_id,
+    if len(flat):  # a caption listing an entity twice counts once
+        code = pc.dictionary_encode(flat).indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        first = np.zeros(len(flat), bool)
+        first[np.unique(parent * (int(code.max()) + 1) + code, return_index=True)[1]] = True
+        parent, flat = parent[first], flat.filter(pa.array(first))
+    offsets = np.zeros(t.num_rows + 1, np.int32)
+    np.cumsum(np.bincount(parent, minlength=t.num_rows), out=offsets[1:])
+    return pa.table(
+        {"key": t.column("key"), "entities": pa.ListArray.from_arrays(pa.array(offsets), flat)}
     )
 
 
-def entity_frequency(table: pa.Table) -> pa.Table:
-    """``entity`` / ``count`` (kept samples having it), most frequent first, ties by name."""
-    idx = build_index(table)
-    counts = idx.counts
-    order = np.lexsort((np.arange(len(counts)), -counts))  # names are sorted already
+def _flat(rows: pa.Table) -> tuple[pa.Array, np.ndarray]:
+    """The entities of ``kept_rows`` flattened, and the row of each."""
+    ents = rows.column("entities").combine_chunks()
+    return pc.list_flatten(ents), pc.list_parent_indices(ents).to_numpy().astype(np.int64)
+
+
+def _crc_buckets(values: pa.Array, buckets: int) -> np.ndarray:
+    """``crc32(value) % buckets`` per string (distinct values hashed once)."""
+    if buckets == 1 or len(values) == 0:
+        return np.zeros(len(values), np.int64)
+    enc = pc.dictionary_encode(values)
+    table = np.array(
+        [zlib.crc32(s.encode()) % buckets for s in enc.dictionary.to_pylist()], np.int64
+    )
+    return table[enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)]
+
+
+def bucket_count(rows: int, bucket_rows: int = BUCKET_ROWS) -> int:
+    """Buckets for about ``rows`` samples: at least one, about ``bucket_rows`` samples each."""
+    return max(1, -(-rows // max(bucket_rows, 1)))
+
+
+class _Buckets:
+    """One parquet file per bucket under ``root``, written shard by shard (a row group each)."""
+
+    def __init__(self, root: Path, name: str, schema: pa.Schema, buckets: int) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.paths = [root / f"{name}-{b:05d}.parquet" for b in range(buckets)]
+        self.writers = [pq.ParquetWriter(p, schema) for p in self.paths]
+        self.schema = schema
+
+    def write(self, table: pa.Table, bucket: np.ndarray) -> None:
+        if not table.num_rows:
+            return
+        order = np.argsort(bucket, kind="stable")
+        bounds = np.searchsorted(bucket[order], np.arange(len(self.writers) + 1))
+        table = table.take(pa.array(order))
+        for b, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+            if hi > lo:
+                self.writers[b].write_table(table.slice(lo, hi - lo))
+
+    def close(self) -> None:
+        for w in self.writers:
+            w.close()
+
+    def read(self, b: int) -> pa.Table:
+        return pq.read_table(self.paths[b], schema=self.schema)
+
+
+def count_entities(shards: Shards) -> Counter:
+    """Kept samples per entity over all shards (one shard in memory at a time)."""
+    counts: Counter = Counter()
+    for _, table in shards():
+        flat, _ = _flat(kept_rows(table))
+        for item in pc.value_counts(flat).to_pylist():
+            counts[item["values"]] += item["counts"]
+    return counts
+
+
+def entity_frequency(counts: Counter | pa.Table) -> pa.Table:
+    """``entity`` / ``count`` (kept samples having it), most frequent first, ties by name;
+    from :func:`count_entities`' counts or from one entity table."""
+    if isinstance(counts, pa.Table):
+        table = counts
+        counts = count_entities(lambda: [("", table)])
+    items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     return pa.table(
         {
-            "entity": pa.array(idx.entities[order].tolist(), pa.string()),
-            "count": pa.array(counts[order], pa.int64()),
+            "entity": pa.array([k for k, _ in items], pa.string()),
+            "count": pa.array([v for _, v in items], pa.int64()),
         }
     )
 
 
-def _sample_block(
-    idx: InvertedIndex,
-    lo: int,
-    hi: int,
-    n: int,
-    rng: np.random.Generator,
-    row_off: np.ndarray,
-    row_pairs: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Partner rows / entity ids ``[hi-lo, n]`` (-1 = none) for rows ``lo:hi``."""
-    m = hi - lo
-    if len(row_pairs) == 0:
-        return np.full((m, n), -1, np.int64), np.full((m, n), -1, np.int64)
-    deg = row_off[lo + 1 : hi + 1] - row_off[lo:hi]  # shareable entities per row
-    u = np.floor(rng.random((m, n)) * deg[:, None]).astype(np.int64)
+def _requests(rows: pa.Table, shareable: pa.Array, n: int, rng: np.random.Generator) -> pa.Table:
+    """``n`` draws per row of ``kept_rows``: a uniform shareable entity of the row and a
+    uniform fraction ``u`` in [0, 1) that pass 3 turns into a rank among the other holders."""
+    flat, parent = _flat(rows)
+    ok = pc.is_in(flat, value_set=shareable).to_numpy(zero_copy_only=False)
+    flat, parent = flat.filter(pa.array(ok)), parent[ok]
+    m = rows.num_rows
+    deg = np.bincount(parent, minlength=m)
+    off = np.zeros(m + 1, np.int64)
+    np.cumsum(deg, out=off[1:])
+    pick = np.floor(rng.random((m, n)) * deg[:, None]).astype(np.int64)
+    u = rng.random((m, n))
     has = np.broadcast_to(deg[:, None] > 0, (m, n))
-    pidx = row_pairs[np.where(has, row_off[lo:hi, None] + u, 0)]  # pair index (entity order)
-    ent = idx.pair_entity[pidx]
-    start = idx.offsets[ent]
-    cnt = idx.offsets[ent + 1] - start
-    self_rank = pidx - start  # position of the row itself in that entity's member list
-    v = np.floor(rng.random((m, n)) * (cnt - 1)).astype(np.int64)
-    v += v >= self_rank  # skip self
-    partner = np.where(has, idx.members[np.minimum(start + v, len(idx.members) - 1)], -1)
-    ent = np.where(has, ent, -1)
-    # drop repeated partners: sort each row by partner, blank equal neighbours
-    o = np.argsort(partner, axis=1, kind="stable")
-    partner = np.take_along_axis(partner, o, 1)
-    ent = np.take_along_axis(ent, o, 1)
-    dup = np.zeros_like(partner, bool)
-    dup[:, 1:] = partner[:, 1:] == partner[:, :-1]
-    partner[dup] = -1
-    ent[dup] = -1
-    return partner, ent
+    row = np.broadcast_to(np.arange(m)[:, None], (m, n))[has]
+    slot = np.broadcast_to(np.arange(n, dtype=np.int32)[None, :], (m, n))[has]
+    return pa.table(
+        {
+            "entity": flat.take(pa.array((off[:-1, None] + pick)[has])),
+            "key": rows.column("key").take(pa.array(row)),
+            "slot": pa.array(slot),
+            "u": pa.array(u[has]),
+        },
+        schema=_REQUESTS,
+    )
 
 
-def build_pairs(table: pa.Table, n: int = 10, seed: int = 0) -> pa.Table:
-    """Up to ``n`` distinct partners per kept sample, each sharing ``shared_entity`` with it.
+def _resolve(members: pa.Table, requests: pa.Table) -> pa.Table:
+    """Each request's partner: among the kept samples of its entity other than the requester,
+    sorted by key, the one at rank ``floor(u * (holders - 1))``."""
+    if not requests.num_rows:
+        return _ANSWERS.empty_table()
+    members = members.sort_by([("entity", "ascending"), ("key", "ascending")])
+    ent = members.column("entity").combine_chunks()
+    codes = pc.dictionary_encode(ent)
+    names = codes.dictionary
+    code = codes.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    # members are entity-sorted, so each entity's rows are one run: its start and length
+    starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]])
+    run_code = code[starts]
+    start = np.zeros(len(names), np.int64)
+    count = np.zeros(len(names), np.int64)
+    start[run_code] = starts
+    count[run_code] = np.diff(np.r_[starts, len(code)])
+    pos = pa.table(
+        {
+            "entity": ent,
+            "key": members.column("key"),
+            "pos": pa.array(np.arange(members.num_rows, dtype=np.int64)),
+        }
+    )
+    req = requests.append_column("req", pa.array(np.arange(requests.num_rows, dtype=np.int64)))
+    joined = req.join(pos, ["entity", "key"]).sort_by("req")  # the requester's own position
+    if joined.num_rows > requests.num_rows:  # one (entity, key) member row twice
+        raise ValueError("duplicate sample keys in the entity table")
+    assert joined.num_rows == requests.num_rows, "a requester is missing from its entity's bucket"
+    rc = pc.index_in(joined.column("entity"), value_set=names).to_numpy(zero_copy_only=False)
+    rc = rc.astype(np.int64)
+    self_rank = joined.column("pos").to_numpy() - start[rc]
+    v = np.floor(joined.column("u").to_numpy() * (count[rc] - 1)).astype(np.int64)
+    v += v >= self_rank  # skip the requester itself
+    partner = members.column("key").take(pa.array(start[rc] + v))
+    return pa.table(
+        {
+            "key": joined.column("key"),
+            "partner": partner,
+            "slot": joined.column("slot"),
+            "entity": joined.column("entity"),
+        },
+        schema=_ANSWERS,
+    )
 
-    Returns ``PAIRS_SCHEMA`` rows (``key``, ``partner_keys``, ``shared_entity``) for every kept
-    sample in key order; samples whose entities nobody else has get empty lists.
-    """
-    idx = build_index(table)
-    num = len(idx.keys)
-    shareable = idx.counts[idx.pair_entity] >= 2
-    pair_ids = np.nonzero(shareable)[0]
-    by_row = np.argsort(idx.members[pair_ids], kind="stable")
-    row_pairs = pair_ids[by_row]  # pair indices grouped by row
-    row_off = np.zeros(num + 1, np.int64)
-    np.cumsum(np.bincount(idx.members[pair_ids], minlength=num), out=row_off[1:])
 
-    counts, flat_partner, flat_ent = [np.zeros(0, np.int64)], [], []
-    for b, lo in enumerate(range(0, num, _BLOCK_ROWS)):
-        hi = min(num, lo + _BLOCK_ROWS)
-        rng = np.random.default_rng([seed, b])
-        p, e = _sample_block(idx, lo, hi, max(n, 0), rng, row_off, row_pairs)
-        valid = p >= 0
-        counts.append(valid.sum(1))
-        flat_partner.append(p[valid])  # row-major: partners of a row stay together, in order
-        flat_ent.append(e[valid])
-    offsets = np.zeros(num + 1, np.int64)
-    np.cumsum(np.concatenate(counts), out=offsets[1:])
-    partner = np.concatenate(flat_partner) if flat_partner else np.zeros(0, np.int64)
-    ent = np.concatenate(flat_ent) if flat_ent else np.zeros(0, np.int64)
-    partner_keys = idx.keys.take(pa.array(partner))
-    ent_names = pa.array(idx.entities.tolist(), pa.string()).take(pa.array(ent))
+def _assemble(keys: pa.Table, answers: pa.Table) -> pa.Table:
+    """``PAIRS_SCHEMA`` rows for ``keys`` (one key bucket) from their resolved requests."""
+    keys = keys.sort_by("key")
+    k = keys.column("key").combine_chunks()
+    if pc.count_distinct(k).as_py() != len(k):
+        raise ValueError("duplicate sample keys in the entity table")
+    # a partner reached twice keeps its first slot's entity
+    answers = answers.sort_by(
+        [("key", "ascending"), ("partner", "ascending"), ("slot", "ascending")]
+    )
+    a_key = answers.column("key").combine_chunks()
+    a_partner = answers.column("partner").combine_chunks()
+    if answers.num_rows:
+        same = pc.and_(pc.equal(a_key[1:], a_key[:-1]), pc.equal(a_partner[1:], a_partner[:-1]))
+        first = np.r_[True, ~same.to_numpy(zero_copy_only=False)]
+        answers = answers.filter(pa.array(first))
+    idx = pc.index_in(answers.column("key"), value_set=k).to_numpy(zero_copy_only=False)
+    offsets = np.zeros(len(k) + 1, np.int32)
+    np.cumsum(np.bincount(idx.astype(np.int64), minlength=len(k)), out=offsets[1:])
+    off = pa.array(offsets)
     return pa.Table.from_arrays(
         [
-            idx.keys,
-            pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), partner_keys),
-            pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), ent_names),
+            k,
+            pa.ListArray.from_arrays(off, answers.column("partner").combine_chunks()),
+            pa.ListArray.from_arrays(off, answers.column("entity").combine_chunks()),
         ],
         schema=PAIRS_SCHEMA,
     )
+
+
+def write_pairs(
+    shards: Shards,
+    write: Callable[[pa.Table], None],
+    work_dir: str | Path,
+    n: int = 10,
+    seed: int = 0,
+    rows: int | None = None,
+    bucket_rows: int = BUCKET_ROWS,
+) -> Counter:
+    """The four passes (module docstring) over ``shards``: ``write`` gets one
+    ``PAIRS_SCHEMA`` table per key bucket; returns the entity counts (:func:`count_entities`).
+    ``rows`` (a bound on the kept samples, e.g. the shards' row count) sizes the buckets;
+    scratch files go under ``work_dir``."""
+    work = Path(work_dir)
+    buckets = bucket_count(rows if rows is not None else bucket_rows, bucket_rows)
+    members = _Buckets(work, "members", _ENTITY_ROWS, buckets)
+    keys = _Buckets(work, "keys", _KEYS, buckets)
+    counts: Counter = Counter()
+    try:
+        for _, table in shards():  # pass 1
+            kept = kept_rows(table)
+            flat, parent = _flat(kept)
+            for item in pc.value_counts(flat).to_pylist():
+                counts[item["values"]] += item["counts"]
+            members.write(
+                pa.table({"entity": flat, "key": kept.column("key").take(pa.array(parent))}),
+                _crc_buckets(flat, buckets),
+            )
+            k = kept.column("key").combine_chunks()
+            keys.write(pa.table({"key": k}), _crc_buckets(k, buckets))
+    finally:
+        members.close()
+        keys.close()
+    shareable = pa.array(sorted(e for e, c in counts.items() if c >= 2), pa.string())
+    requests = _Buckets(work, "requests", _REQUESTS, buckets)
+    try:
+        for name, table in shards():  # pass 2
+            rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+            req = _requests(kept_rows(table), shareable, max(n, 0), rng)
+            requests.write(req, _crc_buckets(req.column("entity").combine_chunks(), buckets))
+    finally:
+        requests.close()
+    answers = _Buckets(work, "answers", _ANSWERS, buckets)
+    try:
+        for b in range(buckets):  # pass 3
+            got = _resolve(members.read(b), requests.read(b))
+            answers.write(got, _crc_buckets(got.column("key").combine_chunks(), buckets))
+    finally:
+        answers.close()
+    for b in range(buckets):  # pass 4
+        write(_assemble(keys.read(b), answers.read(b)))
+    return counts
+
+
+def build_pairs(table: pa.Table, n: int = 10, seed: int = 0) -> pa.Table:
+    """:func:`write_pairs` over one in-memory table (one shard named ``""``), rows in key order."""
+    parts: list[pa.Table] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        write_pairs(lambda: [("", table)], parts.append, tmp, n, seed, rows=table.num_rows)
+    return pa.concat_tables(parts).sort_by("key").combine_chunks()

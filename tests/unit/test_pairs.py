@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import time
+import zlib
 from collections import Counter
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from ovs.text.cross_image import PAIRS_SCHEMA, build_index, build_pairs, entity_frequency
+from ovs.text.cross_image import (
+    PAIRS_SCHEMA,
+    bucket_count,
+    build_pairs,
+    count_entities,
+    entity_frequency,
+    write_pairs,
+)
 
 CLASSES = ["dog", "cat", "people", "car", "tv", "sofa", "bus", "kite"]
 
@@ -27,19 +35,70 @@ def _table(n: int, seed: int) -> pa.Table:
 _P = np.array([30, 20, 20, 10, 8, 6, 5, 1], float) / 100
 
 
-def test_inverted_index_matches_dict_reference() -> None:
-    t = _table(500, 0)
-    idx = build_index(t)
-    keys = idx.keys.to_pylist()
-    assert keys == sorted(r["key"] for r in t.to_pylist() if r["keep"])
-    ref: dict[str, list[str]] = {}
-    for r in sorted(t.to_pylist(), key=lambda r: r["key"]):
-        for e in r["entities"]:
-            ref.setdefault(e, []).append(r["key"])
-    assert list(idx.entities) == sorted(ref)
-    for i, e in enumerate(idx.entities):
-        members = idx.members[idx.offsets[i] : idx.offsets[i + 1]]
-        assert [keys[m] for m in members] == ref[e]
+def _reference(shards: list[tuple[str, pa.Table]], n: int, seed: int) -> dict[str, list]:
+    """Plain-Python pairs with the same draws: per shard (generator seeded by its name), rows
+    in key order, a uniform shareable entity, then the holder at rank ``floor(u * others)``
+    among the entity's other holders in key order; repeats dropped, partners in key order."""
+    kept = {}
+    for _, t in shards:
+        for r in t.to_pylist():
+            if r.get("keep", True):
+                kept[r["key"]] = list(dict.fromkeys(e for e in r["entities"] if e is not None))
+    holders: dict[str, list[str]] = {}
+    for k in sorted(kept):
+        for e in kept[k]:
+            holders.setdefault(e, []).append(k)
+    out = {}
+    for name, t in shards:
+        keys = sorted(r["key"] for r in t.to_pylist() if r.get("keep", True))
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+        pick, u = rng.random((len(keys), n)), rng.random((len(keys), n))
+        for i, k in enumerate(keys):
+            ents = [e for e in kept[k] if len(holders[e]) >= 2]
+            got: dict[str, str] = {}
+            for j in range(n if ents else 0):
+                e = ents[int(np.floor(pick[i, j] * len(ents)))]
+                others = [h for h in holders[e] if h != k]
+                got.setdefault(others[int(np.floor(u[i, j] * len(others)))], e)
+            out[k] = sorted(got.items())
+    return out
+
+
+def _shards(n_shards: int, per: int, seed: int) -> list[tuple[str, pa.Table]]:
+    t = _table(n_shards * per, seed)
+    return [(f"{s:05d}", t.slice(s * per, per)) for s in range(n_shards)]
+
+
+@pytest.mark.parametrize("bucket_rows", [1 << 18, 7])
+def test_pairs_over_shards_and_buckets_match_the_python_reference(tmp_path, bucket_rows) -> None:
+    shards = _shards(4, 50, 5)
+    parts: list[pa.Table] = []
+    counts = write_pairs(
+        lambda: shards, parts.append, tmp_path, n=4, seed=2, rows=200, bucket_rows=bucket_rows
+    )
+    assert len(parts) == bucket_count(200, bucket_rows)
+    got = {
+        r["key"]: list(zip(r["partner_keys"], r["shared_entity"], strict=True))
+        for p in parts
+        for r in p.to_pylist()
+    }
+    assert got == _reference(shards, n=4, seed=2)
+    assert counts == count_entities(lambda: shards)
+    # the shards' order does not matter (each draws from its own name's generator)
+    again: list[pa.Table] = []
+    write_pairs(lambda: shards[::-1], again.append, tmp_path / "b", 4, 2, 200, bucket_rows)
+    assert pa.concat_tables(again).equals(pa.concat_tables(parts))
+
+
+def test_a_key_on_two_shards_is_refused(tmp_path) -> None:
+    a = pa.table({"key": ["a", "b"], "entities": [["dog"], ["cat"]]})
+    b = pa.table({"key": ["c", "a"], "entities": [["dog"], ["bus"]]})
+    for bucket_rows in (1 << 18, 1):
+        with pytest.raises(ValueError, match="duplicate"):
+            write_pairs(
+                lambda: [("x", a), ("y", b)], lambda t: None, tmp_path / str(bucket_rows), 3, 0,
+                4, bucket_rows,
+            )  # fmt: skip
 
 
 def test_entity_frequency() -> None:
