@@ -99,7 +99,13 @@ def run(ctx: StageContext) -> dict:
     shutil.rmtree(scratch, ignore_errors=True)
     with atomic_parquet_writer(ctx.out_dir / "pairs.parquet", PAIRS_SCHEMA) as writer:
         entity_counts = write_pairs(
-            entity_tables, write, scratch, n=cfg.pairs_per_sample, seed=cfg.seed, rows=rows
+            entity_tables,
+            write,
+            scratch,
+            cfg.pairs_per_sample,
+            cfg.seed,
+            rows,
+            cfg.pairs_bucket_rows,
         )
     shutil.rmtree(scratch)
     freq = entity_frequency(entity_counts)

@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-BUCKET_ROWS = 1 << 18  # samples per bucket, about (a pass's working set ~100 B per sample)
+BUCKET_ROWS = 1 << 18  # samples per bucket, about (``entities.pairs_bucket_rows``)
 
 PAIRS_SCHEMA = pa.schema(
     [
@@ -187,47 +187,44 @@ def _requests(rows: pa.Table, shareable: pa.Array, n: int, rng: np.random.Genera
     )
 
 
+def _codes(*arrays: pa.Array | pa.ChunkedArray) -> list[np.ndarray]:
+    """int64 codes of strings over all ``arrays`` together: equal strings get equal codes, and
+    codes sort as the strings do (so the passes below sort and search integers)."""
+    lengths = [len(a) for a in arrays]
+    chunks = [c for a in arrays for c in (a.chunks if isinstance(a, pa.ChunkedArray) else [a])]
+    enc = pc.dictionary_encode(pa.chunked_array(chunks, pa.string()).combine_chunks())
+    rank = np.empty(len(enc.dictionary), np.int64)
+    rank[pc.sort_indices(enc.dictionary).to_numpy()] = np.arange(len(enc.dictionary))
+    codes = rank[enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)]
+    return np.split(codes, np.cumsum(lengths)[:-1])
+
+
 def _resolve(members: pa.Table, requests: pa.Table) -> pa.Table:
     """Each request's partner: among the kept samples of its entity other than the requester,
     sorted by key, the one at rank ``floor(u * (holders - 1))``."""
     if not requests.num_rows:
         return _ANSWERS.empty_table()
-    members = members.sort_by([("entity", "ascending"), ("key", "ascending")])
-    ent = members.column("entity").combine_chunks()
-    codes = pc.dictionary_encode(ent)
-    names = codes.dictionary
-    code = codes.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    # members are entity-sorted, so each entity's rows are one run: its start and length
-    starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]])
-    run_code = code[starts]
-    start = np.zeros(len(names), np.int64)
-    count = np.zeros(len(names), np.int64)
-    start[run_code] = starts
-    count[run_code] = np.diff(np.r_[starts, len(code)])
-    pos = pa.table(
-        {
-            "entity": ent,
-            "key": members.column("key"),
-            "pos": pa.array(np.arange(members.num_rows, dtype=np.int64)),
-        }
-    )
-    req = requests.append_column("req", pa.array(np.arange(requests.num_rows, dtype=np.int64)))
-    joined = req.join(pos, ["entity", "key"]).sort_by("req")  # the requester's own position
-    if joined.num_rows > requests.num_rows:  # one (entity, key) member row twice
+    e_m, e_r = _codes(members.column("entity"), requests.column("entity"))
+    k_m, k_r = _codes(members.column("key"), requests.column("key"))
+    width = int(max(k_m.max(), k_r.max())) + 1
+    member = e_m * width + k_m  # (entity, key) as one sortable integer
+    order = np.argsort(member, kind="stable")
+    member = member[order]
+    if len(member) > 1 and bool((member[1:] == member[:-1]).any()):
         raise ValueError("duplicate sample keys in the entity table")
-    assert joined.num_rows == requests.num_rows, "a requester is missing from its entity's bucket"
-    rc = pc.index_in(joined.column("entity"), value_set=names).to_numpy(zero_copy_only=False)
-    rc = rc.astype(np.int64)
-    self_rank = joined.column("pos").to_numpy() - start[rc]
-    v = np.floor(joined.column("u").to_numpy() * (count[rc] - 1)).astype(np.int64)
-    v += v >= self_rank  # skip the requester itself
-    partner = members.column("key").take(pa.array(start[rc] + v))
+    start = np.searchsorted(member, e_r * width)
+    count = np.searchsorted(member, (e_r + 1) * width) - start
+    me = np.searchsorted(member, e_r * width + k_r)  # the requester's own position
+    assert bool((member[np.minimum(me, len(member) - 1)] == e_r * width + k_r).all())
+    v = np.floor(requests.column("u").to_numpy() * (count - 1)).astype(np.int64)
+    v += v >= me - start  # skip the requester itself
+    partner = members.column("key").take(pa.array(order[start + v]))
     return pa.table(
         {
-            "key": joined.column("key"),
+            "key": requests.column("key"),
             "partner": partner,
-            "slot": joined.column("slot"),
-            "entity": joined.column("entity"),
+            "slot": requests.column("slot"),
+            "entity": requests.column("entity"),
         },
         schema=_ANSWERS,
     )
@@ -235,29 +232,28 @@ def _resolve(members: pa.Table, requests: pa.Table) -> pa.Table:
 
 def _assemble(keys: pa.Table, answers: pa.Table) -> pa.Table:
     """``PAIRS_SCHEMA`` rows for ``keys`` (one key bucket) from their resolved requests."""
-    keys = keys.sort_by("key")
-    k = keys.column("key").combine_chunks()
-    if pc.count_distinct(k).as_py() != len(k):
-        raise ValueError("duplicate sample keys in the entity table")
-    # a partner reached twice keeps its first slot's entity
-    answers = answers.sort_by(
-        [("key", "ascending"), ("partner", "ascending"), ("slot", "ascending")]
+    k, a_key, a_partner = _codes(
+        keys.column("key"), answers.column("key"), answers.column("partner")
     )
-    a_key = answers.column("key").combine_chunks()
-    a_partner = answers.column("partner").combine_chunks()
-    if answers.num_rows:
-        same = pc.and_(pc.equal(a_key[1:], a_key[:-1]), pc.equal(a_partner[1:], a_partner[:-1]))
-        first = np.r_[True, ~same.to_numpy(zero_copy_only=False)]
-        answers = answers.filter(pa.array(first))
-    idx = pc.index_in(answers.column("key"), value_set=k).to_numpy(zero_copy_only=False)
+    by_key = np.argsort(k, kind="stable")
+    k = k[by_key]
+    if len(k) > 1 and bool((k[1:] == k[:-1]).any()):
+        raise ValueError("duplicate sample keys in the entity table")
+    # by key, then partner; a partner reached twice keeps its first slot's entity
+    slot = answers.column("slot").to_numpy()
+    order = np.lexsort((slot, a_partner, a_key))
+    a_key, a_partner = a_key[order], a_partner[order]
+    first = np.ones(len(order), bool)
+    first[1:] = (a_key[1:] != a_key[:-1]) | (a_partner[1:] != a_partner[:-1])
+    order, a_key = order[first], a_key[first]
     offsets = np.zeros(len(k) + 1, np.int32)
-    np.cumsum(np.bincount(idx.astype(np.int64), minlength=len(k)), out=offsets[1:])
-    off = pa.array(offsets)
+    np.cumsum(np.bincount(np.searchsorted(k, a_key), minlength=len(k)), out=offsets[1:])
+    off, take = pa.array(offsets), pa.array(order)
     return pa.Table.from_arrays(
         [
-            k,
-            pa.ListArray.from_arrays(off, answers.column("partner").combine_chunks()),
-            pa.ListArray.from_arrays(off, answers.column("entity").combine_chunks()),
+            keys.column("key").take(pa.array(by_key)).combine_chunks(),
+            pa.ListArray.from_arrays(off, answers.column("partner").take(take).combine_chunks()),
+            pa.ListArray.from_arrays(off, answers.column("entity").take(take).combine_chunks()),
         ],
         schema=PAIRS_SCHEMA,
     )

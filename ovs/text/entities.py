@@ -90,12 +90,15 @@ class EntitiesConfig:
     exact_rule: bool = False  # OVSegmentor's exact case-sensitive NLTK-token rule
     pairs_per_sample: int = 10  # cross-image partners per kept sample (OVSegmentor: 10)
     seed: int = 0  # pair sampling seed
+    # samples per bucket of the cross-image passes (ovs.text.cross_image): the driver's
+    # working set while pairing, ~1.5 KB per sample of a bucket (at 10 partners)
+    pairs_bucket_rows: int = 1 << 18
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad ``entities.*`` setting (called at config load)."""
         check_choice("entities.text_mode", self.text_mode, TEXT_MODES)
         check_choice("entities.noun_chunks", self.noun_chunks, CHUNK_MODES)
-        for key in ("batch_size", "n_process", "max_chars"):
+        for key in ("batch_size", "n_process", "max_chars", "pairs_bucket_rows"):
             if getattr(self, key) < 1:
                 raise ValueError(f"entities.{key} must be >= 1, got {getattr(self, key)}")
         if self.num_actors < 0 or self.pairs_per_sample < 0:

@@ -37,6 +37,7 @@ SIZE_AND_LOCATION: dict[str, str] = {
     "download.processes_count": "worker count",
     "download.thread_count": "worker count",
     "entities.num_actors": "worker count",
+    "entities.pairs_bucket_rows": "size: samples per cross-image bucket",
     "pseudo_masks.pretrained": "weights: DINO weights cannot be downloaded here",
     "pseudo_masks.random_init": "weights: explicit random init instead",
     "pseudo_masks.image_size": "size: image side",

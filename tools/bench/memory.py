@@ -9,7 +9,8 @@ temp dir) through the project's stage runner (``pipelines.common.run_stage``, wh
 self_train -> pairs, on ``conf/smoke.yaml`` with sizes and locations changed only:
 ``world.num_train`` = the size (32-px images), ``download.number_sample_per_shard`` and
 ``self_train.label.shard_size`` = ``--shard`` (so the shard count grows with the size and a
-shard does not), ``download.list_chunk_rows`` = 2 shards (the URL list's parts and cleaning
+shard does not), ``entities.pairs_bucket_rows`` = 2 shards (the cross-image passes' bucket: 262k
+samples by default, more than the benchmark's sizes), ``download.list_chunk_rows`` = 2 shards (the URL list's parts and cleaning
 batches: 1M rows by default, more than the benchmark's sizes, so a list would be read whole at
 both), ``train`` and ``self_train`` ``--steps`` steps each, both streaming
 (``cache_in_memory: false``). Default sizes 1,000 and 4,000 images (4x): about 15 min for
@@ -235,6 +236,7 @@ def overrides(workdir: Path, size: int, shard: int, steps: int) -> list[str]:
         f"world.num_train={size}",
         f"download.number_sample_per_shard={shard}",
         f"download.list_chunk_rows={2 * shard}",
+        f"entities.pairs_bucket_rows={2 * shard}",
         f"self_train.label.shard_size={shard}",
         "train.cache_in_memory=false",
         "self_train.cache_in_memory=false",
