@@ -140,10 +140,14 @@ def count_entities(shards: Shards) -> Counter:
     """Kept samples per entity over all shards (one shard in memory at a time)."""
     counts: Counter = Counter()
     for _, table in shards():
-        flat, _ = _flat(kept_rows(table))
-        for item in pc.value_counts(flat).to_pylist():
-            counts[item["values"]] += item["counts"]
+        _add_counts(counts, _flat(kept_rows(table))[0])
     return counts
+
+
+def _add_counts(counts: Counter, flat: pa.Array) -> None:
+    """Add one shard's flattened kept entities to ``counts``."""
+    for item in pc.value_counts(flat).to_pylist():
+        counts[item["values"]] += item["counts"]
 
 
 def entity_frequency(counts: Counter | pa.Table) -> pa.Table:
@@ -281,8 +285,7 @@ def write_pairs(
         for _, table in shards():  # pass 1
             kept = kept_rows(table)
             flat, parent = _flat(kept)
-            for item in pc.value_counts(flat).to_pylist():
-                counts[item["values"]] += item["counts"]
+            _add_counts(counts, flat)
             members.write(
                 pa.table({"entity": flat, "key": kept.column("key").take(pa.array(parent))}),
                 _crc_buckets(flat, buckets),
