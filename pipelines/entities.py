@@ -19,6 +19,7 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
@@ -82,10 +83,9 @@ def run(ctx: StageContext) -> dict:
             subset.write_table(t.filter(pc.fill_null(t.column("keep"), False)).select(["key"]))
             rows += t.num_rows
 
-    def entity_tables():
-        for path in paths:
-            yield path.stem, pq.read_table(path, columns=["key", "entities", "keep"])
-
+    entity_tables = [
+        (p.stem, partial(pq.read_table, p, columns=["key", "entities", "keep"])) for p in paths
+    ]
     pair_rows, paired, partners = 0, 0, 0
 
     def write(part: pa.Table) -> None:

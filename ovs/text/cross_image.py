@@ -1,30 +1,34 @@
 """Cross-image pairs (OVSegmentor): samples that share an entity, and entity frequencies, built
 in memory bounded by a bucket of rows, not by the dataset.
 
-Input is a sequence of per-shard entity tables (``key`` + ``entities`` list column, optionally
-``keep``), read twice. Sampling, per kept sample and partner slot: pick one of the sample's
-entities that some other kept sample also has, then a uniformly random *other* kept sample of
-that entity (as OVSegmentor's ``construct_crossimage``, minus self-pairs); repeated partners are
-dropped, so a sample gets up to ``n`` distinct partners, listed in key order.
+Input is a sequence of named per-shard entity tables (``key`` + ``entities`` list column,
+optionally ``keep``), each loaded twice. Sampling, per kept sample and partner slot: pick one of
+the sample's entities that some other kept sample also has, then a uniformly random *other*
+kept sample of that entity (as OVSegmentor's ``construct_crossimage``, minus self-pairs);
+repeated partners are dropped, so a sample gets up to ``n`` distinct partners, listed in key
+order.
 
-No pass holds more than one shard or one bucket (:func:`bucket_count`: about
-``bucket_rows`` samples each) of per-sample rows, in four passes over files in ``work_dir``:
+An entity's holders are ranked in (shard name, key) order, and a draw names its partner by
+rank, so no pass needs an entity's whole holder list. No pass holds more than one shard or
+one bucket (:func:`bucket_count`: about ``bucket_rows`` samples each) of per-sample rows, in
+four passes over files in ``work_dir``, shards in name order:
 
-1. per shard: count every entity over kept samples (a dict the size of the vocabulary), write
-   the ``(entity, key)`` rows to entity buckets (``crc32(entity) % B``) and each kept key to
-   its key bucket (``crc32(key) % B``);
-2. per shard, with the global counts: draw each sample's ``n`` (entity, rank fraction)
-   requests (the generator seeded by ``(seed, crc32(shard name))``, rows in key order) and
-   write them to the entity's bucket;
-3. per entity bucket: sort its rows by (entity, key) and resolve every request to the partner
-   at that rank among the entity's other members; write the answers to the requester's key
-   bucket;
+1. per shard: give each (entity, kept sample) its holder rank (the entity's holders on earlier
+   shards plus its key order here; the running counts are a dict the size of the vocabulary)
+   and write it to bucket ``(crc32(entity) + rank) % B``; write each kept key to its key
+   bucket (``crc32(key) % B``);
+2. per shard, with the final counts: draw each sample's ``n`` (entity, rank) requests (the
+   generator seeded by ``(seed, crc32(shard name))``, rows in key order; a uniform rank among
+   the entity's holders other than the requester) and write each to the bucket of the holder
+   it names;
+3. per bucket: look every request's rank up among the bucket's holders; write the answers to
+   the requester's key bucket;
 4. per key bucket: group by key, drop repeated partners, and yield ``PAIRS_SCHEMA`` rows
    (samples nobody shares an entity with get empty lists).
 
-The largest bucket of pass 3 holds the most frequent entity's whole member list (a fraction of
-the dataset: at CC12M scale "man" or "people" is a few percent of the captions). The result
-depends on the shards' contents and names and the seed, not on ``bucket_rows`` or machine.
+Holders and requests spread over the buckets by rank, so a frequent entity ("man" is a few
+percent of CC12M's captions) is split over all of them. The result depends on the shards'
+contents and names and the seed, not on their order, ``bucket_rows`` or the machine.
 """
 
 from __future__ import annotations
@@ -33,13 +37,12 @@ import itertools
 import tempfile
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 BUCKET_ROWS = 1 << 18  # samples per bucket, about (``entities.pairs_bucket_rows``)
 
@@ -50,17 +53,18 @@ PAIRS_SCHEMA = pa.schema(
         ("shared_entity", pa.list_(pa.string())),
     ]
 )
-_ENTITY_ROWS = pa.schema([("entity", pa.string()), ("key", pa.string())])
+_HOLDERS = pa.schema([("entity", pa.string()), ("rank", pa.int64()), ("key", pa.string())])
 _KEYS = pa.schema([("key", pa.string())])
 _REQUESTS = pa.schema(
-    [("entity", pa.string()), ("key", pa.string()), ("slot", pa.int32()), ("u", pa.float64())]
+    [("entity", pa.string()), ("rank", pa.int64()), ("key", pa.string()), ("slot", pa.int32())]
 )
 _ANSWERS = pa.schema(
     [("key", pa.string()), ("partner", pa.string()), ("slot", pa.int32()), ("entity", pa.string())]
 )
 
-# A zero-argument callable giving ``(shard name, entity table)`` pairs; called once per pass.
-Shards = Callable[[], Iterable[tuple[str, pa.Table]]]
+# Named shards: ``(name, load)`` with ``load()`` giving the entity table; each loaded once per
+# pass, in name order.
+Shards = Sequence[tuple[str, Callable[[], pa.Table]]]
 
 
 def kept_rows(table: pa.Table) -> pa.Table:
@@ -93,15 +97,28 @@ def _flat(rows: pa.Table) -> tuple[pa.Array, np.ndarray]:
     return pc.list_flatten(ents), pc.list_parent_indices(ents).to_numpy().astype(np.int64)
 
 
-def _crc_buckets(values: pa.Array, buckets: int) -> np.ndarray:
-    """``crc32(value) % buckets`` per string (distinct values hashed once)."""
-    if buckets == 1 or len(values) == 0:
-        return np.zeros(len(values), np.int64)
+def _crc(values: pa.Array) -> np.ndarray:
+    """``crc32`` of each string (distinct values hashed once)."""
+    if len(values) == 0:
+        return np.zeros(0, np.int64)
     enc = pc.dictionary_encode(values)
-    table = np.array(
-        [zlib.crc32(s.encode()) % buckets for s in enc.dictionary.to_pylist()], np.int64
-    )
+    table = np.array([zlib.crc32(s.encode()) for s in enc.dictionary.to_pylist()], np.int64)
     return table[enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)]
+
+
+def _crc_buckets(values: pa.Array, buckets: int) -> np.ndarray:
+    """``crc32(value) % buckets`` per string."""
+    if buckets == 1:
+        return np.zeros(len(values), np.int64)
+    return _crc(values) % buckets
+
+
+def _holder_buckets(entity: pa.Array, rank: np.ndarray, buckets: int) -> np.ndarray:
+    """The bucket of holder ``rank`` of ``entity``: ``(crc32(entity) + rank) % buckets``, so
+    one entity's holders go round the buckets."""
+    if buckets == 1:
+        return np.zeros(len(entity), np.int64)
+    return (_crc(entity) + rank) % buckets
 
 
 def bucket_count(rows: int, bucket_rows: int = BUCKET_ROWS) -> int:
@@ -110,36 +127,52 @@ def bucket_count(rows: int, bucket_rows: int = BUCKET_ROWS) -> int:
 
 
 class _Buckets:
-    """One parquet file per bucket under ``root``, written shard by shard (a row group each)."""
+    """Rows split into ``buckets``, spilled under ``root``: each :meth:`write` (one shard's or
+    one bucket's rows) is one Arrow IPC file of ``buckets`` record batches (zstd), the rows of
+    bucket ``b`` in batch ``b``; :meth:`read` gathers one bucket's batch from every file. One
+    file is open at a time, so neither the bucket count nor the number of writes holds
+    memory (a parquet writer per bucket would keep every row group's metadata until closed)."""
 
     def __init__(self, root: Path, name: str, schema: pa.Schema, buckets: int) -> None:
         root.mkdir(parents=True, exist_ok=True)
-        self.paths = [root / f"{name}-{b:05d}.parquet" for b in range(buckets)]
-        self.writers = [pq.ParquetWriter(p, schema) for p in self.paths]
-        self.schema = schema
+        self.root, self.name, self.schema, self.buckets = root, name, schema, buckets
+        self.paths: list[Path] = []
 
     def write(self, table: pa.Table, bucket: np.ndarray) -> None:
         if not table.num_rows:
             return
         order = np.argsort(bucket, kind="stable")
-        bounds = np.searchsorted(bucket[order], np.arange(len(self.writers) + 1))
-        table = table.take(pa.array(order))
-        for b, (lo, hi) in enumerate(itertools.pairwise(bounds)):
-            if hi > lo:
-                self.writers[b].write_table(table.slice(lo, hi - lo))
-
-    def close(self) -> None:
-        for w in self.writers:
-            w.close()
+        bounds = np.searchsorted(bucket[order], np.arange(self.buckets + 1))
+        (batch,) = table.take(pa.array(order)).combine_chunks().to_batches()
+        path = self.root / f"{self.name}-{len(self.paths):06d}.arrow"
+        options = pa.ipc.IpcWriteOptions(compression="zstd")
+        with pa.OSFile(str(path), "wb") as sink:
+            with pa.ipc.new_file(sink, self.schema, options=options) as writer:
+                for lo, hi in itertools.pairwise(bounds.tolist()):  # empty ones too
+                    writer.write_batch(batch.slice(lo, hi - lo))
+        self.paths.append(path)
 
     def read(self, b: int) -> pa.Table:
-        return pq.read_table(self.paths[b], schema=self.schema)
+        parts = []
+        for path in self.paths:
+            with pa.OSFile(str(path), "rb") as source:
+                parts.append(pa.ipc.open_file(source).get_batch(b))
+        return pa.Table.from_batches(parts, self.schema).combine_chunks()
+
+
+def _ordered(shards: Shards) -> Iterator[tuple[str, pa.Table]]:
+    """``(name, table)`` per shard in name order (a name given twice is refused)."""
+    names = [name for name, _ in shards]
+    if len(set(names)) != len(names):
+        raise ValueError("two shards have one name")
+    for name, load in sorted(shards, key=lambda s: s[0]):
+        yield name, load()
 
 
 def count_entities(shards: Shards) -> Counter:
     """Kept samples per entity over all shards (one shard in memory at a time)."""
     counts: Counter = Counter()
-    for _, table in shards():
+    for _, table in _ordered(shards):
         _add_counts(counts, _flat(kept_rows(table))[0])
     return counts
 
@@ -155,7 +188,7 @@ def entity_frequency(counts: Counter | pa.Table) -> pa.Table:
     from :func:`count_entities`' counts or from one entity table."""
     if isinstance(counts, pa.Table):
         table = counts
-        counts = count_entities(lambda: [("", table)])
+        counts = count_entities([("", lambda: table)])
     items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     return pa.table(
         {
@@ -165,12 +198,43 @@ def entity_frequency(counts: Counter | pa.Table) -> pa.Table:
     )
 
 
-def _requests(rows: pa.Table, shareable: pa.Array, n: int, rng: np.random.Generator) -> pa.Table:
-    """``n`` draws per row of ``kept_rows``: a uniform shareable entity of the row and a
-    uniform fraction ``u`` in [0, 1) that pass 3 turns into a rank among the other holders."""
+def _holder_ranks(flat: pa.Array, seen: Counter) -> tuple[np.ndarray, np.ndarray]:
+    """Per flattened kept entity of one shard (rows in key order): its holder rank (the
+    entity's holders on earlier shards, ``seen``, plus its order here) and its count in
+    ``seen`` before this shard; adds this shard's holders to ``seen``."""
+    if not len(flat):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    enc = pc.dictionary_encode(flat)
+    code = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    names = enc.dictionary.to_pylist()
+    before = np.array([seen[e] for e in names], np.int64)
+    size = np.bincount(code, minlength=len(names))
+    start = np.zeros(len(names), np.int64)
+    np.cumsum(size[:-1], out=start[1:])
+    order = np.argsort(code, kind="stable")
+    within = np.empty(len(code), np.int64)
+    within[order] = np.arange(len(code)) - start[code[order]]
+    for e, c in zip(names, size.tolist(), strict=True):
+        seen[e] += c
+    return before[code] + within, before[code]
+
+
+def _requests(
+    rows: pa.Table, counts: Counter, seen: Counter, n: int, rng: np.random.Generator
+) -> pa.Table:
+    """``n`` draws per row of ``kept_rows`` (one shard, ``seen``: holders on earlier shards,
+    updated): a uniform shareable entity of the row, then a uniform holder rank of it other
+    than the row's own."""
     flat, parent = _flat(rows)
-    ok = pc.is_in(flat, value_set=shareable).to_numpy(zero_copy_only=False)
-    flat, parent = flat.filter(pa.array(ok)), parent[ok]
+    own, _ = _holder_ranks(flat, seen)
+    if len(flat):
+        enc = pc.dictionary_encode(flat)
+        total = np.array([counts[e] for e in enc.dictionary.to_pylist()], np.int64)
+        total = total[enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)]
+    else:
+        total = np.zeros(0, np.int64)
+    ok = total >= 2  # shareable: some other kept sample has it
+    flat, parent, own, total = flat.filter(pa.array(ok)), parent[ok], own[ok], total[ok]
     m = rows.num_rows
     deg = np.bincount(parent, minlength=m)
     off = np.zeros(m + 1, np.int64)
@@ -180,12 +244,15 @@ def _requests(rows: pa.Table, shareable: pa.Array, n: int, rng: np.random.Genera
     has = np.broadcast_to(deg[:, None] > 0, (m, n))
     row = np.broadcast_to(np.arange(m)[:, None], (m, n))[has]
     slot = np.broadcast_to(np.arange(n, dtype=np.int32)[None, :], (m, n))[has]
+    chosen = (off[:-1, None] + pick)[has]
+    rank = np.floor(u[has] * (total[chosen] - 1)).astype(np.int64)
+    rank += rank >= own[chosen]  # skip the requester itself
     return pa.table(
         {
-            "entity": flat.take(pa.array((off[:-1, None] + pick)[has])),
+            "entity": flat.take(pa.array(chosen)),
+            "rank": pa.array(rank),
             "key": rows.column("key").take(pa.array(row)),
             "slot": pa.array(slot),
-            "u": pa.array(u[has]),
         },
         schema=_REQUESTS,
     )
@@ -203,30 +270,23 @@ def _codes(*arrays: pa.Array | pa.ChunkedArray) -> list[np.ndarray]:
     return np.split(codes, np.cumsum(lengths)[:-1])
 
 
-def _resolve(members: pa.Table, requests: pa.Table) -> pa.Table:
-    """Each request's partner: among the kept samples of its entity other than the requester,
-    sorted by key, the one at rank ``floor(u * (holders - 1))``."""
+def _resolve(holders: pa.Table, requests: pa.Table) -> pa.Table:
+    """Each request's partner: the holder of its entity at its rank (both from one bucket)."""
     if not requests.num_rows:
         return _ANSWERS.empty_table()
-    e_m, e_r = _codes(members.column("entity"), requests.column("entity"))
-    k_m, k_r = _codes(members.column("key"), requests.column("key"))
-    width = int(max(k_m.max(), k_r.max())) + 1
-    member = e_m * width + k_m  # (entity, key) as one sortable integer
-    order = np.argsort(member, kind="stable")
-    member = member[order]
-    if len(member) > 1 and bool((member[1:] == member[:-1]).any()):
-        raise ValueError("duplicate sample keys in the entity table")
-    start = np.searchsorted(member, e_r * width)
-    count = np.searchsorted(member, (e_r + 1) * width) - start
-    me = np.searchsorted(member, e_r * width + k_r)  # the requester's own position
-    assert bool((member[np.minimum(me, len(member) - 1)] == e_r * width + k_r).all())
-    v = np.floor(requests.column("u").to_numpy() * (count - 1)).astype(np.int64)
-    v += v >= me - start  # skip the requester itself
-    partner = members.column("key").take(pa.array(order[start + v]))
+    e_h, e_r = _codes(holders.column("entity"), requests.column("entity"))
+    r_h, r_r = holders.column("rank").to_numpy(), requests.column("rank").to_numpy()
+    width = int(max(r_h.max(initial=0), r_r.max())) + 1
+    holder = e_h * width + r_h  # (entity, rank) as one sortable integer
+    order = np.argsort(holder, kind="stable")
+    want = e_r * width + r_r
+    at = np.minimum(np.searchsorted(holder[order], want), len(order) - 1)
+    if not len(order) or not bool((holder[order[at]] == want).all()):
+        raise AssertionError("a request names a holder its bucket does not have")
     return pa.table(
         {
             "key": requests.column("key"),
-            "partner": partner,
+            "partner": holders.column("key").take(pa.array(order[at])),
             "slot": requests.column("slot"),
             "entity": requests.column("entity"),
         },
@@ -278,39 +338,33 @@ def write_pairs(
     scratch files go under ``work_dir``."""
     work = Path(work_dir)
     buckets = bucket_count(rows if rows is not None else bucket_rows, bucket_rows)
-    members = _Buckets(work, "members", _ENTITY_ROWS, buckets)
+    holders = _Buckets(work, "holders", _HOLDERS, buckets)
     keys = _Buckets(work, "keys", _KEYS, buckets)
     counts: Counter = Counter()
-    try:
-        for _, table in shards():  # pass 1
-            kept = kept_rows(table)
-            flat, parent = _flat(kept)
-            _add_counts(counts, flat)
-            members.write(
-                pa.table({"entity": flat, "key": kept.column("key").take(pa.array(parent))}),
-                _crc_buckets(flat, buckets),
-            )
-            k = kept.column("key").combine_chunks()
-            keys.write(pa.table({"key": k}), _crc_buckets(k, buckets))
-    finally:
-        members.close()
-        keys.close()
-    shareable = pa.array(sorted(e for e, c in counts.items() if c >= 2), pa.string())
+    for _, table in _ordered(shards):  # pass 1
+        kept = kept_rows(table)
+        flat, parent = _flat(kept)
+        rank, _ = _holder_ranks(flat, counts)
+        key = kept.column("key").combine_chunks()
+        holders.write(
+            pa.table(
+                {"entity": flat, "rank": pa.array(rank), "key": key.take(pa.array(parent))},
+                schema=_HOLDERS,
+            ),
+            _holder_buckets(flat, rank, buckets),
+        )
+        keys.write(pa.table({"key": key}), _crc_buckets(key, buckets))
     requests = _Buckets(work, "requests", _REQUESTS, buckets)
-    try:
-        for name, table in shards():  # pass 2
-            rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-            req = _requests(kept_rows(table), shareable, max(n, 0), rng)
-            requests.write(req, _crc_buckets(req.column("entity").combine_chunks(), buckets))
-    finally:
-        requests.close()
+    seen: Counter = Counter()
+    for name, table in _ordered(shards):  # pass 2
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+        req = _requests(kept_rows(table), counts, seen, max(n, 0), rng)
+        ent = req.column("entity").combine_chunks()
+        requests.write(req, _holder_buckets(ent, req.column("rank").to_numpy(), buckets))
     answers = _Buckets(work, "answers", _ANSWERS, buckets)
-    try:
-        for b in range(buckets):  # pass 3
-            got = _resolve(members.read(b), requests.read(b))
-            answers.write(got, _crc_buckets(got.column("key").combine_chunks(), buckets))
-    finally:
-        answers.close()
+    for b in range(buckets):  # pass 3
+        got = _resolve(holders.read(b), requests.read(b))
+        answers.write(got, _crc_buckets(got.column("key").combine_chunks(), buckets))
     for b in range(buckets):  # pass 4
         write(_assemble(keys.read(b), answers.read(b)))
     return counts
@@ -320,5 +374,5 @@ def build_pairs(table: pa.Table, n: int = 10, seed: int = 0) -> pa.Table:
     """:func:`write_pairs` over one in-memory table (one shard named ``""``), rows in key order."""
     parts: list[pa.Table] = []
     with tempfile.TemporaryDirectory() as tmp:
-        write_pairs(lambda: [("", table)], parts.append, tmp, n, seed, rows=table.num_rows)
+        write_pairs([("", lambda: table)], parts.append, tmp, n, seed, rows=table.num_rows)
     return pa.concat_tables(parts).sort_by("key").combine_chunks()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import zlib
 from collections import Counter
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -38,16 +39,18 @@ _P = np.array([30, 20, 20, 10, 8, 6, 5, 1], float) / 100
 def _reference(shards: list[tuple[str, pa.Table]], n: int, seed: int) -> dict[str, list]:
     """Plain-Python pairs with the same draws: per shard (generator seeded by its name), rows
     in key order, a uniform shareable entity, then the holder at rank ``floor(u * others)``
-    among the entity's other holders in key order; repeats dropped, partners in key order."""
+    among the entity's other holders in (shard name, key) order; repeats dropped, partners in
+    key order."""
     kept = {}
     for _, t in shards:
         for r in t.to_pylist():
             if r.get("keep", True):
                 kept[r["key"]] = list(dict.fromkeys(e for e in r["entities"] if e is not None))
     holders: dict[str, list[str]] = {}
-    for k in sorted(kept):
-        for e in kept[k]:
-            holders.setdefault(e, []).append(k)
+    for _, t in sorted(shards, key=lambda s: s[0]):
+        for k in sorted(r["key"] for r in t.to_pylist() if r.get("keep", True)):
+            for e in kept[k]:
+                holders.setdefault(e, []).append(k)
     out = {}
     for name, t in shards:
         keys = sorted(r["key"] for r in t.to_pylist() if r.get("keep", True))
@@ -69,12 +72,16 @@ def _shards(n_shards: int, per: int, seed: int) -> list[tuple[str, pa.Table]]:
     return [(f"{s:05d}", t.slice(s * per, per)) for s in range(n_shards)]
 
 
+def _named(shards: list[tuple[str, pa.Table]]) -> list[tuple[str, Callable[[], pa.Table]]]:
+    return [(name, lambda t=t: t) for name, t in shards]
+
+
 @pytest.mark.parametrize("bucket_rows", [1 << 18, 7])
 def test_pairs_over_shards_and_buckets_match_the_python_reference(tmp_path, bucket_rows) -> None:
     shards = _shards(4, 50, 5)
     parts: list[pa.Table] = []
     counts = write_pairs(
-        lambda: shards, parts.append, tmp_path, n=4, seed=2, rows=200, bucket_rows=bucket_rows
+        _named(shards), parts.append, tmp_path, n=4, seed=2, rows=200, bucket_rows=bucket_rows
     )
     assert len(parts) == bucket_count(200, bucket_rows)
     got = {
@@ -83,10 +90,11 @@ def test_pairs_over_shards_and_buckets_match_the_python_reference(tmp_path, buck
         for r in p.to_pylist()
     }
     assert got == _reference(shards, n=4, seed=2)
-    assert counts == count_entities(lambda: shards)
-    # the shards' order does not matter (each draws from its own name's generator)
+    assert counts == count_entities(_named(shards))
+    # the shards' order does not matter (ranks follow their names; each draws from its own
+    # name's generator)
     again: list[pa.Table] = []
-    write_pairs(lambda: shards[::-1], again.append, tmp_path / "b", 4, 2, 200, bucket_rows)
+    write_pairs(_named(shards[::-1]), again.append, tmp_path / "b", 4, 2, 200, bucket_rows)
     assert pa.concat_tables(again).equals(pa.concat_tables(parts))
 
 
@@ -96,7 +104,7 @@ def test_a_key_on_two_shards_is_refused(tmp_path) -> None:
     for bucket_rows in (1 << 18, 1):
         with pytest.raises(ValueError, match="duplicate"):
             write_pairs(
-                lambda: [("x", a), ("y", b)], lambda t: None, tmp_path / str(bucket_rows), 3, 0,
+                _named([("x", a), ("y", b)]), lambda t: None, tmp_path / str(bucket_rows), 3, 0,
                 4, bucket_rows,
             )  # fmt: skip
 
@@ -181,3 +189,25 @@ def test_scales_to_many_rows() -> None:
     assert pairs.num_rows == n
     lens = np.diff(pairs.column("partner_keys").combine_chunks().offsets.to_numpy())
     assert lens.min() >= 1 and lens.mean() > 9
+
+
+def test_a_frequent_entity_is_spread_over_all_buckets(tmp_path) -> None:
+    # "dog" on every sample: bucketing by entity alone would put all its holders and every
+    # request in one bucket (the dataset's size); by (entity, rank) each bucket gets a share
+    n, per = 2000, 250
+    t = pa.table({"key": [f"{i:06d}" for i in range(n)], "entities": [["dog"]] * n})
+    shards = [(f"{s:03d}", t.slice(s * per, per)) for s in range(n // per)]
+    write_pairs(_named(shards), lambda p: None, tmp_path, n=4, seed=0, rows=n, bucket_rows=200)
+    for kind, total in (("holders", n), ("requests", 4 * n)):
+        files = [pa.ipc.open_file(p) for p in sorted(tmp_path.glob(f"{kind}-*.arrow"))]
+        assert len(files) == n // per and all(f.num_record_batches == 10 for f in files)
+        rows = [sum(f.get_batch(b).num_rows for f in files) for b in range(10)]
+        assert sum(rows) == total
+        assert max(rows) <= 1.2 * total / 10, (kind, rows)
+
+
+def test_two_shards_of_one_name_are_refused(tmp_path) -> None:
+    a = pa.table({"key": ["a"], "entities": [["dog"]]})
+    b = pa.table({"key": ["b"], "entities": [["dog"]]})
+    with pytest.raises(ValueError, match="one name"):
+        write_pairs(_named([("x", a), ("x", b)]), lambda t: None, tmp_path, 2, 0, 2)

@@ -32,7 +32,9 @@ download processes). Per stage (the window of its ``run_stage`` call):
   workers at one instant (reported, not in the goal: idle workers of earlier stages linger).
 
 Then ``self_train_rows``, without Ray: one ``self_train`` rank's data path
-(``load_rows`` + four batches, ``cache_in_memory: false``) in the child process itself, over
+(``load_rows`` + four batches, ``cache_in_memory: false``) in a fresh child process per size
+(a rank is its own process; measured after the stages, in their process, the driver's heap
+history moved it by +-20 MB between runs of one size), over
 as many pseudo-label rows as the size, with ``--label-px`` (512) label maps, COCO-sized: at
 the world's 32 px a label map is 1 KB and its growth hides in the noise of the stage above.
 
@@ -331,7 +333,7 @@ def rows_only(size: int, shard: int, interval: float, label_px: int, tmp: Path) 
     return {"size": size, "driver_baseline_mb": round(driver_base / MB, 1), "stages": stages}
 
 
-def run_size(size: int, shard: int, steps: int, interval: float, label_px: int, tmp: Path) -> dict:
+def run_size(size: int, shard: int, steps: int, interval: float, tmp: Path) -> dict:
     """Run the stages at one size in this process; per-stage peaks and seconds."""
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
     from ovs import provenance
@@ -360,12 +362,6 @@ def run_size(size: int, shard: int, steps: int, interval: float, label_px: int, 
                 run_stage(TABLE, name, cfg, False, client, exp_id, pid, yaml)
             stages[name] = _figures(peak, driver_base, t0)
             print(f"[{size}] {name}: {json.dumps(stages[name])}", flush=True)
-        if label_px:  # the self_train rank's rows at paper-like label size, no Ray
-            t0 = time.perf_counter()
-            with sampler.window() as peak:
-                self_train_rows(size, shard, label_px, False, tmp)
-            stages["self_train_rows"] = _figures(peak, driver_base, t0)
-            print(f"[{size}] self_train_rows: {json.dumps(stages['self_train_rows'])}", flush=True)
     client.set_terminated(pid, "FINISHED")
     ray.shutdown()
     return {
@@ -414,9 +410,7 @@ def _child(args: argparse.Namespace) -> int:
         if args.only_rows:
             result = rows_only(args.child, args.shard, args.interval, args.label_px, Path(d))
         else:
-            result = run_size(
-                args.child, args.shard, args.steps, args.interval, args.label_px, Path(d)
-            )
+            result = run_size(args.child, args.shard, args.steps, args.interval, Path(d))
     Path(args.out).write_text(json.dumps(result))
     return 0
 
@@ -454,16 +448,27 @@ def main(argv: list[str]) -> int:
     load_start = round(os.getloadavg()[0], 2)
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as d:
         for size in args.sizes:
-            out = Path(d) / f"{size}.json"
-            cmd = [sys.executable, "-m", "tools.bench", "memory", "--child", str(size),
-                   "--out", str(out), "--shard", str(args.shard), "--steps", str(args.steps),
-                   "--interval", str(args.interval), "--label-px", str(args.label_px),
-                   *(["--only-rows"] if args.only_rows else [])]  # fmt: skip
-            rc = subprocess.run(cmd, check=False).returncode
-            if rc != 0:
-                print(f"size {size}: child exited {rc}", file=sys.stderr)
-                return rc
-            runs.append(json.loads(out.read_text()))
+            # the stages in one child; the rows probe in a fresh one (a rank's data path in
+            # its own process: after the stages, the driver's heap history moved its figure
+            # by +-20 MB between runs of one size)
+            parts = [] if args.only_rows else [["--label-px", "0"]]
+            if args.label_px:
+                parts.append(["--label-px", str(args.label_px), "--only-rows"])
+            run: dict = {}
+            for i, extra in enumerate(parts):
+                out = Path(d) / f"{size}-{i}.json"
+                cmd = [sys.executable, "-m", "tools.bench", "memory", "--child", str(size),
+                       "--out", str(out), "--shard", str(args.shard), "--steps", str(args.steps),
+                       "--interval", str(args.interval), *extra]  # fmt: skip
+                rc = subprocess.run(cmd, check=False).returncode
+                if rc != 0:
+                    print(f"size {size}: child exited {rc}", file=sys.stderr)
+                    return rc
+                got = json.loads(out.read_text())
+                run.setdefault("size", got["size"])
+                run.setdefault("driver_baseline_mb", got["driver_baseline_mb"])
+                run.setdefault("stages", {}).update(got["stages"])
+            runs.append(run)
     table = compare(runs[0], runs[1], args.floor_mb)
     print(f"\n{'stage':13s} {'driver MB':>17s} {'ratio':>6s} {'worker MB':>17s} {'ratio':>6s}")
     for name, row in table.items():
