@@ -33,6 +33,7 @@ from __future__ import annotations
 import heapq
 import json
 import os
+import urllib.parse
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -490,12 +491,14 @@ def to_background_labels(label: np.ndarray) -> np.ndarray:
 def _write_one(cfg: WorldConfig, root: Path, split: str, index: int) -> dict:
     image, label, objects = render(cfg, index, split)
     sample_id = f"{index:06d}"
-    img_path = root / split / "images" / f"{sample_id}.png"
+    # strings, not Path: see ovs.io.atomic_write_bytes (one file per sample)
+    folder = os.path.join(os.path.realpath(root), split)
+    img_path = os.path.join(folder, "images", f"{sample_id}.png")
     atomic_write_bytes(img_path, png_bytes(image))
-    atomic_write_bytes(root / split / "labels" / f"{sample_id}.png", png_bytes(label))
+    atomic_write_bytes(os.path.join(folder, "labels", f"{sample_id}.png"), png_bytes(label))
     return {
         "id": sample_id,
-        "url": img_path.resolve().as_uri(),
+        "url": "file://" + urllib.parse.quote(img_path),
         "caption": caption(cfg, index + SPLITS.index(split) * 10**7, label, objects),
     }
 

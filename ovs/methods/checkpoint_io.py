@@ -44,7 +44,7 @@ def save(
         **(extra or {}),
     }
     torch.save(state, buf)
-    return atomic_write_bytes(path, buf.getvalue())
+    return Path(atomic_write_bytes(path, buf.getvalue()))
 
 
 def read_config(cls: type[C], saved: dict[str, Any]) -> C:
