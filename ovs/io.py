@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+def _tmp_path(path: str) -> str:
+    """A fresh temporary name beside ``path`` (``.<name>.tmp-<8 hex>``, which readers ignore)."""
+    folder, base = os.path.split(path)
+    return os.path.join(folder, f".{base}.tmp-{uuid.uuid4().hex[:8]}")
 
 
 P = TypeVar("P", bound="str | os.PathLike[str]")
@@ -28,9 +30,8 @@ def atomic_write_bytes(path: P, data: bytes) -> P:
     parses, and a stage writing one file per sample (the world's images) grew the interpreter's
     interned-string table by ~7 MB per 8,000 samples that way."""
     name = path if isinstance(path, str) else os.fspath(path)
-    folder, base = os.path.split(name)
-    os.makedirs(folder or ".", exist_ok=True)
-    tmp = os.path.join(folder, f".{base}.tmp-{uuid.uuid4().hex[:8]}")
+    os.makedirs(os.path.dirname(name) or ".", exist_ok=True)
+    tmp = _tmp_path(name)
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -67,11 +68,11 @@ def atomic_parquet_writer(path: str | os.PathLike, schema: Any) -> Iterator[Any]
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
+    tmp = _tmp_path(str(path))
     try:
         with pq.ParquetWriter(tmp, schema) as writer:
             yield writer
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        if os.path.exists(tmp):
+            os.unlink(tmp)

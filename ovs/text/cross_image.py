@@ -99,11 +99,8 @@ def _flat(rows: pa.Table) -> tuple[pa.Array, np.ndarray]:
 
 def _crc(values: pa.Array) -> np.ndarray:
     """``crc32`` of each string (distinct values hashed once)."""
-    if len(values) == 0:
-        return np.zeros(0, np.int64)
-    enc = pc.dictionary_encode(values)
-    table = np.array([zlib.crc32(s.encode()) for s in enc.dictionary.to_pylist()], np.int64)
-    return table[enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)]
+    code, names = _encode(values)
+    return np.array([zlib.crc32(s.encode()) for s in names], np.int64)[code]
 
 
 def _crc_buckets(values: pa.Array, buckets: int) -> np.ndarray:
@@ -198,15 +195,16 @@ def entity_frequency(counts: Counter | pa.Table) -> pa.Table:
     )
 
 
-def _holder_ranks(flat: pa.Array, seen: Counter) -> tuple[np.ndarray, np.ndarray]:
-    """Per flattened kept entity of one shard (rows in key order): its holder rank (the
-    entity's holders on earlier shards, ``seen``, plus its order here) and its count in
-    ``seen`` before this shard; adds this shard's holders to ``seen``."""
-    if not len(flat):
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    enc = pc.dictionary_encode(flat)
-    code = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    names = enc.dictionary.to_pylist()
+def _encode(values: pa.Array) -> tuple[np.ndarray, list[str]]:
+    """Dictionary codes (int64) of the strings ``values``, and the distinct strings."""
+    enc = pc.dictionary_encode(values)
+    return enc.indices.to_numpy(zero_copy_only=False).astype(np.int64), enc.dictionary.to_pylist()
+
+
+def _holder_ranks(code: np.ndarray, names: list[str], seen: Counter) -> np.ndarray:
+    """Per flattened kept entity of one shard (:func:`_encode`d; rows in key order): its
+    holder rank, the entity's holders on earlier shards (``seen``) plus its order here; adds
+    this shard's holders to ``seen``."""
     before = np.array([seen[e] for e in names], np.int64)
     size = np.bincount(code, minlength=len(names))
     start = np.zeros(len(names), np.int64)
@@ -216,7 +214,7 @@ def _holder_ranks(flat: pa.Array, seen: Counter) -> tuple[np.ndarray, np.ndarray
     within[order] = np.arange(len(code)) - start[code[order]]
     for e, c in zip(names, size.tolist(), strict=True):
         seen[e] += c
-    return before[code] + within, before[code]
+    return before[code] + within
 
 
 def _requests(
@@ -226,13 +224,9 @@ def _requests(
     updated): a uniform shareable entity of the row, then a uniform holder rank of it other
     than the row's own."""
     flat, parent = _flat(rows)
-    own, _ = _holder_ranks(flat, seen)
-    if len(flat):
-        enc = pc.dictionary_encode(flat)
-        total = np.array([counts[e] for e in enc.dictionary.to_pylist()], np.int64)
-        total = total[enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)]
-    else:
-        total = np.zeros(0, np.int64)
+    code, names = _encode(flat)
+    own = _holder_ranks(code, names, seen)
+    total = np.array([counts[e] for e in names], np.int64)[code]
     ok = total >= 2  # shareable: some other kept sample has it
     flat, parent, own, total = flat.filter(pa.array(ok)), parent[ok], own[ok], total[ok]
     m = rows.num_rows
@@ -344,7 +338,7 @@ def write_pairs(
     for _, table in _ordered(shards):  # pass 1
         kept = kept_rows(table)
         flat, parent = _flat(kept)
-        rank, _ = _holder_ranks(flat, counts)
+        rank = _holder_ranks(*_encode(flat), counts)
         key = kept.column("key").combine_chunks()
         holders.write(
             pa.table(

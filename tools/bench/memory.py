@@ -451,7 +451,7 @@ def main(argv: list[str]) -> int:
             # the stages in one child; the rows probe in a fresh one (a rank's data path in
             # its own process: after the stages, the driver's heap history moved its figure
             # by +-20 MB between runs of one size)
-            parts = [] if args.only_rows else [["--label-px", "0"]]
+            parts: list[list[str]] = [] if args.only_rows else [[]]
             if args.label_px:
                 parts.append(["--label-px", str(args.label_px), "--only-rows"])
             run: dict = {}
