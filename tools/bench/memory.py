@@ -1,7 +1,7 @@
 """Benchmark memory against dataset size: the peak RSS of the driver and of the Ray workers per
 stage, at two world sizes, and their ratio (the goal: memory flat in the data, ratio <= 1.15).
 
-    python -m tools.bench memory [--sizes 1000 4000] [--shard 500] [--steps 4]
+    python -m tools.bench memory [--sizes 1000 4000] [--shard 500] [--steps 4] [--upto STAGE]
 
 Each size runs in a fresh child process (its own local Ray, 2 CPUs, MLflow on sqlite, all in a
 temp dir) through the project's stage runner (``pipelines.common.run_stage``, what
@@ -229,9 +229,11 @@ class RssSampler:
 # ----------------------------------------------------------------------------- one size
 
 
-def overrides(workdir: Path, size: int, shard: int, steps: int) -> list[str]:
+def overrides(
+    workdir: Path, size: int, shard: int, steps: int, upto: str = STAGES[-1]
+) -> list[str]:
     """``conf/smoke.yaml`` at ``size`` world images: sizes and locations only, both training
-    stages a few steps and streaming."""
+    stages a few steps and streaming; the stages up to ``upto``."""
     loop = [f"steps={steps}", "warmup_steps=1", f"checkpoint_every={steps}", "log_every=2"]
     return [
         f"workdir={workdir}",
@@ -242,7 +244,7 @@ def overrides(workdir: Path, size: int, shard: int, steps: int) -> list[str]:
         f"self_train.label.shard_size={shard}",
         "train.cache_in_memory=false",
         "self_train.cache_in_memory=false",
-        f"pipeline.stages=[{','.join(STAGES)}]",
+        f"pipeline.stages=[{','.join(STAGES[: STAGES.index(upto) + 1])}]",
         "ray.num_cpus=2",
         *(f"train.{o}" for o in loop),
         *(f"self_train.{o}" for o in loop),
@@ -333,8 +335,11 @@ def rows_only(size: int, shard: int, interval: float, label_px: int, tmp: Path) 
     return {"size": size, "driver_baseline_mb": round(driver_base / MB, 1), "stages": stages}
 
 
-def run_size(size: int, shard: int, steps: int, interval: float, tmp: Path) -> dict:
-    """Run the stages at one size in this process; per-stage peaks and seconds."""
+def run_size(
+    size: int, shard: int, steps: int, interval: float, tmp: Path, upto: str = STAGES[-1]
+) -> dict:
+    """Run the stages (up to ``upto``) at one size in this process; per-stage peaks and
+    seconds."""
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
     from ovs import provenance
     from ovs.config import to_yaml
@@ -344,7 +349,7 @@ def run_size(size: int, shard: int, steps: int, interval: float, tmp: Path) -> d
     from pipelines.graph import load_config
 
     cfg = load_config(
-        REPO_ROOT / "conf" / "smoke.yaml", overrides(tmp / "work", size, shard, steps)
+        REPO_ROOT / "conf" / "smoke.yaml", overrides(tmp / "work", size, shard, steps, upto)
     )
     client, exp_id, _ = connect_mlflow(cfg.experiment)
     init_ray(cfg)
@@ -410,7 +415,7 @@ def _child(args: argparse.Namespace) -> int:
         if args.only_rows:
             result = rows_only(args.child, args.shard, args.interval, args.label_px, Path(d))
         else:
-            result = run_size(args.child, args.shard, args.steps, args.interval, Path(d))
+            result = run_size(args.child, args.shard, args.steps, args.interval, Path(d), args.upto)
     Path(args.out).write_text(json.dumps(result))
     return 0
 
@@ -433,6 +438,10 @@ def main(argv: list[str]) -> int:
     p.add_argument(
         "--only-rows", action="store_true",
         help="run only the self_train_rows probe (no Ray, no pipeline; ~1 min per size)",
+    )  # fmt: skip
+    p.add_argument(
+        "--upto", choices=STAGES, default=STAGES[-1],
+        help="run the stages up to this one only (default: all; e.g. world: ~3 min)",
     )  # fmt: skip
     p.add_argument("--floor-mb", type=float, default=16.0, help="growth below this is noise")
     p.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
@@ -459,7 +468,7 @@ def main(argv: list[str]) -> int:
                 out = Path(d) / f"{size}-{i}.json"
                 cmd = [sys.executable, "-m", "tools.bench", "memory", "--child", str(size),
                        "--out", str(out), "--shard", str(args.shard), "--steps", str(args.steps),
-                       "--interval", str(args.interval), *extra]  # fmt: skip
+                       "--interval", str(args.interval), "--upto", args.upto, *extra]  # fmt: skip
                 rc = subprocess.run(cmd, check=False).returncode
                 if rc != 0:
                     print(f"size {size}: child exited {rc}", file=sys.stderr)
@@ -482,6 +491,7 @@ def main(argv: list[str]) -> int:
         "sizes": args.sizes,
         "shard": args.shard,
         "steps": args.steps,
+        "upto": args.upto,
         "only_rows": args.only_rows,
         "label_px": args.label_px,
         "floor_mb": args.floor_mb,
