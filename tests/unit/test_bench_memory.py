@@ -11,7 +11,16 @@ import time
 
 import pytest
 
-from tools.bench.memory import RssSampler, compare, descendants, is_worker, ratio, rss_bytes
+from tools.bench.memory import (
+    STAGES,
+    RssSampler,
+    compare,
+    descendants,
+    is_worker,
+    overrides,
+    ratio,
+    rss_bytes,
+)
 
 MB = 2**20
 HOLD = (
@@ -64,6 +73,15 @@ def test_workers_are_ray_processes_and_other_children_not_ray_daemons():
         "/venv/lib/python3.11/site-packages/ray/core/src/ray/raylet/raylet", "ray::"
     )
     assert not is_worker("", "ray::")
+
+
+def test_upto_runs_a_prefix_of_the_stages(tmp_path):
+    def stages(ov):
+        return next(o for o in ov if o.startswith("pipeline.stages="))
+
+    assert stages(overrides(tmp_path, 100, 50, 2)) == f"pipeline.stages=[{','.join(STAGES)}]"
+    assert stages(overrides(tmp_path, 100, 50, 2, "world")) == "pipeline.stages=[world]"
+    assert stages(overrides(tmp_path, 100, 50, 2, "entities")).endswith("[world,download,entities]")
 
 
 def test_ratio_and_table():
