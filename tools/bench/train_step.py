@@ -1,6 +1,7 @@
 """Benchmark one S-Seg training step: forward + matching + losses + backward + AdamW step.
 
-``python -m tools.bench train_step [--config tiny|paper|auto] [--batch B] [--steps N]``
+``python -m tools.bench train_step [--config tiny|paper|auto] [--batch B] [--steps N]
+[--compile] [--profile FILE]``
 
 ``auto`` (default) times the tiny config (64-px inputs) on CPU and the paper config (Swin-S,
 224-px inputs, bf16 autocast) when CUDA is available. Inputs are synthetic: uniform images,
@@ -8,7 +9,9 @@ blocky random pseudo-label maps on the 8-px grid (K=8), random captions. FLOPs o
 counted once with ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions,
 forward + backward); ``gemm_flops_per_s`` is a plain square matmul timed in the same process
 (fp32 on CPU, bf16 on CUDA) so ``achieved / gemm`` is a machine-independent utilisation figure.
-The last stdout line is a JSON object.
+``--compile`` runs the objective through ``torch.compile`` (the Hungarian matching on the host
+is a graph break); ``--profile FILE`` writes ``torch.profiler``'s table of the ops that took the
+most device (CUDA) or CPU time over three more steps. The last stdout line is a JSON object.
 """
 
 from __future__ import annotations
@@ -76,11 +79,20 @@ def synthetic_batch(
     return images.to(device), labels.long().to(device), model.tokenize(captions).to(device)
 
 
-def run(config: str, batch: int, steps: int, warmup: int, device: torch.device) -> dict:
+def run(
+    config: str,
+    batch: int,
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    compile: bool = False,
+    profile: str | None = None,
+) -> dict:
     mcfg = SPEC.flavors[config]()
     cfg, loss_cfg = mcfg.model, mcfg.loss
     model = SPEC.build_model(mcfg, 0, None).to(device)
     obj = SPEC.objective(model, mcfg)
+    fwd = torch.compile(obj) if compile else obj
     # fused: one kernel over all parameters (CPU too since torch 2.4); the per-tensor loop
     # spent ~50 ms of a ~250 ms tiny step on 200 tensors' elementwise passes.
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05, fused=True)
@@ -94,7 +106,7 @@ def run(config: str, batch: int, steps: int, warmup: int, device: torch.device) 
 
     def step() -> dict[str, torch.Tensor]:
         with autocast():
-            out = obj(*data)
+            out = fwd(*data)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         opt.step()
@@ -109,12 +121,15 @@ def run(config: str, batch: int, steps: int, warmup: int, device: torch.device) 
         torch.cuda.reset_peak_memory_stats(device)
     sec = _timeit(step, device, steps, warmup)
     last = step()
+    if profile:
+        write_profile(step, device, Path(profile))
     gemm = gemm_flops_per_s(device)
     result = {
         "bench": "train_step",
         "config": config,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "dtype": "bf16-autocast" if use_bf16 else "fp32",
+        "compile": compile,
         "threads": torch.get_num_threads(),
         "batch": batch,
         "input_size": cfg.input_size,
@@ -130,6 +145,21 @@ def run(config: str, batch: int, steps: int, warmup: int, device: torch.device) 
     if device.type == "cuda":
         result["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
     return result
+
+
+def write_profile(step: Callable[[], object], device: torch.device, path: Path) -> None:
+    """``torch.profiler``'s op table over three steps, sorted by device time (CPU time on CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        for _ in range(3):
+            step()
+        _sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    path.write_text(prof.key_averages().table(sort_by=key, row_limit=40))
 
 
 def _scaling_worker(config: dict) -> None:
@@ -227,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="also measure 1 -> 2 Ray Train CPU workers (auto: on for the tiny config on CPU)",
     )
+    p.add_argument("--compile", action="store_true", help="torch.compile the objective")
+    p.add_argument("--profile", default=None, help="write torch.profiler's op table here")
     a = p.parse_args(argv)
     keep_freed_memory()
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -234,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     config = a.config if a.config != "auto" else ("paper" if device.type == "cuda" else "tiny")
     batch = a.batch or (64 if config == "paper" else 16)
-    result = run(config, batch, a.steps, a.warmup, device)
+    result = run(config, batch, a.steps, a.warmup, device, a.compile, a.profile)
     if a.scaling == "on" or (a.scaling == "auto" and config == "tiny" and device.type == "cpu"):
         result.update(scaling_efficiency(batch, a.steps, a.warmup))
     print(json.dumps(result))
