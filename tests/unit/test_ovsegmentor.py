@@ -189,6 +189,75 @@ def test_partner_index_reads_partners_on_other_shards(tmp_path) -> None:
     assert abs(int(images[1].mean()) - colours["a0"]) <= 2
 
 
+def test_partner_index_matches_plain_dicts(tmp_path, monkeypatch) -> None:
+    """The flat-array index against the plain reading (dicts of the tables, the last of a
+    duplicate key winning): entities, image locations and every draw with the same generator,
+    over several read batches, duplicate keys, null and empty lists and partners whose image
+    is in no shard."""
+    import ovs.methods.ovsegmentor.partners as partners
+
+    monkeypatch.setattr(partners, "BATCH", 7)
+    rng = np.random.default_rng(3)
+    vocab = ["cat", "dog", "bird", "tree", "car"]
+    keys = [f"{i:06d}" for i in range(60)]
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    where: dict[str, int] = {}  # key -> grey level of its image (last shard wins)
+    for s, part in enumerate((keys[:25], keys[20:50])):  # 20..24 in both shards
+        imgs = {
+            k: np.full((8, 8, 3), 10 * s + 40 + (i % 5) * 30, np.uint8) for i, k in enumerate(part)
+        }
+        _shard(shards / f"{s:05d}.tar", imgs)
+        where.update({k: int(v[0, 0, 0]) for k, v in imgs.items()})
+    out = tmp_path / "entities"
+    (out / "entities").mkdir(parents=True)
+    ents: dict[str, list[str]] = {}
+    for stem, part in (("00000", keys[:35]), ("00001", keys[30:])):  # 30..34 twice
+        lists = [None if i % 9 == 0 else list(rng.choice(vocab, i % 3)) for i in range(len(part))]
+        pq.write_table(
+            pa.table({"key": part, "entities": pa.array(lists, pa.list_(pa.string()))}),
+            out / "entities" / f"{stem}.parquet",
+        )
+        ents.update({k: list(e or ()) for k, e in zip(part, lists, strict=True)})
+    pool = [*keys, "ghost-partner", "x"]  # 50..59 and the ghosts have no image
+    pk, se = [], []
+    for _ in keys:
+        n = int(rng.integers(0, 4))
+        pk.append([str(x) for x in rng.choice(pool, n)])
+        se.append([str(x) for x in rng.choice(vocab, n)])
+    pq.write_table(
+        pa.table({"key": keys, "partner_keys": pk, "shared_entity": se}), out / "pairs.parquet"
+    )
+    pairs = {k: list(zip(p, e, strict=True)) for k, p, e in zip(keys, pk, se, strict=True) if p}
+
+    index = PartnerIndex(out, shards, image_size=8)
+    for k in [*keys, "nope"]:
+        assert index.entities(k) == ents.get(k, []), k
+        img = index.image(k)
+        assert (img is None) == (k not in where), k
+        if img is not None:
+            assert abs(int(img.mean()) - where[k]) <= 2, k
+    batch = [str(k) for k in rng.choice([*keys, "nope"], 200)]
+    got = index.draw(batch, np.random.default_rng(5))
+    ref_rng, want_rows, want_means, want_shared = np.random.default_rng(5), [], [], []
+    for i, k in enumerate(batch):  # the old dict implementation's loop
+        if not pairs.get(k):
+            continue
+        partner, entity = pairs[k][int(ref_rng.integers(len(pairs[k])))]
+        if partner in where:
+            want_rows.append(i)
+            want_means.append(where[partner])
+            want_shared.append(entity)
+    assert got[0] == want_rows and got[2] == want_shared
+    assert [abs(int(m.mean()) - w) <= 2 for m, w in zip(got[1], want_means)] == [True] * len(
+        want_rows
+    )
+    assert 0 < len(want_rows) < len(batch)
+    assert index.nbytes() < 100 * len(keys) + 12 * sum(map(len, pk)) + 4 * sum(
+        map(len, ents.values())
+    )
+
+
 def test_tiny_sibling_differs_only_in_sizes_and_the_text_tower() -> None:
     """Sizes and locations, plus the text tower the issue allows the tiny one (BERT-base ->
     the from-scratch Transformer)."""
