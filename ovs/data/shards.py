@@ -87,7 +87,6 @@ def shard_members(tar_path: str | Path) -> list[Member]:
 
 _BLOCK = tarfile.BLOCKSIZE
 _ZERO = bytes(_BLOCK)
-_PLAIN = {b"0": True, b"\0": True, b"5": False}  # typeflag -> regular file (5: a directory)
 
 
 def _scan_ustar(tar_path: str | Path) -> list[Member] | None:
@@ -103,8 +102,8 @@ def _scan_ustar(tar_path: str | Path) -> list[Member] | None:
                 return None  # cut short: tarfile says how
             if block == _ZERO:
                 return out if size - pos >= 2 * _BLOCK else None
-            regular = _PLAIN.get(block[156:157])
-            if regular is None or block[257:262] != b"ustar":
+            kind = block[156:157]
+            if kind not in (b"0", b"\0", b"5") or block[257:262] != b"ustar":
                 return None
             try:
                 checksum = int(block[148:156].strip(b" \0"), 8)
@@ -114,8 +113,9 @@ def _scan_ustar(tar_path: str | Path) -> list[Member] | None:
             if checksum != 256 + sum(block[:148]) + sum(block[156:]):
                 return None
             name = block[:100].split(b"\0", 1)[0]
-            if name.endswith(b"/"):  # a directory, also as an old-style regular entry
-                regular, name = False, name.rstrip(b"/")
+            regular = kind == b"0" or (kind == b"\0" and not name.endswith(b"/"))  # as tarfile
+            if not regular:  # a directory (old tars: a regular entry named with a slash)
+                name = name.rstrip(b"/")
             prefix = block[345:500].split(b"\0", 1)[0]
             if prefix:
                 name = prefix + b"/" + name
