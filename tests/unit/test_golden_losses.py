@@ -73,7 +73,7 @@ def golden_losses() -> list[float]:
             torch.from_numpy(targets),
         )
         res, _ = train_step(objective, inputs, model, opt, sched, cfg.grad_clip, None, cpu)
-        out.append(float(res["loss"]))
+        out.append(float(res["loss"].detach()))
     return out
 
 
