@@ -63,11 +63,12 @@ class _Vocab:
     def encode(self, arr: pa.Array) -> np.ndarray:
         """The ids of ``arr``'s names (new names get the next ids)."""
         codes = pc.dictionary_encode(pc.cast(arr, pa.string()))
-        ids = np.array(
-            [self._ids.setdefault(u, len(self._ids)) for u in codes.dictionary.to_pylist()],
-            np.int32,
-        )
-        self.names.extend(list(self._ids)[len(self.names) :])
+        names = codes.dictionary.to_pylist()
+        for name in names:
+            if name not in self._ids:
+                self._ids[name] = len(self.names)
+                self.names.append(name)
+        ids = np.array([self._ids[u] for u in names], np.int32)
         index = codes.indices.to_numpy(zero_copy_only=False)
         return ids[index] if len(ids) else np.zeros(len(index), np.int32)
 
@@ -99,6 +100,14 @@ class _Lists:
         self.values = []
         while values:  # one reordered copy alive at a time
             self.values.append(values.pop(0)[gather])
+
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        """The rows of fixed-width ``keys`` (-1 where absent): :meth:`find` for many."""
+        i = np.searchsorted(self.keys, keys).astype(np.int64)
+        hit = np.zeros(len(keys), bool)
+        inside = i < len(self.keys)
+        hit[inside] = self.keys[i[inside]] == keys[inside]
+        return np.where(hit, i, -1)
 
     def find(self, key: str) -> int:
         """The row of ``key``, or -1."""
@@ -161,18 +170,9 @@ class PartnerIndex:
             has = n > 0
             keys.append(_keys(b.column("key").filter(pa.array(has))))
             lengths.append(n[has])
-            partner_rows.append(self._rows(_keys(pc.list_flatten(plist))))
+            partner_rows.append(self._where.lookup(_keys(pc.list_flatten(plist))))
             shared.append(self._vocab.encode(pc.list_flatten(b.column("shared_entity"))))
         self._pairs = _Lists(keys, lengths, partner_rows, shared)
-
-    def _rows(self, keys: np.ndarray) -> np.ndarray:
-        """Rows of ``keys`` in the image locator (-1 where a key has no JPEG member)."""
-        w = self._where.keys
-        i = np.searchsorted(w, keys).astype(np.int64)
-        hit = np.zeros(len(keys), bool)
-        inside = i < len(w)
-        hit[inside] = w[i[inside]] == keys[inside]
-        return np.where(hit, i, -1)
 
     def nbytes(self) -> int:
         """Bytes of the index's arrays (what a rank holds besides the vocabulary)."""
